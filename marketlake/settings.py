@@ -1,0 +1,134 @@
+"""The one settings object: a frozen msgspec Struct read from file < environment < CLI flags.
+
+Sources, lowest precedence first:
+
+1. a TOML file: ``--config FILE``, else ``$MARKETLAKE_CONFIG``, else ``./marketlake.toml`` if present;
+2. environment variables ``MARKETLAKE_<FIELD>`` (upper-case field name), e.g. ``MARKETLAKE_LAKE_ROOT``;
+3. explicit overrides (CLI flags), passed to :meth:`Settings.load`.
+
+Secrets (API key/secret) are masked in ``repr`` so they never reach logs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from marketlake.errors import ConfigError
+
+__all__ = ["Settings"]
+
+_SECRET_FIELDS = frozenset({"api_key", "api_secret"})
+_ENV_PREFIX = "MARKETLAKE_"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Everything marketlake can be configured with.
+
+    Attributes:
+        lake_root: Directory of the lake (default ``./lake``).
+        exchange: Default exchange of series.
+        category: Default Bybit market category (``linear``, ``spot``, ``inverse``).
+        base_url: Bybit REST base URL; the emulator's URL in tests.
+        api_key: Bybit API key (public data needs none); masked in repr.
+        api_secret: Bybit API secret; masked in repr.
+        rate_limit_per_5s: Share of Bybit's 600 requests / 5 s this machine may use.
+        gc_grace_seconds: How long superseded Parquet files stay on disk so that readers holding a
+            file list (a LazyFrame, a DuckDB view) keep working; ``fsck --fix`` removes them sooner.
+        compact_after_deltas: Fold a partition's delta files into its main file once this many exist.
+        memory_limit_percent: Share of system memory the DataFeeder may use.
+    """
+
+    lake_root: str = "lake"
+    exchange: str = "bybit"
+    category: str = "linear"
+    base_url: str = "https://api.bybit.com"
+    api_key: str = ""
+    api_secret: str = ""
+    rate_limit_per_5s: int = 500
+    gc_grace_seconds: float = 300.0
+    compact_after_deltas: int = 16
+    memory_limit_percent: float = 90.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.rate_limit_per_5s <= 600:
+            raise ConfigError(f"rate_limit_per_5s must be 1..600, got {self.rate_limit_per_5s}")
+        if self.gc_grace_seconds < 0:
+            raise ConfigError("gc_grace_seconds must be >= 0")
+        if self.compact_after_deltas < 1:
+            raise ConfigError("compact_after_deltas must be >= 1")
+        if not 0 < self.memory_limit_percent <= 100:
+            raise ConfigError("memory_limit_percent must be in (0, 100]")
+
+    def __repr__(self) -> str:
+        parts = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in _SECRET_FIELDS and value:
+                value = "***"
+            parts.append(f"{name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    __str__ = __repr__
+
+    @property
+    def lake_path(self) -> Path:
+        """``lake_root`` as a resolved path."""
+        return Path(self.lake_root).expanduser().resolve()
+
+    @classmethod
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """Build settings from file < environment < ``overrides`` (``None`` values are ignored).
+
+        Raises:
+            ConfigError: an unreadable file, an unknown key, or a value of the wrong type.
+        """
+        env = os.environ if environ is None else environ
+        merged: dict[str, Any] = {}
+        path = config_file or env.get(_ENV_PREFIX + "CONFIG")
+        if path is None and Path("marketlake.toml").is_file():
+            path = "marketlake.toml"
+        if path is not None:
+            merged.update(_read_toml(Path(path)))
+        fields = set(cls.__struct_fields__)
+        for key, value in env.items():
+            if key.startswith(_ENV_PREFIX) and key != _ENV_PREFIX + "CONFIG":
+                name = key[len(_ENV_PREFIX):].lower()
+                if name not in fields:
+                    raise ConfigError(f"unknown setting in environment: {key}")
+                merged[name] = value
+        merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        try:
+            # strict=False lets environment strings become ints/floats.
+            return msgspec.convert(merged, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"invalid settings: {exc}") from None
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with ``changes`` applied (validated)."""
+        return msgspec.structs.replace(self, **changes)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = msgspec.toml.decode(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, msgspec.DecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table of settings")
+    # Allow the settings either at top level or under [marketlake].
+    section = data.get("marketlake", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [marketlake] must be a table")
+    return dict(section)
