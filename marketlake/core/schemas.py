@@ -39,11 +39,12 @@ CANDLE_SCHEMA: Final[dict[str, pl.DataType]] = {
     "volume": pl.Float64(),
     "turnover": pl.Float64(),
     "trades": pl.Int64(),
+    "buy_volume": pl.Float64(),
 }
 CANDLE_COLUMNS: Final = tuple(CANDLE_SCHEMA)
 CANDLE_KEY: Final = "ts"
 _CANDLE_REQUIRED: Final = ("ts", "open", "high", "low", "close", "volume")
-_CANDLE_NULLABLE: Final = frozenset({"turnover", "trades"})
+_CANDLE_NULLABLE: Final = frozenset({"turnover", "trades", "buy_volume"})
 
 #: Stored trade columns. Microseconds: Bybit's daily archives carry sub-millisecond times.
 TRADE_SCHEMA: Final[dict[str, pl.DataType]] = {
@@ -66,6 +67,7 @@ CANDLE_ARROW_SCHEMA: Final = pa.schema(
         *(pa.field(c, pa.float64(), nullable=False) for c in ("open", "high", "low", "close", "volume")),
         pa.field("turnover", pa.float64()),
         pa.field("trades", pa.int64()),
+        pa.field("buy_volume", pa.float64()),
     ]
 )
 TRADE_ARROW_SCHEMA: Final = pa.schema(
@@ -165,7 +167,8 @@ def normalize_candles(frame: object) -> pl.DataFrame:
     """Return ``frame`` as exactly the stored candle columns and types.
 
     ``ts`` may be int64 epoch ms or a datetime (naive = UTC); ``timestamp`` is accepted as its name.
-    ``turnover`` and ``trades`` are optional (stored as null). Series-describing columns
+    ``turnover``, ``trades`` and ``buy_volume`` (taker buy volume, known only for candles built
+    from trades) are optional (stored as null). Series-describing columns
     (``symbol``, ``timeframe``, ``datetime``, ``confirm`` ...) are dropped.
 
     Raises:
