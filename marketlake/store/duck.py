@@ -1,0 +1,62 @@
+"""DuckDB views over the lake: ``candles`` and ``trades``, with the hive columns exposed.
+
+Each view reads an explicit list of live files (computed by :mod:`marketlake.store.reader`), so a
+query never globs the lake and never sees a superseded or temporary file. The list is a snapshot
+taken when the views are (re)created; :meth:`marketlake.Lake.refresh` rebuilds them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+from marketlake.store.layout import CANDLES, TRADES
+from marketlake.store.reader import PartitionFiles
+
+__all__ = ["create_views"]
+
+_HIVE = {
+    CANDLES: ("exchange", "category", "symbol", "timeframe", "date"),
+    TRADES: ("exchange", "category", "symbol", "date"),
+}
+_COLUMNS = {
+    CANDLES: (
+        ("ts", "TIMESTAMPTZ"), ("open", "DOUBLE"), ("high", "DOUBLE"), ("low", "DOUBLE"),
+        ("close", "DOUBLE"), ("volume", "DOUBLE"), ("turnover", "DOUBLE"), ("trades", "BIGINT"),
+        ("buy_volume", "DOUBLE"),
+    ),
+    TRADES: (
+        ("ts", "TIMESTAMPTZ"), ("price", "DOUBLE"), ("size", "DOUBLE"), ("side", "VARCHAR"),
+        ("trade_id", "VARCHAR"), ("tick_direction", "VARCHAR"), ("is_block_trade", "BOOLEAN"),
+    ),
+}
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _view_sql(dataset: str, files: list[Path]) -> str:
+    hive = _HIVE[dataset]
+    cols = _COLUMNS[dataset]
+    names = ", ".join([*(f'"{h}"' for h in hive), *(f'"{c}"' for c, _ in cols)])
+    if not files:
+        typed = ", ".join(
+            [*(f'NULL::VARCHAR AS "{h}"' for h in hive), *(f'NULL::{t} AS "{c}"' for c, t in cols)]
+        )
+        return f"CREATE OR REPLACE VIEW {dataset} AS SELECT {typed} WHERE false"
+    file_list = "[" + ", ".join(_quote(str(f)) for f in files) + "]"
+    hive_types = "{" + ", ".join(f"{_quote(h)}: 'VARCHAR'" for h in hive) + "}"
+    return (
+        f"CREATE OR REPLACE VIEW {dataset} AS SELECT {names} FROM read_parquet({file_list}, "
+        f"hive_partitioning = true, hive_types = {hive_types})"
+    )
+
+
+def create_views(con: duckdb.DuckDBPyConnection, parts: dict[str, list[PartitionFiles]]) -> None:
+    """(Re)create the ``candles`` and ``trades`` views of ``con`` over the given live files."""
+    con.execute("SET TimeZone = 'UTC'")
+    for dataset in (CANDLES, TRADES):
+        files = [f for p in parts.get(dataset, []) for f in p.files]
+        con.execute(_view_sql(dataset, files))
