@@ -1,0 +1,130 @@
+"""Bybit v5 public market API described as data: endpoints, categories, intervals, limits, retCodes.
+
+Everything the REST client, the parser and the emulator need to agree on lives here, so that a
+change of Bybit's behaviour is a change of one table. Sources: Bybit's v5 documentation (market
+endpoints, rate-limit and error-code pages) and the recorded payloads in
+``../shared/fixtures/bybit`` (see their ``SOURCES.md``).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Final
+
+__all__ = [
+    "API_RATE_LIMIT_PER_WINDOW",
+    "BAN_DEFAULT_SECONDS",
+    "CATEGORIES",
+    "HEADER_LIMIT",
+    "HEADER_LIMIT_RESET",
+    "HEADER_LIMIT_STATUS",
+    "INSTRUMENT_STATUSES",
+    "INTERVALS",
+    "IP_LIMIT_PER_WINDOW",
+    "IP_LIMIT_WINDOW_SECONDS",
+    "KLINE_CATEGORIES",
+    "KLINE_LIMIT_DEFAULT",
+    "KLINE_LIMIT_MAX",
+    "INSTRUMENTS_LIMIT_DEFAULT",
+    "INSTRUMENTS_LIMIT_MAX",
+    "MAINNET_URL",
+    "MSG_ILLEGAL_CATEGORY",
+    "MSG_NOT_SUPPORTED_SYMBOLS",
+    "MSG_OK",
+    "MSG_SERVER_ERROR",
+    "MSG_TOO_MANY_VISITS",
+    "PATH_INSTRUMENTS",
+    "PATH_KLINE",
+    "PATH_RECENT_TRADE",
+    "PATH_SERVER_TIME",
+    "RetCode",
+    "RETRYABLE_RET_CODES",
+    "RATE_LIMIT_RET_CODES",
+    "REQUEST_ERROR_RET_CODES",
+    "TESTNET_URL",
+    "TRADE_LIMITS",
+    "WS_PUBLIC_PATHS",
+]
+
+MAINNET_URL: Final = "https://api.bybit.com"
+TESTNET_URL: Final = "https://api-testnet.bybit.com"
+
+PATH_KLINE: Final = "/v5/market/kline"
+PATH_INSTRUMENTS: Final = "/v5/market/instruments-info"
+PATH_RECENT_TRADE: Final = "/v5/market/recent-trade"
+PATH_SERVER_TIME: Final = "/v5/market/time"
+#: Public WebSocket paths by category (served by the emulator on the same port, later issue).
+WS_PUBLIC_PATHS: Final = {
+    "linear": "/v5/public/linear",
+    "spot": "/v5/public/spot",
+    "inverse": "/v5/public/inverse",
+}
+
+#: Every v5 market category.
+CATEGORIES: Final = ("linear", "inverse", "spot", "option")
+#: Categories ``/v5/market/kline`` accepts (options have no klines).
+KLINE_CATEGORIES: Final = ("linear", "inverse", "spot")
+
+#: Kline intervals in Bybit's spelling (minutes, then D, W, M).
+INTERVALS: Final = ("1", "3", "5", "15", "30", "60", "120", "240", "360", "720", "D", "W", "M")
+
+KLINE_LIMIT_DEFAULT: Final = 200
+KLINE_LIMIT_MAX: Final = 1000
+INSTRUMENTS_LIMIT_DEFAULT: Final = 500
+INSTRUMENTS_LIMIT_MAX: Final = 1000
+#: ``/v5/market/recent-trade`` limits by category: (default, maximum).
+TRADE_LIMITS: Final = {
+    "spot": (60, 60),
+    "linear": (500, 1000),
+    "inverse": (500, 1000),
+    "option": (50, 100),
+}
+
+#: Instrument ``status`` values (``status=`` filter of instruments-info). Default filter: Trading.
+INSTRUMENT_STATUSES: Final = ("PreLaunch", "Trading", "Delivering", "Closed")
+
+#: The IP limit shared by all of a machine's HTTP traffic: 600 requests in any 5-second window;
+#: past it Bybit answers HTTP 403 and bans the IP ("wait for at least 10 minutes").
+IP_LIMIT_PER_WINDOW: Final = 600
+IP_LIMIT_WINDOW_SECONDS: Final = 5.0
+BAN_DEFAULT_SECONDS: Final = 600.0
+#: What marketlake uses of the IP limit by default (``Settings.rate_limit_per_5s``).
+API_RATE_LIMIT_PER_WINDOW: Final = 500
+
+HEADER_LIMIT: Final = "X-Bapi-Limit"
+HEADER_LIMIT_STATUS: Final = "X-Bapi-Limit-Status"
+HEADER_LIMIT_RESET: Final = "X-Bapi-Limit-Reset-Timestamp"
+
+
+class RetCode(int, Enum):
+    """The ``retCode`` values marketlake acts on (Bybit v5 error-code page)."""
+
+    OK = 0
+    SERVER_TIMEOUT = 10000
+    PARAMS_ERROR = 10001
+    TIME_WINDOW = 10002
+    TOO_MANY_VISITS = 10006
+    SERVER_ERROR = 10016
+    ROUTE_NOT_FOUND = 10017
+    IP_RATE_LIMIT = 10018
+    SYMBOL_INVALID = 10029
+    SYSTEM_FREQUENCY = 10429
+
+
+#: Passing server trouble: retry with backoff.
+RETRYABLE_RET_CODES: Final = frozenset(
+    {RetCode.SERVER_TIMEOUT, RetCode.SERVER_ERROR, RetCode.SYSTEM_FREQUENCY}
+)
+#: "Slow down": retry no earlier than ``X-Bapi-Limit-Reset-Timestamp``.
+RATE_LIMIT_RET_CODES: Final = frozenset({RetCode.TOO_MANY_VISITS, RetCode.IP_RATE_LIMIT})
+#: The request itself is wrong; retrying cannot help.
+REQUEST_ERROR_RET_CODES: Final = frozenset(
+    {RetCode.PARAMS_ERROR, RetCode.TIME_WINDOW, RetCode.ROUTE_NOT_FOUND, RetCode.SYMBOL_INVALID}
+)
+
+#: ``retMsg`` texts as Bybit words them (used by the emulator).
+MSG_OK: Final = "OK"
+MSG_NOT_SUPPORTED_SYMBOLS: Final = "Not supported symbols"
+MSG_ILLEGAL_CATEGORY: Final = "Illegal category"
+MSG_TOO_MANY_VISITS: Final = "Too many visits!"
+MSG_SERVER_ERROR: Final = "Server error"
