@@ -1,0 +1,5 @@
+import sys
+
+from marketlake.cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""Output for the CLI: rich tables on a terminal, JSON for scripts. No logic lives here."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import sys
+from typing import Any
+
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["console", "err_console", "print_frame", "print_json", "to_jsonable"]
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Make ``value`` JSON-serialisable (datetimes as ISO strings, NaN/inf as null)."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def print_json(value: Any) -> None:
+    """Print ``value`` as JSON on stdout (plain, never wrapped)."""
+    sys.stdout.write(json.dumps(to_jsonable(value), indent=2) + "\n")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    return str(value)
+
+
+def print_frame(frame: pl.DataFrame, title: str | None = None, max_rows: int = 200) -> None:
+    """Render a frame as a rich table (at most ``max_rows`` rows, then a count of the rest)."""
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for name, dtype in frame.schema.items():
+        table.add_column(name, justify="right" if dtype.is_numeric() else "left")
+    for row in frame.head(max_rows).iter_rows():
+        table.add_row(*(_cell(v) for v in row))
+    console.print(table)
+    if frame.height > max_rows:
+        console.print(f"... {frame.height - max_rows} more rows (use --format csv or --output)")
+
+
+def human_bytes(n: int) -> str:
+    """``1536`` → ``1.5 KiB``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
