@@ -14,7 +14,8 @@ from rich.table import Table
 
 __all__ = ["console", "err_console", "print_frame", "print_json", "to_jsonable"]
 
-console = Console(highlight=False)
+# Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, highlight=False)
 
 
