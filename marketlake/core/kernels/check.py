@@ -1,0 +1,267 @@
+"""Numba kernels: one pass over a candle series finding every integrity fault.
+
+Faults found (positions are 0-based row indices of the input as given):
+
+* invalid candles, as a bit set per row (see the ``INV_*`` flags);
+* misaligned rows: ``ts`` is not a bucket open;
+* out-of-order rows: ``ts`` smaller than the previous row's;
+* duplicates: rows whose ``ts`` equals an earlier row's, with the row of the first occurrence and
+  whether their values differ from it;
+* gaps: between consecutive distinct timestamps (in time order), the number of bucket opens
+  strictly between their buckets. Misaligned rows count for the bucket they fall in, so a
+  misaligned row is reported once (as misaligned) and does not also invent a gap.
+
+Sorted input (the normal case) is scanned once. Consecutive aligned candles take a fast path with
+no division at all (the row's ``ts`` equals the expected next bucket open). When a row steps
+backwards, duplicates and gaps can no longer be found by looking at neighbours, so the caller
+reruns :func:`dups_gaps_in_order` over a stable argsort; invalid, misaligned and out-of-order
+results of the first pass stay valid.
+
+Masks of the nullable columns (turnover, trades) are bool arrays, or empty when all are valid.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+from numba import njit
+
+from marketlake.core.kernels.calendar import buckets_between, floor_ts, next_open
+
+__all__ = [
+    "INV_HIGH_BELOW_BODY",
+    "INV_HIGH_BELOW_LOW",
+    "INV_LOW_ABOVE_BODY",
+    "INV_NEGATIVE_TRADES",
+    "INV_NEGATIVE_TURNOVER",
+    "INV_NEGATIVE_VOLUME",
+    "INV_NONFINITE",
+    "INV_NONPOSITIVE_PRICE",
+    "check_chunk",
+    "dups_gaps_in_order",
+    "split_between_runs",
+]
+
+#: A value (price, volume or non-null turnover) is NaN or infinite.
+INV_NONFINITE: Final = 1
+#: open, high, low or close <= 0.
+INV_NONPOSITIVE_PRICE: Final = 2
+#: high < max(open, close).
+INV_HIGH_BELOW_BODY: Final = 4
+#: low > min(open, close).
+INV_LOW_ABOVE_BODY: Final = 8
+#: high < low.
+INV_HIGH_BELOW_LOW: Final = 16
+#: volume < 0.
+INV_NEGATIVE_VOLUME: Final = 32
+#: turnover < 0.
+INV_NEGATIVE_TURNOVER: Final = 64
+#: trades < 0.
+INV_NEGATIVE_TRADES: Final = 128
+
+
+@njit(cache=True, nogil=True)
+def _push(buf, n, x):  # type: ignore[no-untyped-def]
+    # Faults are rare: start small and double, instead of reserving a row-sized buffer per kind.
+    if n == buf.shape[0]:
+        new = np.empty(max(16, 2 * n), buf.dtype)
+        new[:n] = buf
+        buf = new
+    buf[n] = x
+    return buf
+
+
+@njit(cache=True, nogil=True)
+def invalid_flags(o, h, lw, c, v, tv, tv_ok, tr, tr_ok, i):  # type: ignore[no-untyped-def]
+    """The ``INV_*`` bit set of row ``i`` (0 for a valid candle)."""
+    fo = o[i]
+    fh = h[i]
+    fl = lw[i]
+    fc = c[i]
+    fv = v[i]
+    has_tv = tv_ok.shape[0] == 0 or tv_ok[i]
+    ftv = tv[i] if has_tv else 0.0
+    # x - x is 0.0 for finite x and NaN for NaN/inf; bitwise | on bools keeps the loop branch-free.
+    finite = ((fo - fo) == 0.0) & ((fh - fh) == 0.0) & ((fl - fl) == 0.0) & ((fc - fc) == 0.0)
+    finite = finite & ((fv - fv) == 0.0) & ((ftv - ftv) == 0.0)
+    f = 0 if finite else INV_NONFINITE
+    if (fo <= 0.0) | (fh <= 0.0) | (fl <= 0.0) | (fc <= 0.0):
+        f |= INV_NONPOSITIVE_PRICE
+    if fh < max(fo, fc):
+        f |= INV_HIGH_BELOW_BODY
+    if fl > min(fo, fc):
+        f |= INV_LOW_ABOVE_BODY
+    if fh < fl:
+        f |= INV_HIGH_BELOW_LOW
+    if fv < 0.0:
+        f |= INV_NEGATIVE_VOLUME
+    if ftv < 0.0:
+        f |= INV_NEGATIVE_TURNOVER
+    if (tr_ok.shape[0] == 0 or tr_ok[i]) and tr[i] < 0:
+        f |= INV_NEGATIVE_TRADES
+    return f
+
+
+@njit(cache=True, nogil=True)
+def _same(a, b):  # type: ignore[no-untyped-def]
+    # Two NaNs are the same value here: a duplicate of a NaN row does not *disagree* with it.
+    return a == b or (a != a and b != b)
+
+
+@njit(cache=True, nogil=True)
+def rows_differ(o, h, lw, c, v, tv, tv_ok, tr, tr_ok, i, j):  # type: ignore[no-untyped-def]
+    """True when rows ``i`` and ``j`` differ in any value column (nulls compare equal to nulls)."""
+    if not (_same(o[i], o[j]) and _same(h[i], h[j]) and _same(lw[i], lw[j])):
+        return True
+    if not (_same(c[i], c[j]) and _same(v[i], v[j])):
+        return True
+    vi = tv_ok.shape[0] == 0 or tv_ok[i]
+    vj = tv_ok.shape[0] == 0 or tv_ok[j]
+    if vi != vj or (vi and not _same(tv[i], tv[j])):
+        return True
+    vi = tr_ok.shape[0] == 0 or tr_ok[i]
+    vj = tr_ok.shape[0] == 0 or tr_ok[j]
+    return vi != vj or (vi and tr[i] != tr[j])
+
+
+@njit(cache=True, nogil=True)
+def check_chunk(ts, o, h, lw, c, v, tv, tv_ok, tr, tr_ok, kind, dur, off, lo, hi):  # type: ignore[no-untyped-def]
+    """Scan rows ``lo <= i < hi`` (looking back at row ``lo - 1``) for every fault.
+
+    Returns:
+        A tuple of ``(count, arrays...)`` groups, each array holding ``count`` leading entries:
+        ``n_inv, inv_pos, inv_flags``; ``n_mis, mis_pos``; ``n_ooo, ooo_pos``;
+        ``n_dup, dup_pos, dup_first, dup_differ``; ``n_gap, gap_pos, gap_prev, gap_missing``.
+        Duplicates and gaps are only meaningful when ``n_ooo == 0``.
+    """
+    inv_pos = np.empty(0, np.int64)
+    inv_flags = np.empty(0, np.int64)
+    mis_pos = np.empty(0, np.int64)
+    ooo_pos = np.empty(0, np.int64)
+    dup_pos = np.empty(0, np.int64)
+    dup_first = np.empty(0, np.int64)
+    dup_differ = np.empty(0, np.bool_)
+    gap_pos = np.empty(0, np.int64)
+    gap_prev = np.empty(0, np.int64)
+    gap_missing = np.empty(0, np.int64)
+    n_inv = n_mis = n_ooo = n_dup = n_gap = 0
+    if lo > 0:
+        prev_t = ts[lo - 1]
+        prev_b = floor_ts(prev_t, kind, dur, off)
+        nxt = next_open(prev_b, kind, dur, off)
+    else:
+        prev_t = prev_b = nxt = 0
+    run_start = lo
+    fixed = kind == 0
+    for i in range(lo, hi):
+        f = invalid_flags(o, h, lw, c, v, tv, tv_ok, tr, tr_ok, i)
+        if f != 0:
+            inv_pos = _push(inv_pos, n_inv, i)
+            inv_flags = _push(inv_flags, n_inv, f)
+            n_inv += 1
+        t = ts[i]
+        if i > 0 and t == nxt:
+            # Fast path: the next bucket open exactly; aligned, in order, no gap, no duplicate.
+            prev_b = t
+            nxt = t + dur if fixed else next_open(t, kind, dur, off)
+            run_start = i
+            prev_t = t
+            continue
+        b = floor_ts(t, kind, dur, off)
+        if b != t:
+            mis_pos = _push(mis_pos, n_mis, i)
+            n_mis += 1
+        if i == 0:
+            run_start = 0
+        elif t < prev_t:
+            ooo_pos = _push(ooo_pos, n_ooo, i)
+            n_ooo += 1
+        elif t == prev_t:
+            dup_pos = _push(dup_pos, n_dup, i)
+            dup_first = _push(dup_first, n_dup, run_start)
+            dup_differ = _push(
+                dup_differ, n_dup, rows_differ(o, h, lw, c, v, tv, tv_ok, tr, tr_ok, i, run_start)
+            )
+            n_dup += 1
+        else:
+            run_start = i
+            if b > prev_b:
+                missing = buckets_between(prev_b, b, kind, dur, off) - 2
+                if missing > 0:
+                    gap_pos = _push(gap_pos, n_gap, i)
+                    gap_prev = _push(gap_prev, n_gap, i - 1)
+                    gap_missing = _push(gap_missing, n_gap, missing)
+                    n_gap += 1
+        prev_t = t
+        prev_b = b
+        nxt = next_open(b, kind, dur, off)
+    return (
+        n_inv, inv_pos, inv_flags, n_mis, mis_pos, n_ooo, ooo_pos,
+        n_dup, dup_pos, dup_first, dup_differ, n_gap, gap_pos, gap_prev, gap_missing,
+    )
+
+
+@njit(cache=True, nogil=True)
+def dups_gaps_in_order(ts, order, o, h, lw, c, v, tv, tv_ok, tr, tr_ok, kind, dur, off):  # type: ignore[no-untyped-def]
+    """Duplicates and gaps of rows visited in ``order`` (a stable argsort of ``ts``).
+
+    Positions and first occurrences are reported as input row indices; with a stable sort the
+    first occurrence of a timestamp is its earliest row in the input.
+
+    Returns:
+        ``(n_dup, dup_pos, dup_first, dup_differ, n_gap, gap_pos, gap_prev, gap_missing)``.
+    """
+    dup_pos = np.empty(0, np.int64)
+    dup_first = np.empty(0, np.int64)
+    dup_differ = np.empty(0, np.bool_)
+    gap_pos = np.empty(0, np.int64)
+    gap_prev = np.empty(0, np.int64)
+    gap_missing = np.empty(0, np.int64)
+    n_dup = n_gap = 0
+    n = order.shape[0]
+    run_start = 0
+    prev_b = 0
+    for k in range(n):
+        i = order[k]
+        t = ts[i]
+        b = floor_ts(t, kind, dur, off)
+        if k > 0:
+            j = order[k - 1]
+            if t == ts[j]:
+                dup_pos = _push(dup_pos, n_dup, i)
+                dup_first = _push(dup_first, n_dup, run_start)
+                dup_differ = _push(
+                    dup_differ, n_dup, rows_differ(o, h, lw, c, v, tv, tv_ok, tr, tr_ok, i, run_start)
+                )
+                n_dup += 1
+                continue
+            if b > prev_b:
+                missing = buckets_between(prev_b, b, kind, dur, off) - 2
+                if missing > 0:
+                    gap_pos = _push(gap_pos, n_gap, i)
+                    gap_prev = _push(gap_prev, n_gap, j)
+                    gap_missing = _push(gap_missing, n_gap, missing)
+                    n_gap += 1
+        run_start = i
+        prev_b = b
+    return n_dup, dup_pos, dup_first, dup_differ, n_gap, gap_pos, gap_prev, gap_missing
+
+
+@njit(cache=True, nogil=True)
+def split_between_runs(ts, parts):  # type: ignore[no-untyped-def]
+    """Cut points for ``parts`` chunks, each moved forward off a run of equal timestamps.
+
+    A chunk then never starts inside a run of duplicates, so every duplicate's first occurrence
+    lies in its own chunk and the chunks' results concatenate to the sequential result.
+    """
+    n = ts.shape[0]
+    cuts = np.empty(parts + 1, np.int64)
+    cuts[0] = 0
+    cuts[parts] = n
+    for j in range(1, parts):
+        i = max((n * j) // parts, cuts[j - 1])
+        while 0 < i < n and ts[i] == ts[i - 1]:
+            i += 1
+        cuts[j] = i
+    return cuts
