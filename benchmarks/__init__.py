@@ -1,0 +1,1 @@
+"""Benchmarks of marketlake (see README.md); run as ``python -m benchmarks.<name>``."""
