@@ -13,6 +13,7 @@ shortest round-trip float formatting, so export → import reproduces the lake e
 from __future__ import annotations
 
 import contextlib
+import csv as _csv_module
 import io
 import os
 import uuid
@@ -221,6 +222,11 @@ def _parse_times(at: _Rows, df: pl.DataFrame) -> pl.Series:
     return ms
 
 
+def _header_names(data: bytes) -> list[str]:
+    first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").lstrip("\ufeff")
+    return [name.strip().lower() for name in next(_csv_module.reader([first.rstrip("\r")]), [])]
+
+
 def parse_old_csv(path: str | Path, data: bytes | None = None) -> pl.DataFrame:
     """Parse one old-format CSV file into a candle frame (``ts`` epoch ms, open ... turnover).
 
@@ -254,9 +260,11 @@ def parse_old_csv(path: str | Path, data: bytes | None = None) -> pl.DataFrame:
         pl.exceptions.DuplicateError,
     ) as exc:
         raise ImportRejectedError(p, f"not a well-formed CSV: {str(exc).splitlines()[0]}") from None
+    # Polars renames repeated header names (``open_duplicated_0``); read the header ourselves.
+    header = _header_names(data)
+    if len(set(header)) != len(header):
+        raise ImportRejectedError(p, f"duplicate column names in header {header}", 1)
     df = df.rename({c: c.strip().lower() for c in df.columns})
-    if len(set(df.columns)) != len(df.columns):
-        raise ImportRejectedError(p, f"duplicate column names in header {df.columns}", 1)
     header_numeric = [c for c in df.columns if c.replace(".", "", 1).lstrip("-").isdigit()]
     if header_numeric:
         raise ImportRejectedError(
