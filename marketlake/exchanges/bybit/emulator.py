@@ -1,0 +1,540 @@
+"""A Bybit v5 exchange emulator: a real aiohttp server on 127.0.0.1 (design.md §8), REST part.
+
+It speaks ``/v5/market/kline``, ``/v5/market/instruments-info``, ``/v5/market/recent-trade`` and
+``/v5/market/time`` exactly as the recorded payloads in ``../shared/fixtures/bybit`` show (envelope
+with numeric ``retCode``/``time``, 7-string kline rows newest first, ``X-Bapi-Limit*`` headers),
+serves a :class:`~marketlake.exchanges.bybit.market.SyntheticMarket`, and injects the faults of
+:class:`~marketlake.exchanges.bybit.emulator_control.FaultConfig`. The WebSocket part
+(``/v5/public/{linear,spot,inverse}``) will be added to the same application and port.
+
+Usage in tests::
+
+    async with BybitEmulator(symbols=5, seed=1, start_ms=..., speed=0) as emu:
+        emu.control.schedule("429", "truncated")
+        ... BybitRestClient(emu.url) ...
+        assert emu.control.log.max_in_window(5.0) <= 600
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Final
+
+import msgspec
+from aiohttp import web
+
+from marketlake.core.timeframes import parse_timeframe
+from marketlake.exchanges.bybit import constants as C
+from marketlake.exchanges.bybit.emulator_control import (
+    EmulatorClock,
+    EmulatorControl,
+    FaultConfig,
+    RequestRecord,
+)
+from marketlake.exchanges.bybit.market import InstrumentSpec, SyntheticMarket
+
+__all__ = ["BybitEmulator", "run_emulator"]
+
+log = logging.getLogger(__name__)
+
+_JSON: Final = "application/json; charset=utf-8"
+_ADMIN: Final = "/_emulator"
+_MAX_INT_PARAM: Final = 10**15
+
+
+class _ParamError(Exception):
+    """A request parameter Bybit would refuse with retCode 10001."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    ret_code: int
+    ret_msg: str
+    result: dict[str, Any]
+
+
+def _params_error(message: str) -> _Answer:
+    return _Answer(C.RetCode.PARAMS_ERROR, message, {})
+
+
+def _int_param(query: Any, name: str, default: int | None, lo: int = 0, hi: int = _MAX_INT_PARAM) -> int | None:
+    raw = query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or len(raw) > 16 or not lo <= int(raw) <= hi:
+        raise _ParamError(f"params error: {name} invalid (expected an integer in [{lo}, {hi}])")
+    return int(raw)
+
+
+class BybitEmulator:
+    """The emulator server. Start it with ``async with`` or :meth:`start`/:meth:`stop`.
+
+    Args:
+        market: The market to serve; built with :meth:`SyntheticMarket.generate` from
+            ``symbols``/``seed`` when None.
+        symbols: Linear symbols to generate (a count or a list) when ``market`` is None.
+        seed: Seed of the market and of the random faults.
+        start_ms: Market time at start (default: the real time now).
+        speed: Market milliseconds per real millisecond (0 freezes market time).
+        faults: Initial fault configuration (default: none).
+        host: Interface to bind (127.0.0.1: never expose it by accident).
+        port: TCP port; 0 picks a free one (see :attr:`url` after start).
+    """
+
+    def __init__(
+        self,
+        market: SyntheticMarket | None = None,
+        *,
+        symbols: int | Sequence[str] = 10,
+        seed: int = 0,
+        start_ms: int | None = None,
+        speed: float = 1.0,
+        faults: FaultConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.market = market if market is not None else SyntheticMarket.generate(seed, symbols)
+        self.control = EmulatorControl(faults or FaultConfig(), EmulatorClock(start_ms, speed), seed)
+        self.host = host
+        self.port = port
+        self.app = self._build_app()
+        self._runner: web.AppRunner | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:54321`` (valid once started)."""
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def faults(self) -> FaultConfig:
+        """The live fault configuration (same object as ``control.faults``)."""
+        return self.control.faults
+
+    @property
+    def clock(self) -> EmulatorClock:
+        """The market clock."""
+        return self.control.clock
+
+    async def start(self) -> None:
+        """Bind and serve; afterwards :attr:`url` holds the real port."""
+        if self._runner is not None:
+            return
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        server = site._server  # the bound asyncio server: the only place the real port is known
+        if server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+        self._runner = runner
+
+    async def stop(self) -> None:
+        """Stop serving and close every connection."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> BybitEmulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ app
+
+    def _build_app(self) -> web.Application:
+        app = web.Application()
+        self._endpoints: dict[str, Callable[[Any, int], _Answer]] = {
+            C.PATH_KLINE: self._kline,
+            C.PATH_INSTRUMENTS: self._instruments,
+            C.PATH_RECENT_TRADE: self._recent_trade,
+            C.PATH_SERVER_TIME: self._server_time,
+        }
+        for path in self._endpoints:
+            app.router.add_get(path, self._serve)
+        app.router.add_get(f"{_ADMIN}/state", self._admin_state)
+        app.router.add_post(f"{_ADMIN}/faults", self._admin_faults)
+        app.router.add_post(f"{_ADMIN}/schedule", self._admin_schedule)
+        app.router.add_post(f"{_ADMIN}/clock", self._admin_clock)
+        app.router.add_post(f"{_ADMIN}/ban", self._admin_ban)
+        app.router.add_get(f"{_ADMIN}/requests", self._admin_requests)
+        return app
+
+    def _record(self, mono: float, wall: float, server_ms: int, request: web.Request, status: int,
+                ret_code: int | None, fault: str | None) -> None:
+        self.control.log.append(RequestRecord(
+            wall_ms=wall, mono=mono, server_ms=server_ms, path=request.path,
+            params=dict(request.query), status=status, ret_code=ret_code, fault=fault,
+        ))
+
+    def _limit_headers(self, mono: float, server_ms: int) -> dict[str, str]:
+        f, ctl = self.control.faults, self.control
+        limit = f.api_limit or f.ip_limit or C.IP_LIMIT_PER_WINDOW
+        used = ctl.api_window.count(mono, f.window_seconds)
+        remaining = max(0, limit - used)
+        wait = ctl.api_window.frees_in(mono, f.window_seconds, limit) if remaining == 0 else 0.0
+        return {
+            C.HEADER_LIMIT: str(limit),
+            C.HEADER_LIMIT_STATUS: str(remaining),
+            C.HEADER_LIMIT_RESET: str(server_ms + int(wait * 1000) + (1 if wait else 0)),
+        }
+
+    def _envelope(self, answer: _Answer, server_ms: int) -> bytes:
+        return msgspec.json.encode({
+            "retCode": int(answer.ret_code),
+            "retMsg": answer.ret_msg,
+            "result": answer.result,
+            "retExtInfo": {},
+            "time": server_ms,
+        })
+
+    async def _serve(self, request: web.Request) -> web.StreamResponse:
+        ctl, f = self.control, self.control.faults
+        mono, wall = time.monotonic(), time.time_ns() / 1e6
+        arrival_ms = ctl.clock.now_ms()
+
+        def reply(status: int, body: bytes, ret_code: int | None, fault: str | None,
+                  headers: dict[str, str] | None = None, content_type: str = _JSON) -> web.Response:
+            self._record(mono, wall, arrival_ms, request, status, ret_code, fault)
+            resp = web.Response(status=status, body=body, headers=headers)
+            resp.content_type = content_type.split(";")[0]
+            if content_type == _JSON:
+                resp.charset = "utf-8"
+            return resp
+
+        # The IP limit and bans come first: Bybit's gateway answers them without the envelope.
+        ctl.ip_window.add(mono)
+        if ctl.is_banned(mono):
+            return reply(403, b"403 Forbidden: access too frequent", None, "banned", content_type="text/plain")
+        if f.ip_limit is not None and ctl.ip_window.count(mono, f.window_seconds) > f.ip_limit:
+            ctl.ban()
+            return reply(403, b"403 Forbidden: access too frequent", None, "limit-403", content_type="text/plain")
+        fault = ctl.draw_fault(request.path)
+        if fault == "403":
+            ctl.ban()
+            return reply(403, b"403 Forbidden: access too frequent", None, fault, content_type="text/plain")
+        if fault == "disconnect":
+            self._record(mono, wall, arrival_ms, request, 0, None, fault)
+            if request.transport is not None:
+                request.transport.close()
+            raise asyncio.CancelledError  # nothing is sent: the client sees the connection drop
+        if fault == "slow":
+            await asyncio.sleep(f.slow_seconds)
+        if fault == "429":
+            return reply(429, b"429 Too Many Requests", None, fault, content_type="text/plain")
+        if fault == "5xx":
+            body = f"<html><body><h1>{f.status_5xx} Service Unavailable</h1></body></html>".encode()
+            return reply(f.status_5xx, body, None, fault, content_type="text/html")
+        server_ms = ctl.clock.now_ms()
+        if fault == "10016":
+            answer = _Answer(C.RetCode.SERVER_ERROR, C.MSG_SERVER_ERROR, {})
+            return reply(200, self._envelope(answer, server_ms), answer.ret_code, fault,
+                         self._limit_headers(mono, server_ms))
+        over = f.api_limit is not None and ctl.api_window.count(mono, f.window_seconds) >= f.api_limit
+        if fault == "10006" or over:
+            answer = _Answer(C.RetCode.TOO_MANY_VISITS, C.MSG_TOO_MANY_VISITS, {})
+            headers = self._limit_headers(mono, server_ms)
+            if fault == "10006" and not over:
+                # A forced 10006 still says when to come back: one window from now at most.
+                headers[C.HEADER_LIMIT_STATUS] = "0"
+                headers[C.HEADER_LIMIT_RESET] = str(server_ms + int(f.window_seconds * 1000))
+            return reply(200, self._envelope(answer, server_ms), answer.ret_code,
+                         fault or "limit-10006", headers)
+        ctl.api_window.add(mono)
+        try:
+            answer = self._endpoints[request.path](request.query, server_ms)
+        except _ParamError as exc:
+            answer = _params_error(str(exc))
+        body = self._envelope(answer, server_ms)
+        if fault == "truncated":
+            body = body[: max(1, len(body) // 2)]
+        return reply(200, body, answer.ret_code, fault, self._limit_headers(mono, server_ms))
+
+    # ------------------------------------------------------------------ endpoints
+
+    def _spec(self, category: str, symbol: str | None) -> InstrumentSpec | None:
+        if not symbol or not self.market.has(symbol, category):
+            return None
+        return self.market.instrument(symbol, category)
+
+    def _kline(self, q: Any, now_ms: int) -> _Answer:
+        category = q.get("category") or "linear"
+        if category not in C.KLINE_CATEGORIES:
+            return _params_error(C.MSG_ILLEGAL_CATEGORY)
+        symbol = q.get("symbol")
+        if not symbol:
+            return _params_error("params error: symbol is required")
+        interval = q.get("interval")
+        if not interval:
+            return _params_error("params error: interval is required")
+        if interval not in C.INTERVALS:
+            return _params_error(f"params error: interval invalid, use one of {','.join(C.INTERVALS)}")
+        start = _int_param(q, "start", None)
+        end = _int_param(q, "end", None)
+        limit = _int_param(q, "limit", C.KLINE_LIMIT_DEFAULT, 1, C.KLINE_LIMIT_MAX)
+        if start is not None and end is not None and start > end:
+            return _params_error("params error: start must not be after end")
+        spec = self._spec(category, symbol)
+        if spec is None:
+            return _params_error(C.MSG_NOT_SUPPORTED_SYMBOLS)
+        assert limit is not None
+        raw = self.market.select_klines(spec, parse_timeframe(interval), start, end, limit, now_ms)
+        return _Answer(0, C.MSG_OK, {"symbol": symbol, "category": category,
+                                     "list": msgspec.Raw(raw.wire_json())})
+
+    def _instruments(self, q: Any, now_ms: int) -> _Answer:
+        category = q.get("category")
+        if not category:
+            return _params_error("params error: category is required")
+        if category not in C.CATEGORIES:
+            return _params_error(C.MSG_ILLEGAL_CATEGORY)
+        status = q.get("status") or None
+        if status is not None and status not in C.INSTRUMENT_STATUSES:
+            return _params_error(f"params error: status invalid, use one of {','.join(C.INSTRUMENT_STATUSES)}")
+        specs = self.market.instruments(category)
+        wanted = status or "Trading"
+        specs = [s for s in specs if s.status(now_ms) == wanted]
+        if q.get("symbol"):
+            specs = [s for s in specs if s.symbol == q["symbol"]]
+        if q.get("baseCoin") and category != "spot":
+            specs = [s for s in specs if s.base_coin == q["baseCoin"]]
+        if category == "spot":
+            # Spot has no pagination: limit/cursor are ignored and nextPageCursor is absent.
+            return _Answer(0, C.MSG_OK, {"category": "spot", "list": [_spot_item(s, now_ms) for s in specs]})
+        limit = _int_param(q, "limit", C.INSTRUMENTS_LIMIT_DEFAULT, 1, C.INSTRUMENTS_LIMIT_MAX)
+        assert limit is not None
+        cursor = q.get("cursor")
+        if cursor:
+            last = _cursor_last(cursor)
+            specs = [s for s in specs if s.symbol > last]
+        page, rest = specs[:limit], specs[limit:]
+        next_cursor = (
+            urllib.parse.quote(f"first={page[0].symbol}&last={page[-1].symbol}", safe="")
+            if rest and page else ""
+        )
+        return _Answer(0, C.MSG_OK, {
+            "category": category,
+            "list": [_derivative_item(s, now_ms) for s in page],
+            "nextPageCursor": next_cursor,
+        })
+
+    def _recent_trade(self, q: Any, now_ms: int) -> _Answer:
+        category = q.get("category")
+        if not category:
+            return _params_error("params error: category is required")
+        if category not in C.TRADE_LIMITS or category == "option":
+            return _params_error(C.MSG_ILLEGAL_CATEGORY)
+        symbol = q.get("symbol")
+        if not symbol:
+            return _params_error("params error: symbol is required")
+        default, most = C.TRADE_LIMITS[category]
+        limit = _int_param(q, "limit", default, 1, most)
+        assert limit is not None
+        spec = self._spec(category, symbol)
+        if spec is None:
+            return _params_error(C.MSG_NOT_SUPPORTED_SYMBOLS)
+        trades = self.market.recent_trades(spec, now_ms, limit)
+        return _Answer(0, C.MSG_OK, {"category": category, "list": trades})
+
+    def _server_time(self, q: Any, now_ms: int) -> _Answer:
+        nano = now_ms * 1_000_000 + int(time.time_ns() % 1_000_000)
+        return _Answer(0, C.MSG_OK, {"timeSecond": str(nano // 1_000_000_000), "timeNano": str(nano)})
+
+    # ------------------------------------------------------------------ admin routes
+
+    async def _admin_state(self, request: web.Request) -> web.Response:
+        f = self.control.faults
+        state = {
+            "time_ms": self.control.clock.now_ms(),
+            "speed": self.control.clock.speed,
+            "faults": {x.name: getattr(f, x.name) for x in fields(FaultConfig) if x.name != "paths"},
+            "paths": sorted(f.paths) if f.paths is not None else None,
+            "scheduled": self.control.scheduled,
+            "banned_seconds": self.control.ban_remaining_seconds,
+            "requests": len(self.control.log),
+            "max_requests_in_window": self.control.log.max_in_window(f.window_seconds),
+        }
+        return web.json_response(state)
+
+    async def _read_json(self, request: web.Request) -> dict[str, Any]:
+        try:
+            data = msgspec.json.decode(await request.read())
+        except msgspec.DecodeError as exc:
+            raise web.HTTPBadRequest(text=f"body is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise web.HTTPBadRequest(text="body must be a JSON object")
+        return data
+
+    async def _admin_faults(self, request: web.Request) -> web.Response:
+        data = await self._read_json(request)
+        try:
+            self.control.configure(**data)
+        except (TypeError, ValueError) as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        return await self._admin_state(request)
+
+    async def _admin_schedule(self, request: web.Request) -> web.Response:
+        data = await self._read_json(request)
+        kinds = data.get("faults")
+        if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+            raise web.HTTPBadRequest(text='expected {"faults": ["429", ...]}')
+        try:
+            self.control.schedule(*kinds)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        return await self._admin_state(request)
+
+    async def _admin_clock(self, request: web.Request) -> web.Response:
+        data = await self._read_json(request)
+        t, speed = data.get("time_ms"), data.get("speed")
+        if (t is not None and not isinstance(t, int)) or (speed is not None and not isinstance(speed, (int, float))):
+            raise web.HTTPBadRequest(text='expected {"time_ms": int, "speed": number}')
+        try:
+            self.control.set_clock(time_ms=t, speed=speed)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        return await self._admin_state(request)
+
+    async def _admin_ban(self, request: web.Request) -> web.Response:
+        data = await self._read_json(request)
+        seconds = data.get("seconds")
+        if seconds is not None and (not isinstance(seconds, (int, float)) or seconds < 0):
+            raise web.HTTPBadRequest(text='expected {"seconds": number >= 0} (0 lifts the ban)')
+        if seconds == 0:
+            self.control.unban()
+        else:
+            self.control.ban(seconds)
+        return await self._admin_state(request)
+
+    async def _admin_requests(self, request: web.Request) -> web.Response:
+        rows = [
+            {"wall_ms": r.wall_ms, "server_ms": r.server_ms, "path": r.path, "params": r.params,
+             "status": r.status, "ret_code": r.ret_code, "fault": r.fault}
+            for r in self.control.log.records
+        ]
+        return web.Response(body=msgspec.json.encode(rows), content_type="application/json")
+
+
+def _cursor_last(cursor: str) -> str:
+    decoded = urllib.parse.unquote(cursor)
+    parsed = urllib.parse.parse_qs(decoded, strict_parsing=False)
+    last = parsed.get("last")
+    if not last or not last[0]:
+        raise _ParamError("params error: cursor invalid")
+    return last[0]
+
+
+def _risk() -> dict[str, str]:
+    return {"priceLimitRatioX": "0.05", "priceLimitRatioY": "0.1"}
+
+
+def _derivative_item(s: InstrumentSpec, now_ms: int) -> dict[str, Any]:
+    contract = "InversePerpetual" if s.category == "inverse" else "LinearPerpetual"
+    max_qty = str(10**6 * s.lot_units // 10**s.qty_scale or 1)
+    return {
+        "symbol": s.symbol,
+        "contractType": contract,
+        "status": s.status(now_ms),
+        "baseCoin": s.base_coin,
+        "quoteCoin": s.quote_coin,
+        "launchTime": str(s.launch_ms),
+        "deliveryTime": str(s.delist_ms or 0),
+        "deliveryFeeRate": "",
+        "priceScale": str(s.price_scale),
+        "leverageFilter": {"minLeverage": "1", "maxLeverage": "50.00", "leverageStep": "0.01"},
+        "priceFilter": {"minPrice": s.tick_size, "maxPrice": "9999999.00", "tickSize": s.tick_size},
+        "lotSizeFilter": {
+            "maxOrderQty": max_qty,
+            "minOrderQty": s.qty_step,
+            "qtyStep": s.qty_step,
+            "postOnlyMaxOrderQty": max_qty,
+            "maxMktOrderQty": max_qty,
+            "minNotionalValue": "5",
+        },
+        "unifiedMarginTrade": True,
+        "fundingInterval": 480,
+        "settleCoin": s.base_coin if s.category == "inverse" else s.quote_coin,
+        "copyTrading": "none",
+        "upperFundingRate": "0.005",
+        "lowerFundingRate": "-0.005",
+        "isPreListing": False,
+        "preListingInfo": None,
+        "riskParameters": _risk(),
+        "symbolType": "",
+    }
+
+
+def _spot_item(s: InstrumentSpec, now_ms: int) -> dict[str, Any]:
+    return {
+        "symbol": s.symbol,
+        "baseCoin": s.base_coin,
+        "quoteCoin": s.quote_coin,
+        "innovation": "0",
+        "status": s.status(now_ms),
+        "marginTrading": "none",
+        "stTag": "0",
+        "lotSizeFilter": {
+            "basePrecision": s.qty_step,
+            "quotePrecision": "0.0000001",
+            "minOrderQty": s.qty_step,
+            "maxOrderQty": "1000000",
+            "minOrderAmt": "5",
+            "maxOrderAmt": "8000000",
+        },
+        "priceFilter": {"tickSize": s.tick_size},
+        "riskParameters": _risk(),
+        "symbolType": "",
+    }
+
+
+def run_emulator(
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    symbols: int | Sequence[str] = 10,
+    seed: int = 0,
+    speed: float = 1.0,
+    *,
+    start_ms: int | None = None,
+    faults: FaultConfig | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the emulator until interrupted (Ctrl-C / SIGTERM); for ``marketlake serve``.
+
+    Args:
+        host: Interface to bind.
+        port: TCP port (0: a free one, reported through ``on_ready``).
+        symbols: Linear symbols: a count or a list.
+        seed: Market seed.
+        speed: Market-time speed-up.
+        start_ms: Market time at start (default: now).
+        faults: Initial faults.
+        on_ready: Called with the base URL once the server listens.
+    """
+
+    async def main() -> None:
+        emu = BybitEmulator(symbols=symbols, seed=seed, start_ms=start_ms, speed=speed,
+                            faults=faults, host=host, port=port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+        async with emu:
+            log.info("bybit emulator listening on %s", emu.url)
+            if on_ready is not None:
+                on_ready(emu.url)
+            await stop.wait()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
