@@ -87,6 +87,8 @@ _IGNORABLE: Final = frozenset(
     {"symbol", "timeframe", "exchange", "category", "date", "datetime", "confirm", "end", "interval"}
 )
 _TS_ALIASES: Final = ("timestamp", "start", "timestamp_ms")
+_TS_MIN_MS: Final = 631_152_000_000  # 1990-01-01
+_TS_MAX_MS: Final = 7_258_118_400_000  # 2200-01-01
 
 
 def _as_polars(frame: object) -> pl.DataFrame:
@@ -113,6 +115,18 @@ def _to_timestamp(col: pl.Series, unit: str) -> pl.Series:
     raise SchemaMismatchError(
         f"column 'ts' must be int64 epoch milliseconds or a datetime, got {dtype}"
     )
+
+
+def _check_ts_range(ts: pl.Series, what: str) -> None:
+    """Reject times outside 1990..2200: almost always seconds or microseconds passed as ms."""
+    ms = ts.dt.epoch("ms")
+    bad = (ms < _TS_MIN_MS) | (ms >= _TS_MAX_MS)
+    if bad.any():
+        row = _first_bad_row(bad.fill_null(False))
+        raise SchemaMismatchError(
+            f"{what}: ts {ms[row]} at row {row} is not between 1990 and 2200 "
+            "(epoch seconds or microseconds given as milliseconds?)"
+        )
 
 
 def _first_bad_row(mask: pl.Series) -> int:
@@ -149,6 +163,7 @@ def _normalize(
         col = df.get_column(name)
         if name == "ts":
             conv = _to_timestamp(col, dtype.time_unit)  # type: ignore[attr-defined]
+            _check_ts_range(conv, what)
         else:
             try:
                 conv = col.cast(dtype, strict=True)

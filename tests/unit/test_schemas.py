@@ -38,6 +38,8 @@ def test_arrow_tables_and_old_dict_shape_are_accepted():
         (lambda d: d.with_columns(pl.lit(None, dtype=pl.Float64).alias("high")), "null at row 0"),
         (lambda d: d.with_columns(pl.lit(1).alias("mystery")), "unexpected column"),
         (lambda d: d.with_columns(pl.col("ts").cast(pl.String)), "epoch milliseconds or a datetime"),
+        (lambda d: d.with_columns(pl.col("ts") // 1000), "seconds or microseconds"),
+        (lambda d: d.with_columns(pl.col("ts") * 1000), "not between 1990 and 2200"),
     ],
 )
 def test_bad_candle_frames_raise_schema_mismatch(change, message):
