@@ -139,8 +139,13 @@ def decode_envelope(data: bytes) -> Envelope:
 # Klines
 
 
+# Numeric strings are converted by msgspec while decoding (strict=False): one pass in C, correctly
+# rounded, several times faster than decoding strings and parsing them with numpy afterwards.
+_KlineRow = tuple[int, float, float, float, float, float, float]
+
+
 class _KlineResultWire(msgspec.Struct):
-    rows: list[list[str]] = msgspec.field(name="list")
+    rows: list[_KlineRow] = msgspec.field(name="list")
     symbol: str = ""
     category: str = ""
 
@@ -191,31 +196,21 @@ def decode_kline_result(result: bytes) -> KlineBatch:
     """
     wire = _decode(result, _KlineResultWire, "kline result")
     rows = wire.rows
-    n = len(rows)
-    if n == 0:
+    if not rows:
         empty_i = np.empty(0, dtype=np.int64)
         empty_f = np.empty(0, dtype=np.float64)
         return KlineBatch(wire.symbol, wire.category, empty_i, *([empty_f] * 6))
-    for i, row in enumerate(rows):
-        if len(row) != 7:
-            raise ExchangeProtocolError(
-                f"bybit kline result: row {i} has {len(row)} fields, expected 7 "
-                "(startTime, open, high, low, close, volume, turnover)"
-            )
-    table = np.array(rows, dtype=np.str_)
-    try:
-        ts = table[:, 0].astype(np.int64)
-        values = table[:, 1:].astype(np.float64)
-    except (ValueError, OverflowError) as exc:
-        raise ExchangeProtocolError(f"bybit kline result: a field is not a number: {exc}") from None
-    if not np.isfinite(values).all() or (values < 0).any():
-        bad = int(np.argmax(~np.isfinite(values).all(axis=1) | (values < 0).any(axis=1)))
+    ts = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    values = np.array([r[1:] for r in rows], dtype=np.float64)
+    finite = np.isfinite(values).all(axis=1) & (values >= 0).all(axis=1)
+    if not finite.all():
+        bad = int(np.argmin(finite))
         raise ExchangeProtocolError(
-            f"bybit kline result: row {bad} holds a negative or non-finite number: {rows[bad]}"
+            f"bybit kline result: row {bad} holds a negative or non-finite number: {list(rows[bad])}"
         )
     if (values[:, 1] < values[:, 2]).any():
         bad = int(np.argmax(values[:, 1] < values[:, 2]))
-        raise ExchangeProtocolError(f"bybit kline result: row {bad} has high < low: {rows[bad]}")
+        raise ExchangeProtocolError(f"bybit kline result: row {bad} has high < low: {list(rows[bad])}")
     # np.unique sorts and, with return_index, keeps the first occurrence of each open time.
     _, first = np.unique(ts, return_index=True)
     return KlineBatch(
