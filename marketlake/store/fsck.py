@@ -23,9 +23,22 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from marketlake.core.schemas import CANDLE_ARROW_SCHEMA, TRADE_ARROW_SCHEMA
-from marketlake.store.files import is_temp_name, list_data_files, partition_lock, purge_trash, to_trash
-from marketlake.store.layout import CANDLES, DATASETS, META_DIR, Period, live_files, partition_period
 from marketlake.core.timeframes import TIMEFRAMES
+from marketlake.store.files import (
+    is_temp_name,
+    list_data_files,
+    partition_lock,
+    purge_trash,
+    to_trash,
+)
+from marketlake.store.layout import (
+    CANDLES,
+    DATASETS,
+    META_DIR,
+    Period,
+    live_files,
+    partition_period,
+)
 
 __all__ = ["FsckIssue", "FsckReport", "run_fsck"]
 

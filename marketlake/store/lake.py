@@ -23,7 +23,13 @@ from marketlake.store.duck import create_views
 from marketlake.store.files import purge_trash
 from marketlake.store.fsck import FsckReport, run_fsck
 from marketlake.store.layout import CANDLES, DATASETS, META_DIR, TRADES, SeriesId
-from marketlake.store.reader import PartitionFiles, find_series, plan_files, scan_files, subdir_values
+from marketlake.store.reader import (
+    PartitionFiles,
+    find_series,
+    plan_files,
+    scan_files,
+    subdir_values,
+)
 from marketlake.store.writer import (
     WriteResult,
     commit_rows,
