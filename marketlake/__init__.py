@@ -7,19 +7,27 @@ from marketlake import errors
 from marketlake.clock import Clock, ManualClock, SystemClock, get_clock, use_clock
 from marketlake.core.timeframes import TIMEFRAMES, Timeframe, parse_timeframe
 from marketlake.errors import *  # noqa: F403  (the error tree is part of the public API)
+from marketlake.interop.csv import ImportReport, export_csv, import_csv
 from marketlake.settings import Settings
+from marketlake.store import FsckReport, Lake, WriteResult
 
 __version__ = "0.1.0"
 
 __all__ = [
     "TIMEFRAMES",
     "Clock",
+    "FsckReport",
+    "ImportReport",
+    "Lake",
     "ManualClock",
     "Settings",
     "SystemClock",
     "Timeframe",
+    "WriteResult",
     "errors",
+    "export_csv",
     "get_clock",
+    "import_csv",
     "parse_timeframe",
     "use_clock",
     *errors.__all__,
