@@ -533,7 +533,18 @@ def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, setup: Call
 
 
 def peak_rss_self() -> int:
-    """Peak RSS of this process so far, bytes (Linux ru_maxrss is in KiB)."""
+    """Peak RSS of this process image so far, bytes.
+
+    ``VmHWM`` of /proc/self/status, which starts afresh at exec; ``ru_maxrss`` would not do for a
+    child: Linux carries the parent's peak over fork + exec.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -619,7 +630,8 @@ def header(name: str, ds: DataSet, args: argparse.Namespace) -> None:
     print(
         f"python {platform.python_version()}, polars {pl.__version__}, pyarrow {pyarrow.__version__}, "
         f"duckdb {duckdb.__version__}, numpy {np.__version__}; {os.cpu_count()} cpus; "
-        f"median of {args.repeat} runs after 1 untimed warm-up run (warm page cache)"
+        f"median of {args.repeat} runs after 1 untimed warm-up run (warm page cache); "
+        f"load average at start {os.getloadavg()[0]:.2f}"
     )
     sys.stdout.flush()
 
