@@ -1,0 +1,294 @@
+"""The coverage ledger: which time ranges of each series were fetched, and what was found.
+
+For every series the ledger holds non-overlapping ``[start, end)`` ranges (epoch ms of candle open
+times, end exclusive) with a status:
+
+* ``present`` — fetched; the lake holds what the exchange had there;
+* ``empty`` — fetched and verified empty: the exchange has no data there (an outage, before
+  listing); not a gap to repair;
+* ``failed`` — a fetch was attempted and failed; still missing.
+
+Ingest plans from it (fetch only what is neither present nor empty, resume after interruption),
+``check`` tells unexplained gaps from verified-empty ones, ``repair`` re-fetches. It also keeps a
+log of ingest runs and of stream events (disconnects, backfills).
+
+It lives in ``_meta/ledger.sqlite`` (WAL; every change is one ``BEGIN IMMEDIATE`` transaction, so
+several processes can record at once). SQLite rather than Parquet because the ledger is many small
+updates under concurrency, which is what SQLite is for; it is exposed to DuckDB as a registered
+Arrow table (no DuckDB extension needed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from marketlake.clock import get_clock
+from marketlake.core.intervals import Interval, merge, subtract
+from marketlake.store.layout import META_DIR, SeriesId
+
+__all__ = ["Coverage", "Ledger", "Status"]
+
+
+class Status(StrEnum):
+    """What a fetch of a range found."""
+
+    PRESENT = "present"
+    EMPTY = "empty"
+    FAILED = "failed"
+
+
+_DONE = (Status.PRESENT.value, Status.EMPTY.value)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS coverage (
+    dataset TEXT NOT NULL, exchange TEXT NOT NULL, category TEXT NOT NULL, symbol TEXT NOT NULL,
+    timeframe TEXT NOT NULL, start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL,
+    status TEXT NOT NULL, updated_ms INTEGER NOT NULL, run_id TEXT, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS coverage_series
+    ON coverage (dataset, exchange, category, symbol, timeframe, start_ms);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, started_ms INTEGER NOT NULL, finished_ms INTEGER,
+    status TEXT NOT NULL, args TEXT, stats TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    ts_ms INTEGER NOT NULL, run_id TEXT, kind TEXT NOT NULL, dataset TEXT, exchange TEXT,
+    category TEXT, symbol TEXT, timeframe TEXT, start_ms INTEGER, end_ms INTEGER, detail TEXT
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """One recorded range of a series."""
+
+    start_ms: int
+    end_ms: int
+    status: Status
+    updated_ms: int
+    run_id: str | None = None
+    detail: str | None = None
+
+
+def _key(sid: SeriesId) -> tuple[str, str, str, str, str]:
+    return (sid.dataset, sid.exchange, sid.category, sid.symbol, sid.timeframe.name if sid.timeframe else "")
+
+
+_WHERE = "dataset = ? AND exchange = ? AND category = ? AND symbol = ? AND timeframe = ?"
+
+
+class Ledger:
+    """The coverage ledger of one lake.
+
+    Args:
+        root: The lake root; the ledger lives in ``root/_meta/ledger.sqlite``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / META_DIR / "ledger.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # ----------------------------------------------------------------- coverage
+
+    def record(
+        self,
+        sid: SeriesId,
+        start_ms: int,
+        end_ms: int,
+        status: Status | str,
+        *,
+        detail: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        """Record that ``[start_ms, end_ms)`` of ``sid`` was fetched with ``status``.
+
+        The newest knowledge wins over the range, except that ``failed`` never overrides
+        ``present`` or ``empty`` (a failed re-fetch does not un-store data).
+        """
+        status = Status(status)
+        if end_ms <= start_ms:
+            return
+        now = get_clock().now_ms()
+        key = _key(sid)
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT start_ms, end_ms, status, updated_ms, run_id, detail FROM coverage "
+                f"WHERE {_WHERE} AND end_ms > ? AND start_ms < ? ORDER BY start_ms",
+                (*key, start_ms - 1, end_ms + 1),  # touching ranges too, to coalesce them
+            ).fetchall()
+            pieces: list[Interval] = [(start_ms, end_ms)]
+            if status is Status.FAILED:
+                pieces = subtract(pieces, [(s, e) for s, e, st, *_ in rows if st in _DONE])
+            keep: list[tuple] = []
+            for s, e, st, up, run, det in rows:
+                for rs, re_ in subtract([(s, e)], pieces):
+                    keep.append((rs, re_, st, up, run, det))
+            new = keep + [(s, e, status.value, now, run_id, detail) for s, e in pieces]
+            db.execute(
+                f"DELETE FROM coverage WHERE {_WHERE} AND end_ms > ? AND start_ms < ?",
+                (*key, start_ms - 1, end_ms + 1),
+            )
+            db.executemany(
+                "INSERT INTO coverage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(*key, *row) for row in _coalesce(new)],
+            )
+
+    def forget(self, sid: SeriesId, start_ms: int, end_ms: int) -> None:
+        """Drop what is recorded over ``[start_ms, end_ms)`` (so that ingest fetches it again)."""
+        key = _key(sid)
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT start_ms, end_ms, status, updated_ms, run_id, detail FROM coverage "
+                f"WHERE {_WHERE} AND end_ms > ? AND start_ms < ?",
+                (*key, start_ms, end_ms),
+            ).fetchall()
+            db.execute(f"DELETE FROM coverage WHERE {_WHERE} AND end_ms > ? AND start_ms < ?", (*key, start_ms, end_ms))
+            rest = [
+                (*key, rs, re_, st, up, run, det)
+                for s, e, st, up, run, det in rows
+                for rs, re_ in subtract([(s, e)], [(start_ms, end_ms)])
+            ]
+            db.executemany("INSERT INTO coverage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rest)
+
+    def ranges(self, sid: SeriesId, start_ms: int | None = None, end_ms: int | None = None) -> list[Coverage]:
+        """Recorded ranges of ``sid`` overlapping ``[start_ms, end_ms)``, in time order."""
+        lo = -(2**62) if start_ms is None else start_ms
+        hi = 2**62 if end_ms is None else end_ms
+        rows = self._db.execute(
+            f"SELECT start_ms, end_ms, status, updated_ms, run_id, detail FROM coverage "
+            f"WHERE {_WHERE} AND end_ms > ? AND start_ms < ? ORDER BY start_ms",
+            (*_key(sid), lo, hi),
+        ).fetchall()
+        return [Coverage(s, e, Status(st), up, run, det) for s, e, st, up, run, det in rows]
+
+    def missing(self, sid: SeriesId, start_ms: int, end_ms: int) -> list[Interval]:
+        """Parts of ``[start_ms, end_ms)`` that are neither present nor verified empty."""
+        done = [(c.start_ms, c.end_ms) for c in self.ranges(sid, start_ms, end_ms) if c.status.value in _DONE]
+        return subtract([(start_ms, end_ms)], done)
+
+    def covered(self, sid: SeriesId, start_ms: int, end_ms: int, status: Status | str) -> list[Interval]:
+        """Parts of ``[start_ms, end_ms)`` recorded with ``status``."""
+        st = Status(status)
+        got = [(max(c.start_ms, start_ms), min(c.end_ms, end_ms)) for c in self.ranges(sid, start_ms, end_ms) if c.status is st]
+        return merge(got)
+
+    def table(self) -> pl.DataFrame:
+        """Every recorded range as a frame (the DuckDB ``coverage`` view)."""
+        rows = self._db.execute("SELECT * FROM coverage ORDER BY dataset, exchange, category, symbol, timeframe, start_ms").fetchall()
+        schema = {
+            "dataset": pl.String, "exchange": pl.String, "category": pl.String, "symbol": pl.String,
+            "timeframe": pl.String, "start_ms": pl.Int64, "end_ms": pl.Int64, "status": pl.String,
+            "updated_ms": pl.Int64, "run_id": pl.String, "detail": pl.String,
+        }
+        df = pl.DataFrame(rows, schema=schema, orient="row")
+        return df.with_columns(
+            pl.col("start_ms").cast(pl.Datetime("ms", "UTC")).alias("start"),
+            pl.col("end_ms").cast(pl.Datetime("ms", "UTC")).alias("end"),
+        )
+
+    # ----------------------------------------------------------------- runs and events
+
+    def start_run(self, kind: str, args: dict[str, Any]) -> str:
+        """Open a run record (``ingest``, ``stream``, ``repair`` ...); return its id."""
+        run_id = f"{get_clock().now_ms()}-{uuid.uuid4().hex[:8]}"
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, NULL, 'running', ?, NULL)",
+                (run_id, kind, get_clock().now_ms(), json.dumps(args, default=str)),
+            )
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, stats: dict[str, Any]) -> None:
+        """Close a run record with its outcome (``ok``, ``failed``, ``interrupted``) and figures."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE runs SET finished_ms = ?, status = ?, stats = ? WHERE run_id = ?",
+                (get_clock().now_ms(), status, json.dumps(stats, default=str), run_id),
+            )
+
+    def runs(self) -> pl.DataFrame:
+        """Every run, newest first."""
+        rows = self._db.execute("SELECT * FROM runs ORDER BY started_ms DESC").fetchall()
+        return pl.DataFrame(
+            rows,
+            schema={"run_id": pl.String, "kind": pl.String, "started_ms": pl.Int64, "finished_ms": pl.Int64,
+                    "status": pl.String, "args": pl.String, "stats": pl.String},
+            orient="row",
+        )
+
+    def event(
+        self,
+        kind: str,
+        *,
+        sid: SeriesId | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        detail: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        """Log an event (``disconnect``, ``backfill``, ``quarantine`` ...)."""
+        key: tuple = _key(sid) if sid is not None else (None,) * 5
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (get_clock().now_ms(), run_id, kind, *key, start_ms, end_ms, detail),
+            )
+
+    def events(self, kind: str | None = None) -> pl.DataFrame:
+        """Logged events, oldest first (optionally of one kind)."""
+        q = "SELECT * FROM events" + (" WHERE kind = ?" if kind else "") + " ORDER BY ts_ms"
+        rows = self._db.execute(q, (kind,) if kind else ()).fetchall()
+        return pl.DataFrame(
+            rows,
+            schema={"ts_ms": pl.Int64, "run_id": pl.String, "kind": pl.String, "dataset": pl.String,
+                    "exchange": pl.String, "category": pl.String, "symbol": pl.String, "timeframe": pl.String,
+                    "start_ms": pl.Int64, "end_ms": pl.Int64, "detail": pl.String},
+            orient="row",
+        )
+
+
+def _coalesce(rows: list[tuple]) -> list[tuple]:
+    """Sort ranges and join touching ones of equal status (the later one's metadata wins)."""
+    out: list[list] = []
+    for row in sorted(rows, key=lambda r: r[0]):
+        if out and out[-1][2] == row[2] and out[-1][1] >= row[0]:
+            prev = out[-1]
+            newer = row if row[3] >= prev[3] else prev
+            out[-1] = [prev[0], max(prev[1], row[1]), row[2], newer[3], newer[4], newer[5]]
+        else:
+            out.append(list(row))
+    return [tuple(r) for r in out]

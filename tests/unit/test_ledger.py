@@ -1,0 +1,73 @@
+import polars as pl
+import pytest
+
+from marketlake.store.layout import SeriesId
+from marketlake.store.ledger import Ledger, Status
+
+BTC1 = SeriesId.of("candles", exchange="bybit", category="linear", symbol="BTCUSDT", timeframe="1")
+ETH1 = SeriesId.of("candles", exchange="bybit", category="linear", symbol="ETHUSDT", timeframe="1")
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    with Ledger(tmp_path) as led:
+        yield led
+
+
+def test_missing_is_the_request_minus_present_and_empty(ledger):
+    ledger.record(BTC1, 100, 200, Status.PRESENT)
+    ledger.record(BTC1, 300, 400, Status.EMPTY, detail="outage")
+    ledger.record(BTC1, 400, 450, Status.FAILED)
+    assert ledger.missing(BTC1, 0, 500) == [(0, 100), (200, 300), (400, 500)]
+    assert ledger.missing(ETH1, 0, 500) == [(0, 500)]
+
+
+def test_touching_ranges_of_one_status_coalesce(ledger):
+    ledger.record(BTC1, 0, 100, Status.PRESENT, run_id="a")
+    ledger.record(BTC1, 100, 200, Status.PRESENT, run_id="b")
+    ledger.record(BTC1, 150, 250, Status.PRESENT, run_id="c")
+    got = ledger.ranges(BTC1)
+    assert [(c.start_ms, c.end_ms, c.status) for c in got] == [(0, 250, Status.PRESENT)]
+
+
+def test_newer_knowledge_overrides_but_failure_never_erases_data(ledger):
+    ledger.record(BTC1, 0, 300, Status.FAILED)
+    ledger.record(BTC1, 100, 200, Status.PRESENT)
+    assert [(c.start_ms, c.end_ms, c.status.value) for c in ledger.ranges(BTC1)] == [
+        (0, 100, "failed"), (100, 200, "present"), (200, 300, "failed")
+    ]
+    ledger.record(BTC1, 0, 300, Status.FAILED)  # a failed re-fetch over everything
+    assert ledger.covered(BTC1, 0, 300, Status.PRESENT) == [(100, 200)]
+    ledger.record(BTC1, 50, 150, Status.EMPTY)  # verified empty overrides present
+    assert ledger.covered(BTC1, 0, 300, "empty") == [(50, 150)]
+    assert ledger.covered(BTC1, 0, 300, "present") == [(150, 200)]
+
+
+def test_forget_reopens_a_range(ledger):
+    ledger.record(BTC1, 0, 300, Status.PRESENT)
+    ledger.forget(BTC1, 100, 120)
+    assert ledger.missing(BTC1, 0, 300) == [(100, 120)]
+
+
+def test_the_ledger_is_shared_by_connections_and_survives_reopening(tmp_path):
+    with Ledger(tmp_path) as a, Ledger(tmp_path) as b:
+        a.record(BTC1, 0, 10, Status.PRESENT)
+        b.record(BTC1, 10, 20, Status.PRESENT)
+    with Ledger(tmp_path) as c:
+        assert c.missing(BTC1, 0, 20) == []
+
+
+def test_runs_and_events_are_logged(ledger):
+    run = ledger.start_run("ingest", {"symbols": ["BTCUSDT"]})
+    ledger.event("disconnect", sid=BTC1, start_ms=5, end_ms=9, detail="1006", run_id=run)
+    ledger.finish_run(run, "ok", {"rows": 10})
+    runs = ledger.runs()
+    assert runs.row(0, named=True)["status"] == "ok"
+    ev = ledger.events("disconnect")
+    assert ev.height == 1 and ev["symbol"][0] == "BTCUSDT" and ev["timeframe"][0] == "1"
+
+
+def test_table_lists_every_range_with_datetimes(ledger):
+    ledger.record(BTC1, 1_704_067_200_000, 1_704_067_260_000, Status.PRESENT)
+    t = ledger.table()
+    assert t.height == 1 and t["start"].dtype == pl.Datetime("ms", "UTC")
