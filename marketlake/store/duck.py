@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from marketlake.store.layout import CANDLES, TRADES
 from marketlake.store.reader import PartitionFiles
@@ -54,9 +55,17 @@ def _view_sql(dataset: str, files: list[Path]) -> str:
     )
 
 
-def create_views(con: duckdb.DuckDBPyConnection, parts: dict[str, list[PartitionFiles]]) -> None:
-    """(Re)create the ``candles`` and ``trades`` views of ``con`` over the given live files."""
+def create_views(
+    con: duckdb.DuckDBPyConnection,
+    parts: dict[str, list[PartitionFiles]],
+    coverage: pa.Table | None = None,
+) -> None:
+    """(Re)create the ``candles`` and ``trades`` views of ``con`` over the given live files, and
+    the ``coverage`` view over the ledger's ranges when given."""
     con.execute("SET TimeZone = 'UTC'")
     for dataset in (CANDLES, TRADES):
         files = [f for p in parts.get(dataset, []) for f in p.files]
         con.execute(_view_sql(dataset, files))
+    if coverage is not None:
+        # A registered Arrow table: no DuckDB extension (sqlite_scanner) needs downloading.
+        con.register("coverage", coverage)

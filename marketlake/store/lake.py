@@ -23,6 +23,7 @@ from marketlake.store.duck import create_views
 from marketlake.store.files import purge_trash
 from marketlake.store.fsck import FsckReport, run_fsck
 from marketlake.store.layout import CANDLES, DATASETS, META_DIR, TRADES, SeriesId
+from marketlake.store.ledger import Ledger
 from marketlake.store.reader import (
     PartitionFiles,
     find_series,
@@ -71,6 +72,7 @@ class Lake:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._con_generation: bytes | None = None
         self._last_purge = 0.0
+        self._ledger: Ledger | None = None
 
     def __repr__(self) -> str:
         return f"Lake({str(self.root)!r})"
@@ -316,8 +318,21 @@ class Lake:
         return con
 
     def refresh(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Rebuild ``con``'s views over the current live files."""
-        create_views(con, {ds: self._all_parts(ds) for ds in DATASETS})
+        """Rebuild ``con``'s views over the current live files (and ``coverage``, once a ledger exists)."""
+        coverage = self.ledger.table().to_arrow() if self.has_ledger else None
+        create_views(con, {ds: self._all_parts(ds) for ds in DATASETS}, coverage)
+
+    @property
+    def has_ledger(self) -> bool:
+        """True once anything recorded coverage in this lake."""
+        return (self.root / META_DIR / "ledger.sqlite").exists()
+
+    @property
+    def ledger(self) -> Ledger:
+        """The coverage ledger of this lake (opened, and created, on first use)."""
+        if self._ledger is None:
+            self._ledger = Ledger(self.root)
+        return self._ledger
 
     def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
         """Run ``query`` (with bound ``params``) against the lake's views; return a Polars frame.
@@ -348,6 +363,9 @@ class Lake:
         if self._con_generation != generation or generation is None:
             self.refresh(self._con)
             self._con_generation = generation
+        elif self.has_ledger:
+            # The ledger changes without a data commit; it is small, so re-register it each query.
+            self._con.register("coverage", self.ledger.table().to_arrow())
         return self._con
 
     # ------------------------------------------------------------------ checking

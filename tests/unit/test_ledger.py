@@ -71,3 +71,18 @@ def test_table_lists_every_range_with_datetimes(ledger):
     ledger.record(BTC1, 1_704_067_200_000, 1_704_067_260_000, Status.PRESENT)
     t = ledger.table()
     assert t.height == 1 and t["start"].dtype == pl.Datetime("ms", "UTC")
+
+
+def test_duckdb_offers_a_coverage_view_once_a_ledger_exists(lake):
+    assert not lake.has_ledger
+    lake.ledger.record(BTC1, 1_704_067_200_000, 1_704_070_800_000, Status.PRESENT)
+    lake.ledger.record(BTC1, 1_704_070_800_000, 1_704_074_400_000, Status.EMPTY, detail="outage")
+    out = lake.sql("select symbol, timeframe, status, (end_ms - start_ms) / 60000 as minutes from coverage order by start_ms")
+    assert out.rows() == [("BTCUSDT", "1", "present", 60), ("BTCUSDT", "1", "empty", 60)]
+
+
+def test_lake_sql_sees_ledger_changes_made_after_the_first_query(lake):
+    lake.ledger.record(BTC1, 0 + 1_704_067_200_000, 1_704_067_260_000, Status.PRESENT)
+    assert lake.sql("select count(*) from coverage").item() == 1
+    lake.ledger.record(ETH1, 1_704_067_200_000, 1_704_067_260_000, Status.FAILED)
+    assert lake.sql("select count(*) from coverage").item() == 2
