@@ -619,7 +619,7 @@ def goal(ok: bool) -> str:
     return "MET" if ok else "MISSED"
 
 
-def header(name: str, ds: DataSet, args: argparse.Namespace) -> None:
+def header(name: str, ds: DataSet, args: argparse.Namespace, timed: bool = True) -> None:
     import platform
 
     import duckdb
@@ -630,8 +630,8 @@ def header(name: str, ds: DataSet, args: argparse.Namespace) -> None:
     print(
         f"python {platform.python_version()}, polars {pl.__version__}, pyarrow {pyarrow.__version__}, "
         f"duckdb {duckdb.__version__}, numpy {np.__version__}; {os.cpu_count()} cpus; "
-        f"median of {args.repeat} runs after 1 untimed warm-up run (warm page cache); "
-        f"load average at start {os.getloadavg()[0]:.2f}"
+        + (f"median of {args.repeat} runs after 1 untimed warm-up run (warm page cache); " if timed else "")
+        + f"load average at start {os.getloadavg()[0]:.2f}"
     )
     sys.stdout.flush()
 
