@@ -5,6 +5,9 @@ The public API is what ``__all__`` lists; everything else is internal and may ch
 
 from marketlake import errors
 from marketlake.clock import Clock, ManualClock, SystemClock, get_clock, use_clock
+from marketlake.core.candles import candles_from_trades, resample
+from marketlake.core.consistency import check_consistency
+from marketlake.core.integrity import CheckResult, check_candles
 from marketlake.core.timeframes import TIMEFRAMES, Timeframe, parse_timeframe
 from marketlake.errors import *  # noqa: F403  (the error tree is part of the public API)
 from marketlake.interop.csv import ImportReport, export_csv, import_csv
@@ -14,6 +17,11 @@ from marketlake.store import FsckReport, Lake, WriteResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckResult",
+    "candles_from_trades",
+    "check_candles",
+    "check_consistency",
+    "resample",
     "TIMEFRAMES",
     "Clock",
     "FsckReport",

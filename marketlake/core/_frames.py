@@ -130,7 +130,7 @@ def float_mask_column(df: pl.DataFrame, name: str, what: str) -> tuple[np.ndarra
     A missing column reads as all null.
     """
     n = df.height
-    if name not in df.columns:
+    if name not in df.columns or df.get_column(name).null_count() == n:
         return np.zeros(n, np.float64), np.zeros(n, np.bool_)
     col = _as_float(df.get_column(name), what)
     if col.null_count() == 0:
@@ -149,6 +149,8 @@ def int_mask_column(df: pl.DataFrame, name: str, what: str) -> tuple[np.ndarray,
     if name not in df.columns:
         return np.zeros(n, np.int64), np.zeros(n, np.bool_)
     col = df.get_column(name)
+    if col.null_count() == n:  # Bybit candles carry no trade count: skip converting nulls
+        return np.zeros(n, np.int64), np.zeros(n, np.bool_)
     if col.dtype.is_float():
         # Counts read from CSV may arrive as floats; only whole numbers are accepted.
         whole = col.is_null() | (col == col.round(0))

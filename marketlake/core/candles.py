@@ -44,7 +44,13 @@ from marketlake.core.schemas import CANDLE_SCHEMA
 from marketlake.core.timeframes import DAY_MS, Timeframe, parse_timeframe
 from marketlake.errors import DataValidationError
 
-__all__ = ["candles_from_trades", "check_resample_pair", "resample"]
+__all__ = [
+    "candles_from_trades",
+    "check_resample_pair",
+    "expected_rows",
+    "resample",
+    "resample_with_counts",
+]
 
 _TS_TYPE = pl.Datetime("ms", "UTC")
 
@@ -226,6 +232,29 @@ def resample(
     """
     tf = parse_timeframe(timeframe)
     src = parse_timeframe(source)
+    frame, rows = resample_with_counts(candles, tf, src)
+    if complete_only and frame.height:
+        keep = rows == expected_rows(frame.get_column("ts").dt.epoch("ms").to_numpy(), tf, src)
+        frame = frame.filter(pl.Series(keep))
+    return frame
+
+
+def expected_rows(opens: np.ndarray, tf: Timeframe, src: Timeframe) -> np.ndarray:
+    """How many ``src`` candles a complete ``tf`` bucket opening at each of ``opens`` holds."""
+    if tf.kind == "month":
+        ends = np.array([tf.next_open(int(b)) for b in opens], dtype=np.int64)
+        return (ends - opens) // src.duration_ms
+    return np.full(opens.shape[0], tf.duration_ms // src.duration_ms, np.int64)
+
+
+def resample_with_counts(
+    candles: FrameLike, tf: Timeframe, src: Timeframe
+) -> tuple[pl.DataFrame, np.ndarray]:
+    """:func:`resample` without the completeness filter, plus the input row count of each bucket.
+
+    Raises:
+        As :func:`resample`.
+    """
     check_resample_pair(src, tf)
     df = as_frame(candles, "candles")
     ts, scale = ts_column(df, "candles")
@@ -239,6 +268,7 @@ def resample(
     tr, tr_ok = int_mask_column(df, "trades", "candles")
     bv, bv_ok = float_mask_column(df, "buy_volume", "candles")
     n = ts.shape[0]
+    # The resample kernel always takes masks (it is not the hot path of anything).
     tv_ok = tv_ok if tv_ok.shape[0] else np.ones(n, np.bool_)
     tr_ok = tr_ok if tr_ok.shape[0] else np.ones(n, np.bool_)
     bv_ok = bv_ok if bv_ok.shape[0] else np.ones(n, np.bool_)
@@ -250,20 +280,11 @@ def resample(
         out = resample_candles(*(a[order] for a in arrays), kind, dur, off)
     nb = out[2]
     opens, ro, rh, rl, rc, rv, rt, rt_ok, rn, rn_ok, rb, rb_ok, rows = (a[:nb] for a in out[3:])
-    if complete_only and nb:
-        if tf.kind == "month":
-            ends = np.array([tf.next_open(int(b)) for b in opens], dtype=np.int64)
-            expected = (ends - opens) // src.duration_ms
-        else:
-            expected = np.full(nb, tf.duration_ms // src.duration_ms, np.int64)
-        keep = rows == expected
-        opens, ro, rh, rl, rc, rv, rt, rt_ok, rn, rn_ok, rb, rb_ok = (
-            a[keep] for a in (opens, ro, rh, rl, rc, rv, rt, rt_ok, rn, rn_ok, rb, rb_ok)
-        )
-    return _frame(
+    frame = _frame(
         opens, ro, rh, rl, rc, rv,
         _masked(rt, rt_ok, pl.Float64), _masked(rn, rn_ok, pl.Int64), _masked(rb, rb_ok, pl.Float64),
     )
+    return frame, rows
 
 
 # The candle columns every function here returns, in stored order (kept equal to the schema).
