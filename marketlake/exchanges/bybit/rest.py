@@ -453,7 +453,11 @@ class BybitRestClient:
                 page = await self.fetch_kline_page(category, symbol, interval, a, b)
                 frames[i] = page.frame
 
-        tasks = [asyncio.ensure_future(one(i, a, b)) for i, (a, b) in enumerate(windows)]
+        if windows:
+            # The first page alone tells the server's time; later windows opening after it
+            # cannot hold a closed candle and are not requested at all.
+            await one(0, *windows[0])
+        tasks = [asyncio.ensure_future(one(i, a, b)) for i, (a, b) in enumerate(windows) if i]
         try:
             await asyncio.gather(*tasks)
         except BaseException:
