@@ -73,7 +73,9 @@ class _MemoryState:
             if len(g) >= limit:
                 return max(1, g[len(g) - limit] + window - now)
             rate = limit / window
-            tokens = float(burst) if self._tokens is None else _bucket(self._tokens, self._last, now, rate, burst)
+            tokens = (
+                float(burst) if self._tokens is None else _bucket(self._tokens, self._last, now, rate, burst)
+            )
             if tokens < 1.0:
                 self._tokens, self._last = tokens, max(self._last, now)
                 return max(1, math.ceil((1.0 - tokens) / rate))
@@ -118,8 +120,9 @@ class _SqliteState:
         return default if row is None else float(row[0])
 
     def _set(self, db: sqlite3.Connection, key: str, value: float) -> None:
-        db.execute("INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-                   (key, value))
+        db.execute(
+            "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", (key, value)
+        )
 
     def grant(self, now: int, limit: int, window: int, burst: int) -> int:
         with self._lock:
@@ -212,7 +215,7 @@ class RateBudget:
         if not name.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"rate budget name {name[:40]!r} must be letters, digits, - and _")
         self.limit = int(limit)
-        self.window_ms = max(1, int(round(window_s * 1000)))
+        self.window_ms = max(1, round(window_s * 1000))
         self.burst = max(1, int(burst if burst is not None else limit // 10))
         self._clock = clock
         self._state: _State

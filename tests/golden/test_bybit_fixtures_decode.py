@@ -99,7 +99,11 @@ def check_instruments(name: str, data: bytes) -> None:
     if name == "docs_rest_instruments_linear_BTCUSDT.json":
         inst = page.instruments[0]
         assert (inst.launch_time_ms, inst.tick_size, inst.qty_step, inst.price_scale) == (
-            1_585_526_400_000, "0.10", "0.001", 2)
+            1_585_526_400_000,
+            "0.10",
+            "0.001",
+            2,
+        )
 
 
 def check_recent_trades(name: str, data: bytes) -> None:

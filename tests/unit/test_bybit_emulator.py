@@ -24,7 +24,11 @@ from marketlake.exchanges.bybit.market import SyntheticMarket
 MAR_1 = 1_709_251_200_000  # 2024-03-01 00:00 UTC
 NOW = MAR_1 + 90 * MINUTE_MS + 30_000  # 01:30:30, frozen (speed 0) unless a test says otherwise
 KLINE, TIME, INSTR, TRADES = (
-    "/v5/market/kline", "/v5/market/time", "/v5/market/instruments-info", "/v5/market/recent-trade")
+    "/v5/market/kline",
+    "/v5/market/time",
+    "/v5/market/instruments-info",
+    "/v5/market/recent-trade",
+)
 
 
 def run(test: Callable[[BybitEmulator, aiohttp.ClientSession], Awaitable[None]], **emu_kw: Any) -> None:
@@ -33,15 +37,15 @@ def run(test: Callable[[BybitEmulator, aiohttp.ClientSession], Awaitable[None]],
         emu_kw.setdefault("seed", 5)
         emu_kw.setdefault("start_ms", NOW)
         emu_kw.setdefault("speed", 0)
-        async with BybitEmulator(**emu_kw) as emu:
-            async with aiohttp.ClientSession() as session:
-                await test(emu, session)
+        async with BybitEmulator(**emu_kw) as emu, aiohttp.ClientSession() as session:
+            await test(emu, session)
 
     asyncio.run(main())
 
 
-async def get(session: aiohttp.ClientSession, emu: BybitEmulator, path: str, **params: Any
-              ) -> tuple[int, Any, dict[str, str]]:
+async def get(
+    session: aiohttp.ClientSession, emu: BybitEmulator, path: str, **params: Any
+) -> tuple[int, Any, dict[str, str]]:
     async with session.get(emu.url + path, params={k: str(v) for k, v in params.items()}) as r:
         body = await r.read()
         try:
@@ -54,8 +58,9 @@ async def get(session: aiohttp.ClientSession, emu: BybitEmulator, path: str, **p
 def test_kline_rows_are_newest_first_seven_strings_with_start_and_end_both_inclusive() -> None:
     async def t(emu: BybitEmulator, s: aiohttp.ClientSession) -> None:
         a = MAR_1 - 5 * 3_600_000
-        status, body, _ = await get(s, emu, KLINE, category="linear", symbol="BTCUSDT", interval="60",
-                                    start=a, end=a + 2 * 3_600_000)
+        status, body, _ = await get(
+            s, emu, KLINE, category="linear", symbol="BTCUSDT", interval="60", start=a, end=a + 2 * 3_600_000
+        )
         assert status == 200 and body["retCode"] == 0
         rows = body["result"]["list"]
         assert [int(r[0]) for r in rows] == [a + 2 * 3_600_000, a + 3_600_000, a]
@@ -74,8 +79,17 @@ def test_kline_limit_defaults_to_200_and_keeps_the_newest_rows_of_a_larger_range
         rows = body["result"]["list"]
         assert len(rows) == 200 and int(rows[0][0]) == NOW - NOW % MINUTE_MS
         a = MAR_1 - DAY_MS
-        _, body, _ = await get(s, emu, KLINE, category="linear", symbol="ETHUSDT", interval="5",
-                               start=a, end=a + 99 * 5 * MINUTE_MS, limit=10)
+        _, body, _ = await get(
+            s,
+            emu,
+            KLINE,
+            category="linear",
+            symbol="ETHUSDT",
+            interval="5",
+            start=a,
+            end=a + 99 * 5 * MINUTE_MS,
+            limit=10,
+        )
         ts = [int(r[0]) for r in body["result"]["list"]]
         assert ts == [a + k * 5 * MINUTE_MS for k in range(99, 89, -1)]
 
@@ -85,8 +99,9 @@ def test_kline_limit_defaults_to_200_and_keeps_the_newest_rows_of_a_larger_range
 def test_kline_with_only_start_returns_the_oldest_rows_from_the_next_aligned_open() -> None:
     async def t(emu: BybitEmulator, s: aiohttp.ClientSession) -> None:
         start = MAR_1 - 10 * 3_600_000 + 23 * MINUTE_MS + 11_000  # unaligned, like ccxt's recording
-        _, body, _ = await get(s, emu, KLINE, category="linear", symbol="BTCUSDT", interval="60",
-                               start=start, limit=3)
+        _, body, _ = await get(
+            s, emu, KLINE, category="linear", symbol="BTCUSDT", interval="60", start=start, limit=3
+        )
         ts = [int(r[0]) for r in body["result"]["list"]]
         first = start - start % 3_600_000 + 3_600_000
         assert ts == [first + 2 * 3_600_000, first + 3_600_000, first]
@@ -98,7 +113,9 @@ def test_the_newest_kline_row_is_the_forming_candle_at_server_time() -> None:
     async def t(emu: BybitEmulator, s: aiohttp.ClientSession) -> None:
         for interval in ("1", "60", "D", "M"):
             tf = parse_timeframe(interval)
-            _, body, _ = await get(s, emu, KLINE, category="linear", symbol="BTCUSDT", interval=interval, limit=2)
+            _, body, _ = await get(
+                s, emu, KLINE, category="linear", symbol="BTCUSDT", interval=interval, limit=2
+            )
             newest = body["result"]["list"][0]
             assert int(newest[0]) == tf.floor(NOW), interval
             final = emu.market.candles("BTCUSDT", interval, tf.floor(NOW), tf.floor(NOW))
@@ -141,14 +158,32 @@ def test_every_served_timeframe_is_the_exact_decimal_sum_of_the_served_one_minut
         day = MAR_1 - 3 * DAY_MS
         minutes = []
         for a in (day, day + 1000 * MINUTE_MS):
-            _, body, _ = await get(s, emu, KLINE, category="linear", symbol="SYM001USDT", interval="1",
-                                   start=a, end=min(a + 999 * MINUTE_MS, day + DAY_MS - MINUTE_MS), limit=1000)
+            _, body, _ = await get(
+                s,
+                emu,
+                KLINE,
+                category="linear",
+                symbol="SYM001USDT",
+                interval="1",
+                start=a,
+                end=min(a + 999 * MINUTE_MS, day + DAY_MS - MINUTE_MS),
+                limit=1000,
+            )
             minutes += body["result"]["list"][::-1]
         assert len(minutes) == 1440
         for interval in ("15", "60", "240", "720", "D"):
             tf = parse_timeframe(interval)
-            _, body, _ = await get(s, emu, KLINE, category="linear", symbol="SYM001USDT",
-                                   interval=interval, start=day, end=day + DAY_MS - 1, limit=1000)
+            _, body, _ = await get(
+                s,
+                emu,
+                KLINE,
+                category="linear",
+                symbol="SYM001USDT",
+                interval=interval,
+                start=day,
+                end=day + DAY_MS - 1,
+                limit=1000,
+            )
             for row in body["result"]["list"]:
                 part = [m for m in minutes if tf.floor(int(m[0])) == int(row[0])]
                 assert row[1] == part[0][1] and row[4] == part[-1][4], interval
@@ -210,7 +245,7 @@ def test_instruments_paginate_with_a_cursor_until_every_trading_symbol_is_listed
             if not cursor:
                 break
         assert got == expected and pages == -(-len(expected) // 10)
-        status, body, _ = await get(s, emu, INSTR, category="linear", cursor="garbage")
+        _, body, _ = await get(s, emu, INSTR, category="linear", cursor="garbage")
         assert body["retCode"] == 10001 and "cursor" in body["retMsg"]
 
     run(t, symbols=25)
@@ -269,8 +304,17 @@ def test_an_exchange_outage_is_served_as_missing_rows_not_as_an_error() -> None:
 
     async def t(emu: BybitEmulator, s: aiohttp.ClientSession) -> None:
         a = outage[0] - 30 * MINUTE_MS
-        _, body, _ = await get(s, emu, KLINE, category="linear", symbol="BTCUSDT", interval="1",
-                               start=a, end=a + 119 * MINUTE_MS, limit=1000)
+        _, body, _ = await get(
+            s,
+            emu,
+            KLINE,
+            category="linear",
+            symbol="BTCUSDT",
+            interval="1",
+            start=a,
+            end=a + 119 * MINUTE_MS,
+            limit=1000,
+        )
         ts = {int(r[0]) for r in body["result"]["list"]}
         assert body["retCode"] == 0 and len(ts) == 60
         assert not any(outage[0] <= x < outage[1] for x in ts)
@@ -410,8 +454,12 @@ def test_run_emulator_serves_until_sigterm(tmp_path: Any) -> None:
         "run_emulator('127.0.0.1', 0, symbols=3, seed=1, speed=60.0,"
         " on_ready=lambda url: print(url, flush=True))\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()

@@ -91,10 +91,12 @@ def test_other_results_reject_wrong_shapes_with_typed_errors() -> None:
         decode_instruments_result(b'{"list":[{"status":"Trading"}]}')  # no symbol
     with pytest.raises(ExchangeProtocolError):
         decode_recent_trades_result(
-            b'{"list":[{"execId":"1","symbol":"X","price":"1","size":"1","side":"Up","time":"1"}]}')
+            b'{"list":[{"execId":"1","symbol":"X","price":"1","size":"1","side":"Up","time":"1"}]}'
+        )
     with pytest.raises(ExchangeProtocolError):
         decode_recent_trades_result(
-            b'{"list":[{"execId":"1","symbol":"X","price":"-1","size":"1","side":"Buy","time":"1"}]}')
+            b'{"list":[{"execId":"1","symbol":"X","price":"-1","size":"1","side":"Buy","time":"1"}]}'
+        )
     with pytest.raises(ExchangeProtocolError):
         decode_server_time_result(b'{"timeSecond":"1","timeNano":"5000000000"}')  # disagree
     with pytest.raises(ExchangeProtocolError):
@@ -111,15 +113,17 @@ def test_other_results_reject_wrong_shapes_with_typed_errors() -> None:
 
 def test_garbage_rate_limit_headers_count_as_absent() -> None:
     info = parse_rate_limit_headers(
-        {"X-Bapi-Limit": "-5", "x-bapi-limit-status": " 7 ", "X-Bapi-Limit-Reset-Timestamp": "9" * 40})
+        {"X-Bapi-Limit": "-5", "x-bapi-limit-status": " 7 ", "X-Bapi-Limit-Reset-Timestamp": "9" * 40}
+    )
     assert (info.limit, info.remaining, info.reset_ms) == (None, 7, None)
 
 
 Reply = tuple[int, bytes, dict[str, str]]
 
 
-def run_against(replies: list[Reply], test: Callable[[BybitRestClient, list[int]], Awaitable[None]],
-                **client_kw: object) -> None:
+def run_against(
+    replies: list[Reply], test: Callable[[BybitRestClient, list[int]], Awaitable[None]], **client_kw: object
+) -> None:
     """Serve ``replies`` in order (the last one repeats) from a real server and run ``test``."""
 
     async def main() -> None:
@@ -139,8 +143,9 @@ def run_against(replies: list[Reply], test: Callable[[BybitRestClient, list[int]
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         try:
             backoff = Backoff(base=0.005, cap=0.01, max_attempts=3, rng=random.Random(0))
-            async with BybitRestClient(f"http://127.0.0.1:{port}", ban_latch=BanLatch(),
-                                       backoff=backoff, **client_kw) as c:  # type: ignore[arg-type]
+            async with BybitRestClient(
+                f"http://127.0.0.1:{port}", ban_latch=BanLatch(), backoff=backoff, **client_kw
+            ) as c:  # type: ignore[arg-type]
                 await test(c, hits)
         finally:
             await runner.cleanup()
@@ -149,8 +154,9 @@ def run_against(replies: list[Reply], test: Callable[[BybitRestClient, list[int]
 
 
 def _env(result: object, ret_code: int = 0, msg: str = "OK") -> bytes:
-    return msgspec.json.encode({"retCode": ret_code, "retMsg": msg, "result": result, "retExtInfo": {},
-                                "time": 1_709_251_200_000})
+    return msgspec.json.encode(
+        {"retCode": ret_code, "retMsg": msg, "result": result, "retExtInfo": {}, "time": 1_709_251_200_000}
+    )
 
 
 def test_a_wrongly_shaped_answer_is_a_protocol_error_and_is_not_retried() -> None:
@@ -173,8 +179,10 @@ def test_a_row_off_the_interval_grid_is_a_protocol_error() -> None:
 
 
 def test_rows_outside_the_requested_window_are_dropped() -> None:
-    rows = [[str(t), "1", "2", "0.5", "1.5", "10", "15"]
-            for t in (1_709_250_660_000, 1_709_250_600_000, 1_709_249_940_000)]
+    rows = [
+        [str(t), "1", "2", "0.5", "1.5", "10", "15"]
+        for t in (1_709_250_660_000, 1_709_250_600_000, 1_709_249_940_000)
+    ]
 
     async def t(c: BybitRestClient, hits: list[int]) -> None:
         page = await c.fetch_kline_page("linear", "BTCUSDT", "1", 1_709_250_000_000, 1_709_250_600_000)
@@ -219,8 +227,9 @@ def test_a_garbage_reset_header_cannot_block_the_budget_for_more_than_15_minutes
 
 
 def test_a_cursor_that_repeats_is_a_protocol_error_not_an_endless_loop() -> None:
-    page = _env({"category": "linear", "list": [{"symbol": "BTCUSDT", "status": "Trading"}],
-                 "nextPageCursor": "same"})
+    page = _env(
+        {"category": "linear", "list": [{"symbol": "BTCUSDT", "status": "Trading"}], "nextPageCursor": "same"}
+    )
 
     async def t(c: BybitRestClient, hits: list[int]) -> None:
         with pytest.raises(ExchangeProtocolError, match="repeats"):
@@ -231,8 +240,16 @@ def test_a_cursor_that_repeats_is_a_protocol_error_not_an_endless_loop() -> None
 
 
 def test_instruments_with_odd_symbols_are_skipped_not_fatal() -> None:
-    page = _env({"category": "linear", "nextPageCursor": "", "list": [
-        {"symbol": "../../etc", "status": "Trading"}, {"symbol": "BTCUSDT", "status": "Trading"}]})
+    page = _env(
+        {
+            "category": "linear",
+            "nextPageCursor": "",
+            "list": [
+                {"symbol": "../../etc", "status": "Trading"},
+                {"symbol": "BTCUSDT", "status": "Trading"},
+            ],
+        }
+    )
 
     async def t(c: BybitRestClient, hits: list[int]) -> None:
         assert [i.symbol for i in await c.get_instruments("linear")] == ["BTCUSDT"]

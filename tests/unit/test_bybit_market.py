@@ -36,7 +36,7 @@ def test_decimals_are_written_like_bybit_without_trailing_zeros_or_exponents() -
     assert format_decimal(1234500, 4) == "123.45"
     assert format_decimal(7, 0) == "7"
     units = np.array([0, 5, 10, 434880, 433761, 10**15 + 3], dtype=np.int64)
-    for scale in range(0, 9):
+    for scale in range(9):
         assert format_decimal_column(units, scale) == [format_decimal(int(u), scale) for u in units]
 
 
@@ -58,7 +58,9 @@ def test_any_window_is_computed_alone_and_equals_the_same_rows_of_a_wider_window
     assert alone.equals(wide.filter((ts >= late) & (ts <= late + 3 * 3_600_000)))
 
 
-def test_every_bybit_timeframe_is_the_exact_aggregation_of_its_one_minute_candles(market: SyntheticMarket) -> None:
+def test_every_bybit_timeframe_is_the_exact_aggregation_of_its_one_minute_candles(
+    market: SyntheticMarket,
+) -> None:
     for name in BYBIT_TIMEFRAMES[1:]:
         tf = parse_timeframe(name)
         lo = tf.floor(FEB_1) if tf.is_aligned(FEB_1) else tf.next_open(tf.floor(FEB_1))
@@ -83,7 +85,9 @@ def test_week_candles_open_on_monday_and_month_candles_on_the_first(market: Synt
     assert months["ts"].dt.day().to_list() == [1, 1, 1]
 
 
-def test_prices_sit_on_the_tick_grid_volumes_on_the_lot_step_and_minutes_chain(market: SyntheticMarket) -> None:
+def test_prices_sit_on_the_tick_grid_volumes_on_the_lot_step_and_minutes_chain(
+    market: SyntheticMarket,
+) -> None:
     for symbol in market.symbols("linear"):
         spec = market.instrument(symbol)
         raw = market.raw_candles(spec, parse_timeframe("1"), APR_1, APR_1 + 2 * DAY_MS)
@@ -96,7 +100,9 @@ def test_prices_sit_on_the_tick_grid_volumes_on_the_lot_step_and_minutes_chain(m
         assert np.array_equal(raw.close[:-1], raw.open[1:])
 
 
-def test_an_outage_removes_exactly_its_minutes_and_shrinks_the_buckets_around_it(market: SyntheticMarket) -> None:
+def test_an_outage_removes_exactly_its_minutes_and_shrinks_the_buckets_around_it(
+    market: SyntheticMarket,
+) -> None:
     a, b = OUTAGE
     one = market.candles("BTCUSDT", "1", a - 3_600_000, b + 3_600_000)
     ts = one["ts"].dt.epoch("ms")

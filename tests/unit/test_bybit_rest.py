@@ -123,8 +123,12 @@ def test_the_forming_candle_is_dropped_by_the_servers_clock_not_the_local_one() 
 def test_pages_report_what_is_closed_and_iteration_stops_at_the_present() -> None:
     async def t(emu: BybitEmulator) -> None:
         async with client(emu) as c:
-            pages = [p async for p in c.iter_kline_pages("linear", "BTCUSDT", "1", NOW - 1500 * MINUTE_MS,
-                                                        NOW + 5000 * MINUTE_MS)]
+            pages = [
+                p
+                async for p in c.iter_kline_pages(
+                    "linear", "BTCUSDT", "1", NOW - 1500 * MINUTE_MS, NOW + 5000 * MINUTE_MS
+                )
+            ]
         assert len(pages) == 2 and pages[0].complete and not pages[1].complete
         assert pages[1].server_time_ms == NOW and pages[1].closed_until_ms == NOW - NOW % MINUTE_MS
         assert pages[0].frame.height == 1000 and pages[0].end_ms < pages[1].start_ms
@@ -254,8 +258,7 @@ def test_the_default_share_of_the_ip_limit_never_gets_the_client_banned() -> Non
     async def t(emu: BybitEmulator) -> None:
         budget = RateBudget(50, 0.5)
         async with client(emu, budget=budget) as c:
-            got = await c.get_klines("linear", "BTCUSDT", "1", MAR_1 - 30 * DAY_MS, MAR_1 - 1,
-                                     concurrency=8)
+            got = await c.get_klines("linear", "BTCUSDT", "1", MAR_1 - 30 * DAY_MS, MAR_1 - 1, concurrency=8)
             times = await asyncio.gather(*(c.get_server_time() for _ in range(120)))
         assert got.height > 0 and set(times) == {NOW}
         assert emu.control.ban_count == 0 and not emu.control.log.select(status=403)
@@ -288,7 +291,15 @@ def test_recent_trades_come_back_ascending_in_the_stored_trade_schema() -> None:
         async with client(emu) as c:
             trades = await c.get_recent_trades("linear", "BTCUSDT", limit=100)
         assert trades.height == 100 and trades["ts"].is_sorted()
-        assert trades.columns == ["ts", "price", "size", "side", "trade_id", "tick_direction", "is_block_trade"]
+        assert trades.columns == [
+            "ts",
+            "price",
+            "size",
+            "side",
+            "trade_id",
+            "tick_direction",
+            "is_block_trade",
+        ]
         assert trades["ts"].dt.epoch("ms").max() <= NOW
 
     run(t)

@@ -4,6 +4,7 @@ and the backoff policy."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing as mp
 import random
 import time
@@ -49,7 +50,7 @@ def test_grants_are_paced_after_the_initial_burst() -> None:
     with use_clock(clock):
         grants = acquire_many(RateBudget(100, 1.0, burst=5), 30)
     assert grants[:5] == [grants[0]] * 5
-    gaps = [b - a for a, b in zip(grants[5:], grants[6:])]
+    gaps = [b - a for a, b in itertools.pairwise(grants[5:])]
     assert all(9 <= g <= 11 for g in gaps)  # 100 per second: one every 10 ms
 
 
@@ -90,8 +91,9 @@ def test_two_budgets_on_the_same_directory_share_one_limit(tmp_path: Path) -> No
     assert (tmp_path / "ratelimit-bybit-rest.sqlite").exists()
 
 
-def _worker(state_dir: str, limit: int, window_s: float, duration_s: float, barrier: object,
-            out: object) -> None:
+def _worker(
+    state_dir: str, limit: int, window_s: float, duration_s: float, barrier: object, out: object
+) -> None:
     budget = RateBudget(limit, window_s, state_dir=state_dir)
     barrier.wait()  # type: ignore[attr-defined]
     stop = time.monotonic() + duration_s
@@ -109,8 +111,10 @@ def test_two_processes_sharing_the_budget_never_exceed_it_in_any_window(tmp_path
     limit, window_s = 20, 0.25  # Bybit's 5 s window scaled down 20 times
     ctx = mp.get_context("fork")  # the child needs only sqlite and asyncio: fork is safe and fast
     barrier, out = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(tmp_path), limit, window_s, 1.2, barrier, out))
-             for _ in range(2)]
+    procs = [
+        ctx.Process(target=_worker, args=(str(tmp_path), limit, window_s, 1.2, barrier, out))
+        for _ in range(2)
+    ]
     for p in procs:
         p.start()
     results = [out.get(timeout=60) for _ in procs]

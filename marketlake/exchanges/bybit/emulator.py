@@ -25,7 +25,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import msgspec
 from aiohttp import web
@@ -64,7 +64,9 @@ def _params_error(message: str) -> _Answer:
     return _Answer(C.RetCode.PARAMS_ERROR, message, {})
 
 
-def _int_param(query: Any, name: str, default: int | None, lo: int = 0, hi: int = _MAX_INT_PARAM) -> int | None:
+def _int_param(
+    query: Any, name: str, default: int | None, lo: int = 0, hi: int = _MAX_INT_PARAM
+) -> int | None:
     raw = query.get(name)
     if raw is None or raw == "":
         return default
@@ -143,7 +145,7 @@ class BybitEmulator:
             await self._runner.cleanup()
             self._runner = None
 
-    async def __aenter__(self) -> BybitEmulator:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -170,12 +172,28 @@ class BybitEmulator:
         app.router.add_get(f"{_ADMIN}/requests", self._admin_requests)
         return app
 
-    def _record(self, mono: float, wall: float, server_ms: int, request: web.Request, status: int,
-                ret_code: int | None, fault: str | None) -> None:
-        self.control.log.append(RequestRecord(
-            wall_ms=wall, mono=mono, server_ms=server_ms, path=request.path,
-            params=dict(request.query), status=status, ret_code=ret_code, fault=fault,
-        ))
+    def _record(
+        self,
+        mono: float,
+        wall: float,
+        server_ms: int,
+        request: web.Request,
+        status: int,
+        ret_code: int | None,
+        fault: str | None,
+    ) -> None:
+        self.control.log.append(
+            RequestRecord(
+                wall_ms=wall,
+                mono=mono,
+                server_ms=server_ms,
+                path=request.path,
+                params=dict(request.query),
+                status=status,
+                ret_code=ret_code,
+                fault=fault,
+            )
+        )
 
     def _limit_headers(self, mono: float, server_ms: int) -> dict[str, str]:
         f, ctl = self.control.faults, self.control
@@ -190,21 +208,29 @@ class BybitEmulator:
         }
 
     def _envelope(self, answer: _Answer, server_ms: int) -> bytes:
-        return msgspec.json.encode({
-            "retCode": int(answer.ret_code),
-            "retMsg": answer.ret_msg,
-            "result": answer.result,
-            "retExtInfo": {},
-            "time": server_ms,
-        })
+        return msgspec.json.encode(
+            {
+                "retCode": int(answer.ret_code),
+                "retMsg": answer.ret_msg,
+                "result": answer.result,
+                "retExtInfo": {},
+                "time": server_ms,
+            }
+        )
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         ctl, f = self.control, self.control.faults
         mono, wall = time.monotonic(), time.time_ns() / 1e6
         arrival_ms = ctl.clock.now_ms()
 
-        def reply(status: int, body: bytes, ret_code: int | None, fault: str | None,
-                  headers: dict[str, str] | None = None, content_type: str = _JSON) -> web.Response:
+        def reply(
+            status: int,
+            body: bytes,
+            ret_code: int | None,
+            fault: str | None,
+            headers: dict[str, str] | None = None,
+            content_type: str = _JSON,
+        ) -> web.Response:
             self._record(mono, wall, arrival_ms, request, status, ret_code, fault)
             resp = web.Response(status=status, body=body, headers=headers)
             resp.content_type = content_type.split(";")[0]
@@ -215,10 +241,14 @@ class BybitEmulator:
         # The IP limit and bans come first: Bybit's gateway answers them without the envelope.
         ctl.ip_window.add(mono)
         if ctl.is_banned(mono):
-            return reply(403, b"403 Forbidden: access too frequent", None, "banned", content_type="text/plain")
+            return reply(
+                403, b"403 Forbidden: access too frequent", None, "banned", content_type="text/plain"
+            )
         if f.ip_limit is not None and ctl.ip_window.count(mono, f.window_seconds) > f.ip_limit:
             ctl.ban()
-            return reply(403, b"403 Forbidden: access too frequent", None, "limit-403", content_type="text/plain")
+            return reply(
+                403, b"403 Forbidden: access too frequent", None, "limit-403", content_type="text/plain"
+            )
         fault = ctl.draw_fault(request.path)
         if fault == "403":
             ctl.ban()
@@ -238,8 +268,13 @@ class BybitEmulator:
         server_ms = ctl.clock.now_ms()
         if fault == "10016":
             answer = _Answer(C.RetCode.SERVER_ERROR, C.MSG_SERVER_ERROR, {})
-            return reply(200, self._envelope(answer, server_ms), answer.ret_code, fault,
-                         self._limit_headers(mono, server_ms))
+            return reply(
+                200,
+                self._envelope(answer, server_ms),
+                answer.ret_code,
+                fault,
+                self._limit_headers(mono, server_ms),
+            )
         over = f.api_limit is not None and ctl.api_window.count(mono, f.window_seconds) >= f.api_limit
         if fault == "10006" or over:
             answer = _Answer(C.RetCode.TOO_MANY_VISITS, C.MSG_TOO_MANY_VISITS, {})
@@ -248,8 +283,9 @@ class BybitEmulator:
                 # A forced 10006 still says when to come back: one window from now at most.
                 headers[C.HEADER_LIMIT_STATUS] = "0"
                 headers[C.HEADER_LIMIT_RESET] = str(server_ms + int(f.window_seconds * 1000))
-            return reply(200, self._envelope(answer, server_ms), answer.ret_code,
-                         fault or "limit-10006", headers)
+            return reply(
+                200, self._envelope(answer, server_ms), answer.ret_code, fault or "limit-10006", headers
+            )
         ctl.api_window.add(mono)
         try:
             answer = self._endpoints[request.path](request.query, server_ms)
@@ -289,8 +325,9 @@ class BybitEmulator:
             return _params_error(C.MSG_NOT_SUPPORTED_SYMBOLS)
         assert limit is not None
         raw = self.market.select_klines(spec, parse_timeframe(interval), start, end, limit, now_ms)
-        return _Answer(0, C.MSG_OK, {"symbol": symbol, "category": category,
-                                     "list": msgspec.Raw(raw.wire_json())})
+        return _Answer(
+            0, C.MSG_OK, {"symbol": symbol, "category": category, "list": msgspec.Raw(raw.wire_json())}
+        )
 
     def _instruments(self, q: Any, now_ms: int) -> _Answer:
         category = q.get("category")
@@ -300,7 +337,9 @@ class BybitEmulator:
             return _params_error(C.MSG_ILLEGAL_CATEGORY)
         status = q.get("status") or None
         if status is not None and status not in C.INSTRUMENT_STATUSES:
-            return _params_error(f"params error: status invalid, use one of {','.join(C.INSTRUMENT_STATUSES)}")
+            return _params_error(
+                f"params error: status invalid, use one of {','.join(C.INSTRUMENT_STATUSES)}"
+            )
         specs = self.market.instruments(category)
         wanted = status or "Trading"
         specs = [s for s in specs if s.status(now_ms) == wanted]
@@ -320,13 +359,18 @@ class BybitEmulator:
         page, rest = specs[:limit], specs[limit:]
         next_cursor = (
             urllib.parse.quote(f"first={page[0].symbol}&last={page[-1].symbol}", safe="")
-            if rest and page else ""
+            if rest and page
+            else ""
         )
-        return _Answer(0, C.MSG_OK, {
-            "category": category,
-            "list": [_derivative_item(s, now_ms) for s in page],
-            "nextPageCursor": next_cursor,
-        })
+        return _Answer(
+            0,
+            C.MSG_OK,
+            {
+                "category": category,
+                "list": [_derivative_item(s, now_ms) for s in page],
+                "nextPageCursor": next_cursor,
+            },
+        )
 
     def _recent_trade(self, q: Any, now_ms: int) -> _Answer:
         category = q.get("category")
@@ -397,7 +441,9 @@ class BybitEmulator:
     async def _admin_clock(self, request: web.Request) -> web.Response:
         data = await self._read_json(request)
         t, speed = data.get("time_ms"), data.get("speed")
-        if (t is not None and not isinstance(t, int)) or (speed is not None and not isinstance(speed, (int, float))):
+        if (t is not None and not isinstance(t, int)) or (
+            speed is not None and not isinstance(speed, (int, float))
+        ):
             raise web.HTTPBadRequest(text='expected {"time_ms": int, "speed": number}')
         try:
             self.control.set_clock(time_ms=t, speed=speed)
@@ -418,8 +464,15 @@ class BybitEmulator:
 
     async def _admin_requests(self, request: web.Request) -> web.Response:
         rows = [
-            {"wall_ms": r.wall_ms, "server_ms": r.server_ms, "path": r.path, "params": r.params,
-             "status": r.status, "ret_code": r.ret_code, "fault": r.fault}
+            {
+                "wall_ms": r.wall_ms,
+                "server_ms": r.server_ms,
+                "path": r.path,
+                "params": r.params,
+                "status": r.status,
+                "ret_code": r.ret_code,
+                "fault": r.fault,
+            }
             for r in self.control.log.records
         ]
         return web.Response(body=msgspec.json.encode(rows), content_type="application/json")
@@ -522,8 +575,9 @@ def run_emulator(
     """
 
     async def main() -> None:
-        emu = BybitEmulator(symbols=symbols, seed=seed, start_ms=start_ms, speed=speed,
-                            faults=faults, host=host, port=port)
+        emu = BybitEmulator(
+            symbols=symbols, seed=seed, start_ms=start_ms, speed=speed, faults=faults, host=host, port=port
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):

@@ -193,13 +193,16 @@ class RequestLog:
     ) -> list[RequestRecord]:
         """Records matching every given filter."""
         return [
-            r for r in self.records
+            r
+            for r in self.records
             if (path is None or r.path == path)
             and (status is None or r.status == status)
             and (fault is None or r.fault == fault)
         ]
 
-    def max_in_window(self, window_seconds: float = 5.0, records: Iterable[RequestRecord] | None = None) -> int:
+    def max_in_window(
+        self, window_seconds: float = 5.0, records: Iterable[RequestRecord] | None = None
+    ) -> int:
         """The largest number of requests that arrived within any ``window_seconds`` (real time)."""
         times = sorted(r.mono for r in (self.records if records is None else records))
         best, lo = 0, 0
@@ -273,7 +276,9 @@ class EmulatorControl:
             raise ValueError(f"unknown fault knob(s): {', '.join(sorted(unknown))}")
         if "paths" in changes and changes["paths"] is not None:
             changes["paths"] = frozenset(changes["paths"])
-        candidate = FaultConfig(**{**{f.name: getattr(self.faults, f.name) for f in fields(FaultConfig)}, **changes})
+        candidate = FaultConfig(
+            **{**{f.name: getattr(self.faults, f.name) for f in fields(FaultConfig)}, **changes}
+        )
         for name in changes:
             setattr(self.faults, name, getattr(candidate, name))
 
@@ -308,9 +313,14 @@ class EmulatorControl:
             return None if kind == "ok" else kind
         f = self.faults
         for kind, p in (
-            ("403", f.p_403), ("disconnect", f.p_disconnect), ("429", f.p_429),
-            ("5xx", f.p_5xx), ("10016", f.p_10016), ("10006", f.p_10006),
-            ("truncated", f.p_truncated), ("slow", f.p_slow),
+            ("403", f.p_403),
+            ("disconnect", f.p_disconnect),
+            ("429", f.p_429),
+            ("5xx", f.p_5xx),
+            ("10016", f.p_10016),
+            ("10006", f.p_10006),
+            ("truncated", f.p_truncated),
+            ("slow", f.p_slow),
         ):
             if p > 0.0 and self._rng.random() < p:
                 return kind

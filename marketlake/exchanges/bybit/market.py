@@ -20,12 +20,11 @@ server time (newest first, closed candles plus the forming one); tests ask
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -34,6 +33,19 @@ import polars as pl
 from marketlake.core.symbols import validate_category, validate_symbol
 from marketlake.core.timeframes import DAY_MS, MINUTE_MS, Timeframe, parse_timeframe
 from marketlake.errors import InvalidSymbolError
+from marketlake.exchanges.bybit.market_types import (
+    Agg,
+    InstrumentSpec,
+    RawCandles,
+    combine,
+    concat_candles,
+    format_decimal,
+    format_decimal_column,
+    make_instrument,
+    seeded_outages,
+    spec_fields,
+    stable_hash,
+)
 
 __all__ = [
     "InstrumentSpec",
@@ -46,183 +58,9 @@ __all__ = [
 _MIN_PER_DAY: Final = 1440
 _I64_MIN: Final = np.iinfo(np.int64).min
 _I64_MAX: Final = np.iinfo(np.int64).max
-_FLOAT_EXACT: Final = 2**53
 _SUMMARY_CACHE: Final = 500_000
 # Periods (days) and amplitudes (log-price) of the slow price waves; phases are seeded.
 _WAVES: Final = ((17.0, 0.04), (97.0, 0.15), (431.0, 0.45))
-
-
-def format_decimal(units: int, scale: int) -> str:
-    """Write ``units * 10**-scale`` as Bybit does: no exponent, no trailing zeros (``43488``,
-    ``43376.1``, ``0.000005``)."""
-    if scale == 0:
-        return str(units)
-    sign = "-" if units < 0 else ""
-    whole, frac = divmod(abs(units), 10**scale)
-    if frac == 0:
-        return f"{sign}{whole}"
-    return f"{sign}{whole}.{frac:0{scale}d}".rstrip("0")
-
-
-_POW10: Final = np.array([10**k for k in range(19)], dtype=np.int64)
-
-
-def format_decimal_column(units: np.ndarray, scale: int) -> list[str]:
-    """:func:`format_decimal` over an int64 array (non-negative), vectorised where numpy can."""
-    if scale == 0:
-        return [str(u) for u in units.tolist()]
-    whole, frac = np.divmod(units, 10**scale)
-    zeros = np.zeros(units.size, dtype=np.int64)
-    for k in range(1, scale):
-        zeros += frac % _POW10[k] == 0
-    digits = np.where(frac == 0, 0, scale - zeros)
-    shown = frac // _POW10[np.where(frac == 0, 0, zeros)]
-    return [
-        "%d.%0*d" % (w, k, f) if k else "%d" % w
-        for w, k, f in zip(whole.tolist(), digits.tolist(), shown.tolist(), strict=True)
-    ]
-
-
-def _units_to_float(units: np.ndarray, scale: int) -> np.ndarray:
-    """Exact-as-parsed floats: the float nearest to ``units * 10**-scale``, as ``float(str)``
-    of the decimal string gives (one correctly rounded division while both operands are exact)."""
-    if units.size and int(np.abs(units).max()) >= _FLOAT_EXACT:
-        return np.array([int(u) / 10**scale for u in units], dtype=np.float64)
-    return units.astype(np.float64) / float(10**scale)
-
-
-def _stable_hash(*parts: object) -> int:
-    digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
-
-
-@dataclass(frozen=True, slots=True)
-class InstrumentSpec:
-    """One synthetic instrument.
-
-    Attributes:
-        symbol: Exchange symbol.
-        category: ``linear``, ``spot`` or ``inverse``.
-        base_coin: Base coin.
-        quote_coin: Quote coin (inverse: USD).
-        launch_ms: Listing time; the first candle is the one containing it.
-        base_price: Price level the walk moves around.
-        price_scale: Decimal places of prices; tick = ``tick_units * 10**-price_scale``.
-        tick_units: Tick size in units of ``10**-price_scale``.
-        qty_scale: Decimal places of quantities; lot = ``lot_units * 10**-qty_scale``.
-        lot_units: Lot step in units of ``10**-qty_scale``.
-        turnover_scale: Decimal places of turnover (linear/spot: price + qty scales; inverse: 8).
-        daily_vol: Daily log-price volatility of the intraday walk.
-        mean_lots: Mean volume per minute, in lots.
-        delist_ms: Delisting time (no candles from there on), or None.
-    """
-
-    symbol: str
-    category: str
-    base_coin: str
-    quote_coin: str
-    launch_ms: int
-    base_price: float
-    price_scale: int
-    tick_units: int
-    qty_scale: int
-    lot_units: int
-    turnover_scale: int
-    daily_vol: float = 0.03
-    mean_lots: float = 1000.0
-    delist_ms: int | None = None
-    key: int = field(default=0, compare=False)
-
-    @property
-    def tick_size(self) -> str:
-        """Tick as Bybit writes it (``"0.10"`` style: padded to the price scale)."""
-        whole, frac = divmod(self.tick_units, 10**self.price_scale)
-        return f"{whole}.{frac:0{self.price_scale}d}" if self.price_scale else str(whole)
-
-    @property
-    def qty_step(self) -> str:
-        """Lot step as Bybit writes it."""
-        whole, frac = divmod(self.lot_units, 10**self.qty_scale)
-        return f"{whole}.{frac:0{self.qty_scale}d}" if self.qty_scale else str(whole)
-
-    def status(self, now_ms: int) -> str:
-        """Bybit ``status`` at ``now_ms``: PreLaunch, Trading or Closed."""
-        if now_ms < self.launch_ms:
-            return "PreLaunch"
-        if self.delist_ms is not None and now_ms >= self.delist_ms:
-            return "Closed"
-        return "Trading"
-
-
-@dataclass(frozen=True, slots=True)
-class RawCandles:
-    """Candles as exact integers (units of ``10**-scale`` of the instrument), ascending by ts."""
-
-    spec: InstrumentSpec
-    ts: np.ndarray
-    open: np.ndarray
-    high: np.ndarray
-    low: np.ndarray
-    close: np.ndarray
-    volume: np.ndarray
-    turnover: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.ts.size)
-
-    def take(self, idx: np.ndarray | slice) -> RawCandles:
-        """Rows at ``idx``."""
-        return RawCandles(self.spec, self.ts[idx], self.open[idx], self.high[idx], self.low[idx],
-                          self.close[idx], self.volume[idx], self.turnover[idx])
-
-    def to_frame(self) -> pl.DataFrame:
-        """Float frame: ts (Datetime ms UTC), open, high, low, close, volume, turnover."""
-        s = self.spec
-        return pl.DataFrame(
-            {
-                "ts": pl.Series(self.ts, dtype=pl.Int64).cast(pl.Datetime("ms", "UTC")),
-                "open": _units_to_float(self.open, s.price_scale),
-                "high": _units_to_float(self.high, s.price_scale),
-                "low": _units_to_float(self.low, s.price_scale),
-                "close": _units_to_float(self.close, s.price_scale),
-                "volume": _units_to_float(self.volume, s.qty_scale),
-                "turnover": _units_to_float(self.turnover, s.turnover_scale),
-            }
-        )
-
-    def _wire_columns(self) -> list[list[str]]:
-        s = self.spec
-        scales = (s.price_scale,) * 4 + (s.qty_scale, s.turnover_scale)
-        cols = (self.open, self.high, self.low, self.close, self.volume, self.turnover)
-        return [[str(t) for t in self.ts.tolist()]] + [
-            format_decimal_column(c, k) for c, k in zip(cols, scales, strict=True)
-        ]
-
-    def wire_rows(self) -> list[list[str]]:
-        """Rows as Bybit sends them: 7 strings each, newest first."""
-        rows = [list(r) for r in zip(*self._wire_columns(), strict=True)]
-        rows.reverse()
-        return rows
-
-    def wire_json(self) -> bytes:
-        """:meth:`wire_rows` encoded as a JSON array (the emulator splices it into the envelope;
-        building the text directly is several times faster than encoding nested lists)."""
-        if not len(self):
-            return b"[]"
-        rows = ['","'.join(r) for r in zip(*self._wire_columns(), strict=True)]
-        rows.reverse()
-        return ('[["' + '"],["'.join(rows) + '"]]').encode()
-
-
-_Agg = tuple[int, int, int, int, int, int]  # open, high, low, close, volume, turnover (units)
-
-
-def _combine(parts: Sequence[_Agg | None]) -> _Agg | None:
-    present = [p for p in parts if p is not None]
-    if not present:
-        return None
-    return (present[0][0], max(p[1] for p in present), min(p[2] for p in present),
-            present[-1][3], sum(p[4] for p in present), sum(p[5] for p in present))
 
 
 @dataclass(slots=True)
@@ -277,7 +115,7 @@ class SyntheticMarket:
         for spec in instruments:
             validate_symbol(spec.symbol)
             validate_category(spec.category)
-            keyed = InstrumentSpec(**{**_spec_fields(spec), "key": _stable_hash(spec.category, spec.symbol)})
+            keyed = InstrumentSpec(**{**spec_fields(spec), "key": stable_hash(spec.category, spec.symbol)})
             self._specs[(spec.category, spec.symbol)] = keyed
         ordered = sorted((int(a), int(b)) for a, b in outages)
         for a, b in ordered:
@@ -287,7 +125,7 @@ class SyntheticMarket:
         self._out_starts = np.array([a for a, _ in ordered], dtype=np.int64)
         self._out_ends = np.array([b for _, b in ordered], dtype=np.int64)
         self._blocks: OrderedDict[tuple[int, int], _DayBlock] = OrderedDict()
-        self._summaries: dict[tuple[int, int], _Agg | None] = {}
+        self._summaries: dict[tuple[int, int], Agg | None] = {}
         self._cache_days = cache_days
 
     # ---------------------------------------------------------------- construction helpers
@@ -323,11 +161,11 @@ class SyntheticMarket:
             names = ["BTCUSDT", "ETHUSDT"][:symbols] + [f"SYM{i:03d}USDT" for i in range(1, symbols - 1)]
         else:
             names = [validate_symbol(s) for s in symbols]
-        specs = [_make_spec(seed, "linear", s, listing_from_ms, listing_until_ms) for s in names]
-        specs += [_make_spec(seed, "spot", s, listing_from_ms, listing_until_ms) for s in spot]
-        specs += [_make_spec(seed, "inverse", s, listing_from_ms, listing_until_ms) for s in inverse]
+        specs = [make_instrument(seed, "linear", s, listing_from_ms, listing_until_ms) for s in names]
+        specs += [make_instrument(seed, "spot", s, listing_from_ms, listing_until_ms) for s in spot]
+        specs += [make_instrument(seed, "inverse", s, listing_from_ms, listing_until_ms) for s in inverse]
         if outages is None:
-            outages = _seeded_outages(seed)
+            outages = seeded_outages(seed)
         return cls(seed, specs, outages)
 
     # ---------------------------------------------------------------- lookups
@@ -358,11 +196,11 @@ class SyntheticMarket:
     # ---------------------------------------------------------------- generation
 
     def _log_midnight(self, spec: InstrumentSpec, day: int) -> float:
-        rnd = random.Random(_stable_hash(self.seed, spec.key, "phase"))
+        rnd = random.Random(stable_hash(self.seed, spec.key, "phase"))
         level = math.log(spec.base_price)
         for period, amp in _WAVES:
             level += amp * math.sin(2 * math.pi * day / period + rnd.uniform(0, 2 * math.pi))
-        noise = random.Random(_stable_hash(self.seed, spec.key, day, "mid")).gauss(0.0, 1.0)
+        noise = random.Random(stable_hash(self.seed, spec.key, day, "mid")).gauss(0.0, 1.0)
         return level + 0.5 * spec.daily_vol * noise
 
     def _present(self, spec: InstrumentSpec, minute_opens: np.ndarray) -> np.ndarray:
@@ -400,8 +238,14 @@ class SyntheticMarket:
         px = np.maximum(np.rint(np.exp(logp) / tick), 1).astype(np.int64) * spec.tick_units
         o, c = px[:-1], px[1:]
         wick = sigma * 0.8 * np.exp(logp[:-1]) / tick
-        hi = np.maximum(o, c) + np.floor(np.abs(rng.standard_normal(n)) * wick).astype(np.int64) * spec.tick_units
-        lo = np.minimum(o, c) - np.floor(np.abs(rng.standard_normal(n)) * wick).astype(np.int64) * spec.tick_units
+        hi = (
+            np.maximum(o, c)
+            + np.floor(np.abs(rng.standard_normal(n)) * wick).astype(np.int64) * spec.tick_units
+        )
+        lo = (
+            np.minimum(o, c)
+            - np.floor(np.abs(rng.standard_normal(n)) * wick).astype(np.int64) * spec.tick_units
+        )
         lo = np.maximum(lo, spec.tick_units)
         phase = (spec.key % 1000) / 1000 * 2 * math.pi
         season = 1.0 + 0.5 * np.sin(2 * math.pi * np.arange(n) / n + phase)
@@ -421,7 +265,7 @@ class SyntheticMarket:
             return np.rint(base * 10**spec.turnover_scale).astype(np.int64)
         return vol * vwap  # units of 10**-(price_scale + qty_scale)
 
-    def _summary(self, spec: InstrumentSpec, day: int) -> _Agg | None:
+    def _summary(self, spec: InstrumentSpec, day: int) -> Agg | None:
         key = (spec.key, day)
         if key not in self._summaries:
             if len(self._summaries) >= _SUMMARY_CACHE:
@@ -432,14 +276,18 @@ class SyntheticMarket:
             else:
                 idx = np.flatnonzero(b.present)
                 self._summaries[key] = (
-                    int(b.open[idx[0]]), int(b.high[idx].max()), int(b.low[idx].min()),
-                    int(b.close[idx[-1]]), int(b.volume[idx].sum()), int(b.turnover[idx].sum()),
+                    int(b.open[idx[0]]),
+                    int(b.high[idx].max()),
+                    int(b.low[idx].min()),
+                    int(b.close[idx[-1]]),
+                    int(b.volume[idx].sum()),
+                    int(b.turnover[idx].sum()),
                 )
         return self._summaries[key]
 
-    def _span(self, spec: InstrumentSpec, a: int, b: int) -> _Agg | None:
+    def _span(self, spec: InstrumentSpec, a: int, b: int) -> Agg | None:
         """Aggregate of the minutes opening in ``[a, b)`` (minute-aligned)."""
-        parts: list[_Agg | None] = []
+        parts: list[Agg | None] = []
         t = a
         while t < b:
             day = t // DAY_MS
@@ -453,17 +301,22 @@ class SyntheticMarket:
             i0, i1 = (t - day * DAY_MS) // MINUTE_MS, (stop - day * DAY_MS) // MINUTE_MS
             idx = np.flatnonzero(blk.present[i0:i1]) + i0
             if idx.size:
-                parts.append((int(blk.open[idx[0]]), int(blk.high[idx].max()), int(blk.low[idx].min()),
-                              int(blk.close[idx[-1]]), int(blk.volume[idx].sum()),
-                              int(blk.turnover[idx].sum())))
+                parts.append(
+                    (
+                        int(blk.open[idx[0]]),
+                        int(blk.high[idx].max()),
+                        int(blk.low[idx].min()),
+                        int(blk.close[idx[-1]]),
+                        int(blk.volume[idx].sum()),
+                        int(blk.turnover[idx].sum()),
+                    )
+                )
             t = stop
-        return _combine(parts)
+        return combine(parts)
 
     # ---------------------------------------------------------------- candles
 
-    def raw_candles(
-        self, spec: InstrumentSpec, tf: Timeframe, start_ms: int, end_ms: int
-    ) -> RawCandles:
+    def raw_candles(self, spec: InstrumentSpec, tf: Timeframe, start_ms: int, end_ms: int) -> RawCandles:
         """Complete candles whose open time is in ``[start_ms, end_ms]`` (both inclusive)."""
         first_open = tf.floor(max(start_ms, (spec.launch_ms // MINUTE_MS) * MINUTE_MS))
         if first_open < start_ms:
@@ -477,8 +330,9 @@ class SyntheticMarket:
         arrays = [np.concatenate(c) if c else np.empty(0, dtype=np.int64) for c in cols]
         return RawCandles(spec, *arrays)
 
-    def _collect_intraday(self, spec: InstrumentSpec, tf: Timeframe, lo: int, hi: int,
-                          cols: list[list[np.ndarray]]) -> None:
+    def _collect_intraday(
+        self, spec: InstrumentSpec, tf: Timeframe, lo: int, hi: int, cols: list[list[np.ndarray]]
+    ) -> None:
         m = tf.duration_ms // MINUTE_MS
         stop = hi if spec.delist_ms is None else min(hi, spec.delist_ms)
         for day in range(lo // DAY_MS, stop // DAY_MS + 1):
@@ -488,14 +342,15 @@ class SyntheticMarket:
             for dst, src in zip(cols, (opens, o, h, low, c, v, t), strict=True):
                 dst.append(src[keep])
 
-    def _collect_from_days(self, spec: InstrumentSpec, tf: Timeframe, lo: int, hi: int,
-                           cols: list[list[np.ndarray]]) -> None:
+    def _collect_from_days(
+        self, spec: InstrumentSpec, tf: Timeframe, lo: int, hi: int, cols: list[list[np.ndarray]]
+    ) -> None:
         bucket = lo
         last = hi if spec.delist_ms is None else min(hi, spec.delist_ms)
-        out: list[tuple[int, _Agg]] = []
+        out: list[tuple[int, Agg]] = []
         while bucket <= last:
             nxt = tf.next_open(bucket)
-            agg = _combine([self._summary(spec, d) for d in range(bucket // DAY_MS, nxt // DAY_MS)])
+            agg = combine([self._summary(spec, d) for d in range(bucket // DAY_MS, nxt // DAY_MS)])
             if agg is not None:
                 out.append((bucket, agg))
             bucket = nxt
@@ -521,26 +376,27 @@ class SyntheticMarket:
         bucket = tf.floor(now_ms)
         minute = (now_ms // MINUTE_MS) * MINUTE_MS
         frac = (now_ms - minute) / MINUTE_MS
-        parts: list[_Agg | None] = [self._span(spec, bucket, minute) if minute > bucket else None]
+        parts: list[Agg | None] = [self._span(spec, bucket, minute) if minute > bucket else None]
         day = minute // DAY_MS
         blk = self._block(spec, day)
         i = (minute - day * DAY_MS) // MINUTE_MS
         if frac > 0 and blk.present[i]:
             o, c = int(blk.open[i]), int(blk.close[i])
             tu = spec.tick_units
-            cf = o + int(round(frac * (c - o) / tu)) * tu
+            cf = o + round(frac * (c - o) / tu) * tu
             hf = max(o, cf) + int(frac * (int(blk.high[i]) - max(o, c)) / tu) * tu
             lf = max(min(o, cf) - int(frac * (min(o, c) - int(blk.low[i])) / tu) * tu, tu)
             vf = int(frac * int(blk.volume[i]) / spec.lot_units) * spec.lot_units
             vwap = min(max(int(blk.high[i] + blk.low[i]) // 2 // tu * tu, lf), hf)
             tv = int(self._turnover(spec, np.array([vf]), np.array([vwap]))[0])
             parts.append((o, hf, lf, cf, vf, tv))
-        agg = _combine(parts)
+        agg = combine(parts)
         if agg is None:
             empty = np.empty(0, dtype=np.int64)
             return RawCandles(spec, *([empty] * 7))
-        return RawCandles(spec, np.array([bucket], dtype=np.int64),
-                          *(np.array([x], dtype=np.int64) for x in agg))
+        return RawCandles(
+            spec, np.array([bucket], dtype=np.int64), *(np.array([x], dtype=np.int64) for x in agg)
+        )
 
     def select_klines(
         self,
@@ -563,11 +419,10 @@ class SyntheticMarket:
         listed = tf.floor((spec.launch_ms // MINUTE_MS) * MINUTE_MS)
         lower = listed if start_ms is None else max(start_ms, listed)
         if upper < lower:
-            return _concat(spec, [])
+            return concat_candles(spec, [])
         forming_open = tf.floor(now_ms)
         closed_hi = min(upper, forming_open - 1)
-        forming = (self.forming_candle(spec, tf, now_ms)
-                   if lower <= forming_open <= upper else None)
+        forming = self.forming_candle(spec, tf, now_ms) if lower <= forming_open <= upper else None
         span = max(tf.duration_ms, DAY_MS if tf.kind == "month" else 0) * (limit + 1)
         pieces: list[RawCandles] = []
         got = 0
@@ -581,7 +436,7 @@ class SyntheticMarket:
                 a = b + 1
             if forming is not None:
                 pieces.append(forming)
-            out = _concat(spec, pieces)
+            out = concat_candles(spec, pieces)
             return out.take(slice(0, limit))
         if forming is not None:
             pieces.append(forming)
@@ -593,7 +448,7 @@ class SyntheticMarket:
             pieces.insert(0, piece)
             got += len(piece)
             b = a - 1
-        out = _concat(spec, pieces)
+        out = concat_candles(spec, pieces)
         return out.take(slice(max(0, len(out) - limit), len(out)))
 
     # ---------------------------------------------------------------- trades
@@ -617,8 +472,10 @@ class SyntheticMarket:
             minute -= MINUTE_MS
         return out[:limit]
 
-    def _minute_trades(self, spec: InstrumentSpec, blk: _DayBlock, i: int, minute: int) -> list[dict[str, object]]:
-        rng = random.Random(_stable_hash(self.seed, spec.key, minute, "trades"))
+    def _minute_trades(
+        self, spec: InstrumentSpec, blk: _DayBlock, i: int, minute: int
+    ) -> list[dict[str, object]]:
+        rng = random.Random(stable_hash(self.seed, spec.key, minute, "trades"))
         lots = int(blk.volume[i]) // spec.lot_units
         n = max(1, min(lots, rng.randint(2, 12)))
         weights = [rng.random() + 0.1 for _ in range(n)]
@@ -636,87 +493,25 @@ class SyntheticMarket:
         out = []
         prev = o
         for k in range(n):
-            tid = _stable_hash(self.seed, spec.key, minute, k)
+            tid = stable_hash(self.seed, spec.key, minute, k)
             if spec.category == "spot":
                 exec_id = str(2_100_000_000_000_000_000 + (minute // MINUTE_MS) * 16 + k)
             else:
-                h16 = f"{tid:016x}{_stable_hash(tid):016x}"
+                h16 = f"{tid:016x}{stable_hash(tid):016x}"
                 exec_id = f"{h16[:8]}-{h16[8:12]}-5{h16[13:16]}-8{h16[17:20]}-{h16[20:32]}"
             side = "Buy" if prices[k] > prev or (prices[k] == prev and rng.random() < 0.5) else "Sell"
             prev = prices[k]
-            out.append({
-                "execId": exec_id,
-                "symbol": spec.symbol,
-                "price": format_decimal(prices[k], spec.price_scale),
-                "size": format_decimal(sizes[k] * spec.lot_units, spec.qty_scale),
-                "side": side,
-                "time": str(minute + times[k]),
-                "isBlockTrade": False,
-                "isRPITrade": False,
-                "seq": str((minute // MINUTE_MS) * 16 + k),
-            })
+            out.append(
+                {
+                    "execId": exec_id,
+                    "symbol": spec.symbol,
+                    "price": format_decimal(prices[k], spec.price_scale),
+                    "size": format_decimal(sizes[k] * spec.lot_units, spec.qty_scale),
+                    "side": side,
+                    "time": str(minute + times[k]),
+                    "isBlockTrade": False,
+                    "isRPITrade": False,
+                    "seq": str((minute // MINUTE_MS) * 16 + k),
+                }
+            )
         return out
-
-
-def _concat(spec: InstrumentSpec, pieces: Sequence[RawCandles]) -> RawCandles:
-    if not pieces:
-        empty = np.empty(0, dtype=np.int64)
-        return RawCandles(spec, *([empty] * 7))
-    return RawCandles(spec, *(np.concatenate([getattr(p, f) for p in pieces])
-                              for f in ("ts", "open", "high", "low", "close", "volume", "turnover")))
-
-
-def _spec_fields(spec: InstrumentSpec) -> dict[str, object]:
-    return {f: getattr(spec, f) for f in InstrumentSpec.__dataclass_fields__}
-
-
-_KNOWN: Final = {
-    # (category, symbol): launch_ms, base price, price scale, tick units, qty scale, lot units,
-    # mean lots per minute
-    ("linear", "BTCUSDT"): (1_585_526_400_000, 30_000.0, 2, 10, 3, 1, 20_000.0),
-    ("linear", "ETHUSDT"): (1_615_766_400_000, 2_000.0, 2, 1, 2, 1, 30_000.0),
-    ("spot", "BTCUSDT"): (1_625_097_600_000, 30_000.0, 2, 1, 6, 1, 2_000_000.0),
-    ("spot", "ETHUSDT"): (1_625_097_600_000, 2_000.0, 2, 1, 5, 1, 1_000_000.0),
-    ("inverse", "BTCUSD"): (1_542_153_600_000, 30_000.0, 1, 5, 0, 1, 150_000.0),
-    ("inverse", "ETHUSD"): (1_548_979_200_000, 2_000.0, 2, 5, 0, 1, 20_000.0),
-}
-
-
-def _make_spec(seed: int, category: str, symbol: str, listing_from: int, listing_until: int) -> InstrumentSpec:
-    validate_symbol(symbol)
-    rnd = random.Random(f"{seed}:{category}:{symbol}")
-    quote = "USD" if category == "inverse" else ("USDC" if symbol.endswith("USDC") else "USDT")
-    base = symbol[: -len(quote)] if symbol.endswith(quote) and len(symbol) > len(quote) else symbol
-    delist = None
-    known = _KNOWN.get((category, symbol))
-    if known is not None:
-        launch, price, ps, tu, qs, lu, mean = known
-    else:
-        launch = rnd.randrange(listing_from, max(listing_from + 1, listing_until))
-        price = 10 ** rnd.uniform(-2.0, 3.0)
-        mag = math.floor(math.log10(price))
-        ps, tu = max(0, 4 - mag), 1
-        lot_exp = math.floor(math.log10(1.0 / price))
-        qs, lu = max(0, -lot_exp), 10 ** max(0, lot_exp)
-        mean = rnd.uniform(50.0, 5_000.0)
-        digits = "".join(ch for ch in symbol if ch.isdigit())
-        if digits and int(digits) % 40 == 0:
-            delist = launch + rnd.randrange(300, 700) * DAY_MS
-    turnover_scale = 8 if category == "inverse" else ps + qs
-    return InstrumentSpec(
-        symbol=symbol, category=category, base_coin=base, quote_coin=quote, launch_ms=launch,
-        base_price=price, price_scale=ps, tick_units=tu, qty_scale=qs, lot_units=lu,
-        turnover_scale=turnover_scale, daily_vol=rnd.uniform(0.02, 0.06), mean_lots=mean,
-        delist_ms=delist,
-    )
-
-
-def _seeded_outages(seed: int) -> list[tuple[int, int]]:
-    rnd = random.Random(f"{seed}:outages")
-    out = []
-    t = 1_546_300_800_000  # 2019-01-01
-    end = 1_924_992_000_000  # 2031-01-01
-    while t < end:
-        t += rnd.randrange(25, 55) * DAY_MS + rnd.randrange(_MIN_PER_DAY) * MINUTE_MS
-        out.append((t, t + rnd.randrange(10, 121) * MINUTE_MS))
-    return out

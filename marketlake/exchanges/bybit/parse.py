@@ -179,8 +179,15 @@ class KlineBatch:
     def select(self, mask: np.ndarray) -> KlineBatch:
         """Return the rows where the boolean ``mask`` is true."""
         return KlineBatch(
-            self.symbol, self.category, self.ts[mask], self.open[mask], self.high[mask],
-            self.low[mask], self.close[mask], self.volume[mask], self.turnover[mask],
+            self.symbol,
+            self.category,
+            self.ts[mask],
+            self.open[mask],
+            self.high[mask],
+            self.low[mask],
+            self.close[mask],
+            self.volume[mask],
+            self.turnover[mask],
         )
 
 
@@ -433,8 +440,15 @@ def decode_recent_trades_result(result: bytes) -> list[Trade]:
             )
         out.append(
             Trade(
-                trade_id=t.execId, symbol=t.symbol, ts_ms=t.time, price=t.price, size=t.size,
-                side=t.side, is_block_trade=t.isBlockTrade, is_rpi_trade=t.isRPITrade, seq=t.seq,
+                trade_id=t.execId,
+                symbol=t.symbol,
+                ts_ms=t.time,
+                price=t.price,
+                size=t.size,
+                side=t.side,
+                is_block_trade=t.isBlockTrade,
+                is_rpi_trade=t.isRPITrade,
+                seq=t.seq,
             )
         )
     # Stable sort: trades sharing a millisecond keep their relative (reversed wire) order.
@@ -448,9 +462,7 @@ def trades_frame(trades: list[Trade]) -> pl.DataFrame:
     does not send it)."""
     return pl.DataFrame(
         {
-            "ts": pl.Series([t.ts_ms * 1000 for t in trades], dtype=pl.Int64).cast(
-                pl.Datetime("us", "UTC")
-            ),
+            "ts": pl.Series([t.ts_ms * 1000 for t in trades], dtype=pl.Int64).cast(pl.Datetime("us", "UTC")),
             "price": pl.Series([t.price for t in trades], dtype=pl.Float64),
             "size": pl.Series([t.size for t in trades], dtype=pl.Float64),
             "side": pl.Series([t.side for t in trades], dtype=pl.String),

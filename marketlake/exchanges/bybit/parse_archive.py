@@ -55,8 +55,12 @@ def parse_spot_trade_dump(data: bytes) -> pl.DataFrame:
         (pl.col("timestamp") * 1000).cast(pl.Datetime("us", "UTC")).alias("ts"),
         pl.col("price"),
         pl.col("volume").alias("size"),
-        pl.when(side == "buy").then(pl.lit("Buy")).when(side == "sell").then(pl.lit("Sell"))
-        .otherwise(None).alias("side"),
+        pl.when(side == "buy")
+        .then(pl.lit("Buy"))
+        .when(side == "sell")
+        .then(pl.lit("Sell"))
+        .otherwise(None)
+        .alias("side"),
         pl.col("id").alias("trade_id"),
         pl.lit(None, dtype=pl.String).alias("tick_direction"),
         pl.lit(None, dtype=pl.Boolean).alias("is_block_trade"),

@@ -203,23 +203,42 @@ def decode_ws_message(data: bytes | str) -> WsMessage:
             rows = _convert(frame.data, list[_KlineWire], "kline push")
             candles = [
                 WsKline(
-                    start_ms=k.start, end_ms=k.end, interval=k.interval, open=k.open, high=k.high,
-                    low=k.low, close=k.close, volume=k.volume, turnover=k.turnover,
-                    confirm=k.confirm, timestamp_ms=k.timestamp,
+                    start_ms=k.start,
+                    end_ms=k.end,
+                    interval=k.interval,
+                    open=k.open,
+                    high=k.high,
+                    low=k.low,
+                    close=k.close,
+                    volume=k.volume,
+                    turnover=k.turnover,
+                    confirm=k.confirm,
+                    timestamp_ms=k.timestamp,
                 )
                 for k in rows
             ]
             return WsKlinePush(
-                topic=frame.topic, symbol=symbol, interval=interval, type=frame.type,
-                ts_ms=frame.ts, candles=candles,
+                topic=frame.topic,
+                symbol=symbol,
+                interval=interval,
+                type=frame.type,
+                ts_ms=frame.ts,
+                candles=candles,
             )
         if frame.topic.startswith("publicTrade."):
             _, symbol = _topic_parts(frame.topic, 2)
             rows = _convert(frame.data, list[_TradeWire], "publicTrade push")
             trades = [
                 WsTrade(
-                    ts_ms=t.T, symbol=t.s, side=t.S, size=t.v, price=t.p, trade_id=t.i,
-                    tick_direction=t.L, is_block_trade=t.BT, seq=t.seq,
+                    ts_ms=t.T,
+                    symbol=t.s,
+                    side=t.S,
+                    size=t.v,
+                    price=t.p,
+                    trade_id=t.i,
+                    tick_direction=t.L,
+                    is_block_trade=t.BT,
+                    seq=t.seq,
                 )
                 for t in rows
             ]
@@ -234,8 +253,13 @@ def decode_ws_message(data: bytes | str) -> WsMessage:
             else _CommandDataWire()
         )
         return WsCommandResponse(
-            op=frame.op, success=frame.success, ret_msg=frame.ret_msg, conn_id=frame.conn_id,
-            req_id=frame.req_id, args=frame.args or [], success_topics=topics.successTopics,
+            op=frame.op,
+            success=frame.success,
+            ret_msg=frame.ret_msg,
+            conn_id=frame.conn_id,
+            req_id=frame.req_id,
+            args=frame.args or [],
+            success_topics=topics.successTopics,
             fail_topics=topics.failTopics,
         )
     if frame.op is not None:

@@ -37,7 +37,7 @@ import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Self
 
 import aiohttp
 import numpy as np
@@ -139,9 +139,7 @@ class KlinePage:
 def _bybit_timeframe(interval: str | Timeframe) -> Timeframe:
     tf = parse_timeframe(interval)
     if not tf.is_bybit:
-        raise InvalidTimeframeError(
-            f"Bybit serves no {tf.name} klines; use one of {', '.join(C.INTERVALS)}"
-        )
+        raise InvalidTimeframeError(f"Bybit serves no {tf.name} klines; use one of {', '.join(C.INTERVALS)}")
     return tf
 
 
@@ -163,8 +161,9 @@ def kline_windows(
         raise DataValidationError(f"kline limit must be 1..{C.KLINE_LIMIT_MAX}, got {limit}")
     if tf.kind == "month":
         opens = tf.opens_between(start_ms, end_ms + 1)
-        return [(int(c[0]), int(c[-1])) for c in np.array_split(opens, range(limit, opens.size, limit))
-                if c.size]
+        return [
+            (int(c[0]), int(c[-1])) for c in np.array_split(opens, range(limit, opens.size, limit)) if c.size
+        ]
     first = tf.floor(start_ms)
     if first < start_ms:
         first += tf.duration_ms
@@ -229,7 +228,7 @@ class BybitRestClient:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> BybitRestClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -286,11 +285,9 @@ class BybitRestClient:
             ) as resp:
                 body = await resp.read()
                 status, headers = resp.status, resp.headers
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.stats.transport_errors += 1
-            raise TransientExchangeError(
-                f"{context}: no answer within {self.timeout.total:g} s"
-            ) from None
+            raise TransientExchangeError(f"{context}: no answer within {self.timeout.total:g} s") from None
         except aiohttp.ClientError as exc:
             self.stats.transport_errors += 1
             raise TransientExchangeError(f"{context}: {type(exc).__name__}: {exc}") from None
@@ -299,7 +296,7 @@ class BybitRestClient:
             self.budget.block_until(until)
             if self.ban_latch.trip(until):
                 self.stats.bans += 1
-                when = dt.datetime.fromtimestamp(until / 1000, dt.timezone.utc).strftime("%H:%M:%S UTC")
+                when = dt.datetime.fromtimestamp(until / 1000, dt.UTC).strftime("%H:%M:%S UTC")
                 raise ExchangeBannedError(
                     f"{context}: Bybit banned this IP (HTTP 403, too many requests); "
                     f"no request will be sent before {when}",
@@ -371,8 +368,12 @@ class BybitRestClient:
             )
         context = f"GET /v5/market/kline {category} {symbol} interval {tf.name} [{start_ms}, {end_ms}]"
         params = {
-            "category": category, "symbol": symbol, "interval": tf.name,
-            "start": str(start_ms), "end": str(end_ms), "limit": str(max(1, count)),
+            "category": category,
+            "symbol": symbol,
+            "interval": tf.name,
+            "start": str(start_ms),
+            "end": str(end_ms),
+            "limit": str(max(1, count)),
         }
         reply = await self._request(C.PATH_KLINE, params, context)
         batch = decode_kline_result(reply.envelope.result)
@@ -382,13 +383,20 @@ class BybitRestClient:
         batch = self._clean_batch(batch, tf, start_ms, end_ms, context)
         closed = drop_forming(batch, tf.name, server_time)
         return KlinePage(
-            category=category, symbol=symbol, interval=tf.name, start_ms=start_ms, end_ms=end_ms,
-            frame=klines_frame(closed), server_time_ms=server_time,
+            category=category,
+            symbol=symbol,
+            interval=tf.name,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            frame=klines_frame(closed),
+            server_time_ms=server_time,
             closed_until_ms=tf.floor(server_time),
         )
 
     @staticmethod
-    def _clean_batch(batch: KlineBatch, tf: Timeframe, start_ms: int, end_ms: int, context: str) -> KlineBatch:
+    def _clean_batch(
+        batch: KlineBatch, tf: Timeframe, start_ms: int, end_ms: int, context: str
+    ) -> KlineBatch:
         if not len(batch):
             return batch
         aligned = tf.floor_array(batch.ts) == batch.ts
@@ -491,9 +499,13 @@ class BybitRestClient:
         not stop an ``--all-symbols`` ingest.
         """
         if category not in C.CATEGORIES:
-            raise InvalidSymbolError(f"invalid category {category[:20]!r}: use one of {', '.join(C.CATEGORIES)}")
+            raise InvalidSymbolError(
+                f"invalid category {category[:20]!r}: use one of {', '.join(C.CATEGORIES)}"
+            )
         if status is not None and status not in C.INSTRUMENT_STATUSES:
-            raise DataValidationError(f"invalid status {status[:20]!r}: use one of {', '.join(C.INSTRUMENT_STATUSES)}")
+            raise DataValidationError(
+                f"invalid status {status[:20]!r}: use one of {', '.join(C.INSTRUMENT_STATUSES)}"
+            )
         if not 1 <= limit <= C.INSTRUMENTS_LIMIT_MAX:
             raise DataValidationError(f"limit must be 1..{C.INSTRUMENTS_LIMIT_MAX}")
         base = {"category": category}
@@ -507,7 +519,9 @@ class BybitRestClient:
         cursor, seen = "", set()
         for _ in range(_MAX_CURSOR_PAGES):
             params = dict(base, cursor=cursor) if cursor else base
-            reply = await self._request(C.PATH_INSTRUMENTS, params, f"GET /v5/market/instruments-info {category}")
+            reply = await self._request(
+                C.PATH_INSTRUMENTS, params, f"GET /v5/market/instruments-info {category}"
+            )
             page = decode_instruments_result(reply.envelope.result, category)
             for inst in page.instruments:
                 try:
@@ -520,7 +534,9 @@ class BybitRestClient:
             if not cursor or category == "spot":
                 return sorted(found.values(), key=lambda i: i.symbol)
             if cursor in seen:
-                raise ExchangeProtocolError(f"bybit instruments-info {category}: cursor {cursor[:60]!r} repeats")
+                raise ExchangeProtocolError(
+                    f"bybit instruments-info {category}: cursor {cursor[:60]!r} repeats"
+                )
             seen.add(cursor)
         raise ExchangeProtocolError(
             f"bybit instruments-info {category}: more than {_MAX_CURSOR_PAGES} pages; giving up"
@@ -544,7 +560,7 @@ class BybitRestClient:
             if not 1 <= limit <= most:
                 raise DataValidationError(f"recent-trade limit for {category} must be 1..{most}")
             params["limit"] = str(limit)
-        reply = await self._request(C.PATH_RECENT_TRADE, params,
-                                    f"GET /v5/market/recent-trade {category} {symbol}")
+        reply = await self._request(
+            C.PATH_RECENT_TRADE, params, f"GET /v5/market/recent-trade {category} {symbol}"
+        )
         return trades_frame(decode_recent_trades_result(reply.envelope.result))
-
