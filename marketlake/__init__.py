@@ -7,7 +7,7 @@ from marketlake import errors
 from marketlake.clock import Clock, ManualClock, SystemClock, get_clock, use_clock
 from marketlake.core.candles import candles_from_trades, resample
 from marketlake.core.consistency import check_consistency
-from marketlake.core.integrity import CheckResult, check_candles
+from marketlake.core.integrity import CheckResult, check_candles, integrity_report
 from marketlake.core.timeframes import TIMEFRAMES, Timeframe, parse_timeframe
 from marketlake.errors import *  # noqa: F403  (the error tree is part of the public API)
 from marketlake.interop.csv import ImportReport, export_csv, import_csv
@@ -21,6 +21,7 @@ __all__ = [
     "candles_from_trades",
     "check_candles",
     "check_consistency",
+    "integrity_report",
     "resample",
     "TIMEFRAMES",
     "Clock",

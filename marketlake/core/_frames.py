@@ -81,7 +81,7 @@ def ts_column(df: pl.DataFrame, what: str) -> tuple[np.ndarray, int]:
     if isinstance(dtype, pl.Datetime):
         scale = _UNITS_PER_MS[dtype.time_unit]
         phys = col.to_physical()
-    elif dtype.is_integer():
+    elif dtype.is_integer() or dtype == pl.Null:  # Null: an untyped (all-null or empty) column
         scale = 1
         phys = col.cast(pl.Int64)
     else:
@@ -97,7 +97,7 @@ def ts_column(df: pl.DataFrame, what: str) -> tuple[np.ndarray, int]:
 def _as_float(col: pl.Series, what: str) -> pl.Series:
     if col.dtype == pl.Float64:
         return col
-    if not col.dtype.is_numeric():
+    if not (col.dtype.is_numeric() or col.dtype == pl.Null):
         raise SchemaMismatchError(f"{what}: column {col.name!r} must be numeric, got {col.dtype}")
     return col.cast(pl.Float64)
 

@@ -161,6 +161,9 @@ def split_at_buckets(ts, parts, kind, dur, off):  # type: ignore[no-untyped-def]
     cuts = np.empty(parts + 1, np.int64)
     cuts[0] = 0
     cuts[parts] = n
+    if n == 0:
+        cuts[:] = 0
+        return cuts
     for j in range(1, parts):
         i = (n * j) // parts
         b = floor_ts(ts[i], kind, dur, off)
