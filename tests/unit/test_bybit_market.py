@@ -38,6 +38,26 @@ def test_decimals_are_written_like_bybit_without_trailing_zeros_or_exponents() -
     units = np.array([0, 5, 10, 434880, 433761, 10**15 + 3], dtype=np.int64)
     for scale in range(9):
         assert format_decimal_column(units, scale) == [format_decimal(int(u), scale) for u in units]
+    with pytest.raises(ValueError):
+        format_decimal_column(np.array([-1], dtype=np.int64), 2)
+
+
+def test_wire_rows_are_seven_bybit_strings_newest_first(market: SyntheticMarket) -> None:
+    raw = _raw(market, "SYM002USDT", "15", APR_1, APR_1 + 3_600_000)
+    s = raw.spec
+    rows = raw.wire_rows()
+    assert [int(r[0]) for r in rows] == raw.ts.tolist()[::-1]
+    first = rows[-1]
+    assert first == [
+        str(raw.ts[0]),
+        format_decimal(int(raw.open[0]), s.price_scale),
+        format_decimal(int(raw.high[0]), s.price_scale),
+        format_decimal(int(raw.low[0]), s.price_scale),
+        format_decimal(int(raw.close[0]), s.price_scale),
+        format_decimal(int(raw.volume[0]), s.qty_scale),
+        format_decimal(int(raw.turnover[0]), s.turnover_scale),
+    ]
+    assert [float(x) for x in first[1:]] == list(raw.take(slice(0, 1)).to_frame().row(0)[1:])
 
 
 def test_the_same_seed_gives_the_same_market_and_another_seed_another() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
 import numpy as np
 import polars as pl
 
@@ -20,6 +21,7 @@ __all__ = [
     "Agg",
     "InstrumentSpec",
     "RawCandles",
+    "decimal_rows_json",
     "format_decimal",
     "format_decimal_column",
     "make_instrument",
@@ -42,23 +44,62 @@ def format_decimal(units: int, scale: int) -> str:
     return f"{sign}{whole}.{frac:0{scale}d}".rstrip("0")
 
 
-_POW10: Final = np.array([10**k for k in range(19)], dtype=np.int64)
+_POW10_DESC: Final = np.array([10**k for k in range(18, -1, -1)], dtype=np.int64)  # 10**18 .. 1
+
+
+def _decimal_chars(units: np.ndarray, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """ASCII of :func:`format_decimal` for every value, as a fixed-width character matrix and the
+    mask of the characters to keep (leading zeros, trailing fraction zeros and a bare dot dropped).
+    """
+    if units.size and int(units.min()) < 0:
+        raise ValueError("format_decimal_column takes non-negative units")
+    top = int(units.max()) if units.size else 0
+    width = max(len(str(top)), scale + 1)
+    digits = (units[:, None] // _POW10_DESC[None, 19 - width :]) % 10  # most significant first
+    whole = width - scale
+    nonzero = digits[:, :whole] != 0
+    first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), whole - 1)
+    keep_whole = np.arange(whole)[None, :] >= first[:, None]
+    if scale == 0:
+        return (digits + 48).astype(np.uint8), keep_whole
+    frac_nonzero = digits[:, whole:] != 0
+    has_frac = frac_nonzero.any(axis=1)
+    last = scale - 1 - frac_nonzero[:, ::-1].argmax(axis=1)
+    keep_frac = (np.arange(scale)[None, :] <= last[:, None]) & has_frac[:, None]
+    chars = np.empty((units.size, width + 1), dtype=np.uint8)
+    chars[:, :whole] = digits[:, :whole] + 48
+    chars[:, whole] = ord(".")
+    chars[:, whole + 1 :] = digits[:, whole:] + 48
+    return chars, np.concatenate([keep_whole, has_frac[:, None], keep_frac], axis=1)
+
+
+def _literal(n: int, text: bytes) -> tuple[np.ndarray, np.ndarray]:
+    row = np.frombuffer(text, dtype=np.uint8)
+    return np.broadcast_to(row, (n, row.size)), np.ones((n, row.size), dtype=bool)
+
+
+def decimal_rows_json(columns: Sequence[np.ndarray], scales: Sequence[int]) -> bytes:
+    """A JSON array of rows of decimal strings (``[["1","0.5"],...]``), built without a Python
+    loop over values: character matrices are laid side by side and the kept characters read out
+    in row order. Several times faster than formatting each value (the emulator's hot path).
+    """
+    n = columns[0].size
+    if n == 0:
+        return b"[]"
+    parts = [_literal(n, b'["')]
+    for i, (col, scale) in enumerate(zip(columns, scales, strict=True)):
+        if i:
+            parts.append(_literal(n, b'","'))
+        parts.append(_decimal_chars(np.ascontiguousarray(col, dtype=np.int64), scale))
+    parts.append(_literal(n, b'"],'))
+    chars = np.concatenate([p[0] for p in parts], axis=1)
+    keep = np.concatenate([p[1] for p in parts], axis=1)
+    return b"[" + chars[keep].tobytes()[:-1] + b"]"
 
 
 def format_decimal_column(units: np.ndarray, scale: int) -> list[str]:
-    """:func:`format_decimal` over an int64 array (non-negative), vectorised where numpy can."""
-    if scale == 0:
-        return [str(u) for u in units.tolist()]
-    whole, frac = np.divmod(units, 10**scale)
-    zeros = np.zeros(units.size, dtype=np.int64)
-    for k in range(1, scale):
-        zeros += frac % _POW10[k] == 0
-    digits = np.where(frac == 0, 0, scale - zeros)
-    shown = frac // _POW10[np.where(frac == 0, 0, zeros)]
-    return [
-        "%d.%0*d" % (w, k, f) if k else "%d" % w  # noqa: UP031 (%-format: fastest here)
-        for w, k, f in zip(whole.tolist(), digits.tolist(), shown.tolist(), strict=True)
-    ]
+    """:func:`format_decimal` over an int64 array of non-negative units."""
+    return [row[0] for row in msgspec.json.decode(decimal_rows_json([units], [scale]))]
 
 
 def units_to_float(units: np.ndarray, scale: int) -> np.ndarray:
@@ -176,28 +217,17 @@ class RawCandles:
             }
         )
 
-    def _wire_columns(self) -> list[list[str]]:
+    def wire_json(self) -> bytes:
+        """Rows as Bybit sends them (7 strings each, newest first), as JSON array text (the
+        emulator splices it into the envelope)."""
         s = self.spec
-        scales = (s.price_scale,) * 4 + (s.qty_scale, s.turnover_scale)
-        cols = (self.open, self.high, self.low, self.close, self.volume, self.turnover)
-        return [[str(t) for t in self.ts.tolist()]] + [
-            format_decimal_column(c, k) for c, k in zip(cols, scales, strict=True)
-        ]
+        cols = (self.ts, self.open, self.high, self.low, self.close, self.volume, self.turnover)
+        scales = (0,) + (s.price_scale,) * 4 + (s.qty_scale, s.turnover_scale)
+        return decimal_rows_json([c[::-1] for c in cols], scales)
 
     def wire_rows(self) -> list[list[str]]:
         """Rows as Bybit sends them: 7 strings each, newest first."""
-        rows = [list(r) for r in zip(*self._wire_columns(), strict=True)]
-        rows.reverse()
-        return rows
-
-    def wire_json(self) -> bytes:
-        """:meth:`wire_rows` encoded as a JSON array (the emulator splices it into the envelope;
-        building the text directly is several times faster than encoding nested lists)."""
-        if not len(self):
-            return b"[]"
-        rows = ['","'.join(r) for r in zip(*self._wire_columns(), strict=True)]
-        rows.reverse()
-        return ('[["' + '"],["'.join(rows) + '"]]').encode()
+        return msgspec.json.decode(self.wire_json())
 
 
 Agg = tuple[int, int, int, int, int, int]  # open, high, low, close, volume, turnover (units)
