@@ -136,6 +136,7 @@ def test_the_newest_kline_row_is_the_forming_candle_at_server_time() -> None:
         ({"symbol": "BTCUSDT", "interval": "1", "limit": "0"}, "limit"),
         ({"symbol": "BTCUSDT", "interval": "1", "limit": "1001"}, "limit"),
         ({"symbol": "BTCUSDT", "interval": "1", "limit": "ten"}, "limit"),
+        ({"symbol": "BTCUSDT", "interval": "1", "limit": "\u0661\u0662"}, "limit"),  # Arabic-Indic 12
         ({"symbol": "BTCUSDT", "interval": "1", "start": "-5"}, "start"),
         ({"symbol": "BTCUSDT", "interval": "1", "end": "1e12"}, "end"),
         ({"symbol": "BTCUSDT", "interval": "1", "start": "2", "end": "1"}, "start"),

@@ -317,6 +317,10 @@ def test_bad_arguments_are_refused_before_anything_is_sent() -> None:
             with pytest.raises(DataValidationError):
                 await c.get_klines("linear", "BTCUSDT", "1", MAR_1, MAR_1 - 1)
             with pytest.raises(DataValidationError):
+                await c.get_klines("linear", "BTCUSDT", "1", "yesterday", MAR_1)  # type: ignore[arg-type]
+            with pytest.raises(InvalidSymbolError):
+                await c.get_klines(None, "BTCUSDT", "1", MAR_1, MAR_1)  # type: ignore[arg-type]
+            with pytest.raises(DataValidationError):
                 await c.fetch_kline_page("linear", "BTCUSDT", "1", MAR_1, MAR_1 + 1000 * MINUTE_MS)
             with pytest.raises(DataValidationError):
                 await c.get_instruments("linear", status="Listed")

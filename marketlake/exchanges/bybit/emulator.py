@@ -70,7 +70,7 @@ def _int_param(
     raw = query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or len(raw) > 16 or not lo <= int(raw) <= hi:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 16 or not lo <= int(raw) <= hi:
         raise _ParamError(f"params error: {name} invalid (expected an integer in [{lo}, {hi}])")
     return int(raw)
 

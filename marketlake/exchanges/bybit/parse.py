@@ -522,7 +522,7 @@ def _header_int(headers: Mapping[str, str], name: str) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    if not value.isdigit() or len(value) > 19:
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
         return None
     return int(value)
 

@@ -176,6 +176,19 @@ def _shown(text: str) -> str:
     return repr(text[:_MSG_CHARS] + ("..." if len(text) > _MSG_CHARS else ""))
 
 
+def _arg(value: object) -> str:
+    """A caller's argument, quoted and cut short, for an error message."""
+    return repr(str(value)[:40])
+
+
+def _check_range(start_ms: object, end_ms: object) -> None:
+    for name, value in (("start_ms", start_ms), ("end_ms", end_ms)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DataValidationError(f"{name} must be epoch milliseconds (int), got {_arg(value)}")
+    if start_ms > end_ms:  # type: ignore[operator]
+        raise DataValidationError(f"kline range start {start_ms} is after end {end_ms}")
+
+
 class _LateBan(Exception):
     """A 403 for a request sent before the ban was known: wait for the latch and resend."""
 
@@ -359,8 +372,7 @@ class BybitRestClient:
             ExchangeBannedError, TransientExchangeError: see the module docstring.
         """
         tf = self._check_series(category, symbol, interval)
-        if start_ms > end_ms:
-            raise DataValidationError(f"kline window start {start_ms} is after end {end_ms}")
+        _check_range(start_ms, end_ms)
         count = tf.count_between(start_ms, end_ms + 1)
         if count > C.KLINE_LIMIT_MAX:
             raise DataValidationError(
@@ -409,7 +421,7 @@ class BybitRestClient:
     def _check_series(self, category: str, symbol: str, interval: str) -> Timeframe:
         if category not in C.KLINE_CATEGORIES:
             raise InvalidSymbolError(
-                f"invalid kline category {category[:20]!r}: use one of {', '.join(C.KLINE_CATEGORIES)}"
+                f"invalid kline category {_arg(category)}: use one of {', '.join(C.KLINE_CATEGORIES)}"
             )
         validate_symbol(symbol)
         return _bybit_timeframe(interval)
@@ -420,6 +432,7 @@ class BybitRestClient:
         """Yield the pages of ``[start_ms, end_ms]`` in order, one request each; stop after the
         page that reaches the server's present (later windows cannot hold closed candles)."""
         self._check_series(category, symbol, interval)
+        _check_range(start_ms, end_ms)
         for a, b in kline_windows(interval, start_ms, end_ms):
             page = await self.fetch_kline_page(category, symbol, interval, a, b)
             yield page
@@ -446,8 +459,7 @@ class BybitRestClient:
             ExchangeError: see the module docstring.
         """
         self._check_series(category, symbol, interval)
-        if start_ms > end_ms:
-            raise DataValidationError(f"kline range start {start_ms} is after end {end_ms}")
+        _check_range(start_ms, end_ms)
         if concurrency < 1:
             raise DataValidationError("concurrency must be >= 1")
         windows = kline_windows(interval, start_ms, end_ms)
@@ -500,11 +512,11 @@ class BybitRestClient:
         """
         if category not in C.CATEGORIES:
             raise InvalidSymbolError(
-                f"invalid category {category[:20]!r}: use one of {', '.join(C.CATEGORIES)}"
+                f"invalid category {_arg(category)}: use one of {', '.join(C.CATEGORIES)}"
             )
         if status is not None and status not in C.INSTRUMENT_STATUSES:
             raise DataValidationError(
-                f"invalid status {status[:20]!r}: use one of {', '.join(C.INSTRUMENT_STATUSES)}"
+                f"invalid status {_arg(status)}: use one of {', '.join(C.INSTRUMENT_STATUSES)}"
             )
         if not 1 <= limit <= C.INSTRUMENTS_LIMIT_MAX:
             raise DataValidationError(f"limit must be 1..{C.INSTRUMENTS_LIMIT_MAX}")
@@ -552,7 +564,7 @@ class BybitRestClient:
             limit: How many (spot 1..60, derivatives 1..1000); Bybit's default when None.
         """
         if category not in ("spot", "linear", "inverse"):
-            raise InvalidSymbolError(f"invalid category {category[:20]!r} for recent trades")
+            raise InvalidSymbolError(f"invalid category {_arg(category)} for recent trades")
         validate_symbol(symbol)
         params = {"category": category, "symbol": symbol}
         if limit is not None:
