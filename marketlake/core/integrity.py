@@ -69,7 +69,7 @@ INVALID_REASONS: Final[dict[int, str]] = {
     K.INV_NEGATIVE_TRADES: "negative_trades",
 }
 
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def format_ts(ms: int) -> str:

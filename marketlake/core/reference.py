@@ -12,6 +12,7 @@ Rows are dicts with the candle column names; ``None`` is a null.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from typing import Any
 
@@ -26,7 +27,7 @@ __all__ = [
     "ref_resample",
 ]
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _MS = dt.timedelta(milliseconds=1)
 
 Row = dict[str, Any]
@@ -227,7 +228,7 @@ def ref_check(candles: list[Row], tf: Timeframe) -> dict[str, Any]:
             first_row[t] = i
     gaps = []
     distinct = sorted(first_row)
-    for a, b in zip(distinct, distinct[1:]):
+    for a, b in itertools.pairwise(distinct):
         ba, bb = ref_bucket_open(a, tf), ref_bucket_open(b, tf)
         missing = 0
         x = ref_next_open(ba, tf)

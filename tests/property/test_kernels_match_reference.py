@@ -26,7 +26,7 @@ SETTINGS = settings(
 
 
 def _ms(*args: int) -> int:
-    return int(dt.datetime(*args, tzinfo=dt.timezone.utc).timestamp()) * 1000
+    return int(dt.datetime(*args, tzinfo=dt.UTC).timestamp()) * 1000
 
 
 # Calendar edges: month ends of all lengths, a leap day, a year end, a Sunday→Monday midnight.

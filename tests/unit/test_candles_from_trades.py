@@ -14,7 +14,7 @@ from marketlake.errors import InvalidTimeframeError, SchemaMismatchError
 
 
 def ms(*args: int) -> int:
-    return int(dt.datetime(*args, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(*args, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def trades(ts: list[int], price: list[float], size: list[float] | None = None, side: list[str] | None = None) -> pl.DataFrame:
@@ -32,7 +32,7 @@ def test_one_minute_candles_hold_first_max_min_last_and_sums() -> None:
     assert out.schema["ts"] == pl.Datetime("ms", "UTC")
     assert out.schema["trades"] == pl.Int64
     first = out.row(0, named=True)
-    assert first["ts"] == dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+    assert first["ts"] == dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.UTC)
     assert (first["open"], first["high"], first["low"], first["close"]) == (10.0, 12.0, 9.0, 9.0)
     assert first["volume"] == 6.0
     assert first["turnover"] == 10.0 + 24.0 + 27.0

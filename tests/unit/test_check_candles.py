@@ -107,7 +107,7 @@ def test_null_prices_count_as_invalid_candles_and_null_turnover_does_not() -> No
 
 
 def test_month_gap_counts_calendar_months() -> None:
-    jan, apr = T0, int(dt.datetime(2024, 4, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    jan, apr = T0, int(dt.datetime(2024, 4, 1, tzinfo=dt.UTC).timestamp() * 1000)
     r = check_candles(series([jan, apr]), "M")
     gap = r.file_report()["gaps"][0]
     assert gap["missing_candles"] == 2  # February and March
@@ -116,7 +116,7 @@ def test_month_gap_counts_calendar_months() -> None:
 
 
 def test_weekly_series_must_open_on_mondays() -> None:
-    monday = int(dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    monday = int(dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
     r = check_candles(series([monday, monday + 7 * 86_400_000, monday + 8 * 86_400_000]), "W")
     assert r.misaligned_rows.tolist() == [2]
 

@@ -100,7 +100,7 @@ def flags_of(fo, fh, fl, fc, fv, ftv, ftr):  # type: ignore[no-untyped-def]
 @njit(cache=True, nogil=True)
 def _same(a, b):  # type: ignore[no-untyped-def]
     # Two NaNs are the same value here: a duplicate of a NaN row does not *disagree* with it.
-    return a == b or (a != a and b != b)
+    return a == b or (a != a and b != b)  # noqa: PLR0124 (NaN test numba compiles to one compare)
 
 
 @njit(cache=True, nogil=True)
@@ -139,8 +139,8 @@ def _clean_run(ts, o, h, lw, c, v, tv, tv_ok, tr, tr_ok, kind, dur, off, i, hi, 
         fv = v[i]
         ftv = tv[i] if (tv_all or tv_ok[i]) else 0.0
         ftr = tr[i] if (tr_all or tr_ok[i]) else 0
-        mx = fo if fo > fc else fc
-        mn = fo if fo < fc else fc
+        mx = fo if fo > fc else fc  # noqa: FURB136 (kept as selects in the hot loop)
+        mn = fo if fo < fc else fc  # noqa: FURB136
         # x - x is 0.0 for finite x and NaN for NaN/inf, and every compare with NaN is false;
         # this is flags_of(...) == 0 in branch-free form (low > 0 and high >= low cover the rest).
         fin = ((fo - fo) + (fh - fh) + (fl - fl) + (fc - fc) + (fv - fv) + (ftv - ftv)) == 0.0

@@ -98,13 +98,12 @@ def resample_candles(ts, o, h, lw, c, v, tv, tv_ok, tr, tr_ok, bv, bv_ok, kind, 
             bt_ok = bn_ok = bb_ok = True
             nan_h = nan_l = False
         x = h[i]
-        nan_h |= x != x  # NaN propagates to the bucket regardless of its position (see trades kernel)
-        if x > bh:
-            bh = x
+        # NaN propagates to the bucket regardless of its position (see the trades kernel).
+        nan_h |= x != x  # noqa: PLR0124
+        bh = max(bh, x)
         x = lw[i]
-        nan_l |= x != x
-        if x < bl:
-            bl = x
+        nan_l |= x != x  # noqa: PLR0124
+        bl = min(bl, x)
         bc = c[i]
         bvol += v[i]
         if tv_ok[i]:

@@ -120,9 +120,9 @@ def trades_to_candles(ts, price, size, side, has_side, kind, dur, off, lo, hi): 
             nan_seen = False
         # NaN never wins a compare, so it is tracked apart: any NaN price makes high/low NaN,
         # independent of where in the bucket it occurs (the reference twin does the same).
-        nan_seen |= p != p
-        bh = p if p > bh else bh
-        bl = p if p < bl else bl
+        nan_seen |= p != p  # noqa: PLR0124 (x != x is the NaN test)
+        bh = p if p > bh else bh  # noqa: FURB136 (a select, no call: measured faster)
+        bl = p if p < bl else bl  # noqa: FURB136
         bc = p
         bv += s
         bt += p * s
