@@ -211,6 +211,9 @@ def compact(lake: LakeOpt = None, config: ConfigOpt = None) -> None:
     console.print(f"{result.files_written} partition(s) compacted")
 
 
+# Commands defined in sibling modules register themselves on ``app`` when imported.
+from marketlake.cli import ingest_cmd  # noqa: E402,F401
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``marketlake`` console script."""
     try:

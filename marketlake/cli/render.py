@@ -16,7 +16,7 @@ __all__ = ["console", "err_console", "print_frame", "print_json", "to_jsonable"]
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -1,0 +1,244 @@
+"""``marketlake ingest`` and ``marketlake serve``: flags in, library calls, rendered results out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Awaitable
+from typing import Annotated, Optional, TypeVar
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from marketlake.cli.app import (
+    CategoryOpt,
+    ConfigOpt,
+    EndOpt,
+    JsonOpt,
+    LakeOpt,
+    StartOpt,
+    SymbolsOpt,
+    app,
+    load_settings,
+)
+from marketlake.cli.render import console, err_console, print_json
+from marketlake.core.timeutil import ms_to_text, to_ms
+from marketlake.errors import DataValidationError
+from marketlake.ingest.historical import IngestStats
+from marketlake.ingest.planner import Plan
+from marketlake.ingest.service import IngestOutcome, IngestRequest, run_ingest
+from marketlake.settings import Settings
+from marketlake.store import Lake
+
+T = TypeVar("T")
+
+BaseUrlOpt = Annotated[
+    Optional[str],
+    typer.Option("--base-url", help="Bybit REST base URL (default: mainnet; the emulator's URL for tests)."),
+]
+
+
+def run_async(coro: Awaitable[T]) -> T:
+    """Run ``coro``; SIGTERM cancels it like Ctrl-C does, so runners flush and exit cleanly."""
+
+    async def main() -> T:
+        task = asyncio.ensure_future(coro)
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None
+
+    return asyncio.run(main())
+
+
+class _ProgressView:
+    """A rich progress bar on a terminal; a plain line every few seconds otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.tty = enabled and sys.stdout.isatty()
+        self.enabled = enabled
+        self._bar: Progress | None = None
+        self._task = None
+        self._last = 0.0
+
+    def plan(self, plan: Plan) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} requests"),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=console,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("ingest", total=max(1, plan.requests), info="")
+
+    def update(self, st: IngestStats) -> None:
+        if not self.enabled:
+            return
+        info = f"{st.series_done}/{st.series} series, {st.rows_fetched:,} rows, {st.requests_per_s:.0f} req/s"
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, completed=st.pages + st.failed_windows, info=info)
+        elif time.monotonic() - self._last >= 5.0:
+            self._last = time.monotonic()
+            console.print(f"ingest: {st.pages}/{st.requests_planned} requests, {info}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _render_plan(plan: Plan, settings: Settings, as_json: bool) -> None:
+    if as_json:
+        print_json(plan.to_dict(settings.rate_limit_per_5s))
+        return
+    for sp in plan.series:
+        if sp.requests:
+            console.print(
+                f"{sp.sid.label():<40} {ms_to_text(sp.start_ms)} .. {ms_to_text(sp.end_ms)}  "
+                f"{sp.requests:>6} requests  {sp.candles:>10,} candles"
+            )
+    eta = plan.eta_seconds(settings.rate_limit_per_5s)
+    console.print(
+        f"plan: {len(plan.series)} series, {plan.requests:,} requests, up to {plan.candles:,} candles, "
+        f"about {eta:,.1f} s at {settings.rate_limit_per_5s} requests / 5 s"
+    )
+
+
+def _render_outcome(out: IngestOutcome, as_json: bool) -> None:
+    st = out.stats
+    if as_json:
+        print_json(
+            {
+                "ok": out.ok,
+                "unknown_symbols": out.unknown_symbols,
+                "unexplained_gaps": {k: [[a, b] for a, b in v] for k, v in out.unexplained_gaps.items()},
+                "stats": st.to_dict() if st else None,
+                "plan": {"requests": out.plan.requests, "candles": out.plan.candles},
+            }
+        )
+        return
+    for sym in out.unknown_symbols:
+        err_console.print(
+            f"error: unknown symbol {sym}: the exchange lists no such instrument in this category"
+        )
+    if st is None:
+        return
+    for note in st.failures[:20]:
+        err_console.print(f"failed: {note}", markup=False)
+    console.print(
+        f"ingest {'interrupted' if st.interrupted else 'done'} in {st.elapsed:.1f} s: "
+        f"{st.series_done}/{st.series} series, {st.pages:,} pages, {st.rows_fetched:,} rows fetched "
+        f"({st.rows_new:,} new, {st.rows_replaced:,} replaced, {st.rows_unchanged:,} unchanged), "
+        f"{st.requests:,} requests ({st.requests_per_s:.1f}/s), {st.retries} retries, {st.bans} bans, "
+        f"{st.empty_candles:,} candles verified empty at the exchange"
+    )
+    gaps = sum(len(v) for v in out.unexplained_gaps.values())
+    if gaps:
+        err_console.print(
+            f"{gaps} unexplained gap(s) in {len(out.unexplained_gaps)} series; run `marketlake ingest` again or `marketlake repair`"
+        )
+    else:
+        console.print("no unexplained gaps")
+
+
+@app.command()
+def ingest(
+    symbols: SymbolsOpt = None,
+    all_symbols: Annotated[
+        bool, typer.Option("--all-symbols", help="Every Trading instrument of the category.")
+    ] = False,
+    timeframes: Annotated[str, typer.Option("--timeframes", help="Comma-separated Bybit intervals.")] = "1",
+    days: Annotated[Optional[float], typer.Option("--days", help="Fetch the last N days.")] = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    mode: Annotated[str, typer.Option("--mode", help="full, recent (latest 50 candles) or live.")] = "full",
+    category: CategoryOpt = None,
+    base_url: BaseUrlOpt = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight at most.")] = 32,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (requests, rows, ETA) and stop.")
+    ] = False,
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Fetch Bybit klines into the lake: only what the ledger does not cover; resumable."""
+    from marketlake.exchanges.bybit.rest import BybitRestClient
+    from marketlake.net.ratelimit import RateBudget
+
+    settings = load_settings(lake, config, base_url=base_url, category=category)
+    if mode == "live":
+        raise DataValidationError(
+            "--mode live (backfill, then stream) needs `marketlake stream`, not built yet"
+        )
+    request = IngestRequest.of(
+        symbols=symbols,
+        all_symbols=all_symbols,
+        timeframes=timeframes,
+        category=settings.category,
+        days=days,
+        start_ms=None if start is None else to_ms(start, what="--start"),
+        end_ms=None if end is None else to_ms(end, what="--end"),
+        mode=mode,
+    )
+    the_lake = Lake(settings=settings)
+    view = _ProgressView(enabled=not json_ and not dry_run)
+
+    async def main() -> IngestOutcome:
+        budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.root / "_meta")
+        async with BybitRestClient(settings.base_url, budget=budget) as client:
+            return await run_ingest(
+                the_lake,
+                client,
+                request,
+                dry_run=dry_run,
+                concurrency=concurrency,
+                on_progress=view.update,
+                on_plan=view.plan,
+            )
+
+    try:
+        outcome = run_async(main())
+    finally:
+        view.close()
+    if dry_run:
+        _render_plan(outcome.plan, settings, json_)
+        if outcome.unknown_symbols and not json_:
+            err_console.print(f"error: unknown symbol(s): {', '.join(outcome.unknown_symbols)}")
+        raise typer.Exit(2 if outcome.unknown_symbols else 0)
+    _render_outcome(outcome, json_)
+    if not outcome.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one).")] = 8765,
+    symbols: Annotated[
+        str, typer.Option("--symbols", help="How many linear symbols (N), or a comma-separated list.")
+    ] = "10",
+    seed: Annotated[int, typer.Option(help="Market seed.")] = 0,
+    speed: Annotated[float, typer.Option(help="Market-time speed-up (market ms per real ms).")] = 1.0,
+) -> None:
+    """Run the Bybit emulator (REST) for tests, demos and bots: a deterministic synthetic market."""
+    from marketlake.exchanges.bybit.emulator import run_emulator
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"warning: serving on {host}: reachable from other machines")
+    names: int | list[str] = int(symbols) if symbols.isdigit() else symbols.split(",")
+
+    def ready(url: str) -> None:
+        console.print(f"bybit emulator listening on {url} (Ctrl-C stops it)")
+
+    run_emulator(host, port, names, seed, speed, on_ready=ready)
