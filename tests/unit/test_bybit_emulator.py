@@ -18,7 +18,7 @@ import pytest
 
 from marketlake.core.timeframes import DAY_MS, MINUTE_MS, parse_timeframe
 from marketlake.exchanges.bybit.emulator import BybitEmulator
-from marketlake.exchanges.bybit.emulator_control import FaultConfig
+from marketlake.exchanges.bybit.emulator_control import FaultConfig, RequestLog, RequestRecord
 from marketlake.exchanges.bybit.market import SyntheticMarket
 
 MAR_1 = 1_709_251_200_000  # 2024-03-01 00:00 UTC
@@ -327,12 +327,14 @@ def test_the_ip_limit_bans_with_http_403_until_the_ban_lifts() -> None:
     async def t(emu: BybitEmulator, s: aiohttp.ClientSession) -> None:
         statuses = [(await get(s, emu, TIME))[0] for _ in range(7)]
         assert statuses == [200] * 5 + [403, 403]
-        await asyncio.sleep(0.5)  # the ban (0.4 s) and the window (0.3 s) are over
+        assert emu.control.is_banned()
+        await asyncio.sleep(1.25)  # the ban (1.2 s) is over, and so is the window of those requests
+        assert not emu.control.is_banned()
         assert (await get(s, emu, TIME))[0] == 200
         assert emu.control.ban_count == 1
         assert [r.fault for r in emu.control.log.records[5:7]] == ["limit-403", "banned"]
 
-    run(t, faults=FaultConfig(window_seconds=0.3, ip_limit=5, ip_ban_seconds=0.4))
+    run(t, faults=FaultConfig(window_seconds=1.0, ip_limit=5, ip_ban_seconds=1.2))
 
 
 def test_the_api_limit_answers_10006_with_a_reset_time_after_the_envelope_time() -> None:
@@ -411,15 +413,22 @@ def test_fault_knobs_are_validated() -> None:
 
 
 def test_the_request_log_reports_the_most_requests_in_any_window() -> None:
+    def record(mono: float) -> RequestRecord:
+        return RequestRecord(mono * 1000, mono, 0, TIME, {}, 200, 0, None)
+
+    log = RequestLog([record(t) for t in (0.0, 0.1, 0.2, 0.3, 0.4, 5.0, 5.1, 9.99)])
+    assert log.max_in_window(0.5) == 5
+    assert log.max_in_window(0.3) == 3  # (t - 0.3, t]: 0.1, 0.2, 0.3 or 0.2, 0.3, 0.4
+    assert log.max_in_window(5.0) == 5  # 5.0 - 0.0 is not inside a 5 s window
+    assert log.max_in_window(10.0) == 8
+    assert RequestLog().max_in_window(5.0) == 0
+
     async def t(emu: BybitEmulator, s: aiohttp.ClientSession) -> None:
-        for _ in range(5):
+        for _ in range(4):
             await get(s, emu, TIME)
-        await asyncio.sleep(0.25)
-        for _ in range(3):
-            await get(s, emu, TIME)
-        assert emu.control.log.max_in_window(0.2) == 5
-        assert emu.control.log.max_in_window(10.0) == 8
-        assert len(emu.control.log.select(path=TIME, status=200)) == 8
+        await get(s, emu, "/v5/market/kline", symbol="BTCUSDT", interval="D")
+        assert emu.control.log.max_in_window(60.0) == 5
+        assert len(emu.control.log.select(path=TIME, status=200)) == 4
 
     run(t)
 
@@ -452,26 +461,26 @@ def test_admin_routes_change_faults_and_clock_and_refuse_bad_input() -> None:
 def test_run_emulator_serves_until_sigterm(tmp_path: Any) -> None:
     code = (
         "from marketlake.exchanges.bybit.emulator import run_emulator\n"
-        "run_emulator('127.0.0.1', 0, symbols=3, seed=1, speed=60.0,"
+        "run_emulator('127.0.0.1', 0, symbols=3, seed=1, speed=1.0,"
         " on_ready=lambda url: print(url, flush=True))\n"
     )
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:")
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip()
+            assert url.startswith("http://127.0.0.1:")
 
-        async def ask() -> dict[str, Any]:
-            async with aiohttp.ClientSession() as s, s.get(url + TIME) as r:
-                return msgspec.json.decode(await r.read())
+            async def ask() -> dict[str, Any]:
+                async with aiohttp.ClientSession() as s, s.get(url + TIME) as r:
+                    return msgspec.json.decode(await r.read())
 
-        body = asyncio.run(ask())
-        assert body["retCode"] == 0 and abs(body["time"] - time.time() * 1000) < 60_000
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0
+            body = asyncio.run(ask())
+            assert body["retCode"] == 0 and abs(body["time"] - time.time() * 1000) < 60_000
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
