@@ -244,6 +244,19 @@ def check_chunk(ts, o, h, lw, c, v, tv, tv_ok, tr, tr_ok, kind, dur, off, lo, hi
 
 
 @njit(cache=True, nogil=True)
+def _clean_sorted_run(ts, order, kind, dur, off, k, n, nxt):  # type: ignore[no-untyped-def]
+    """First ``m >= k`` where ``ts[order[m]]`` is not the expected next bucket open."""
+    fixed = kind == 0
+    while k < n:
+        t = ts[order[k]]
+        if t != nxt:
+            return k
+        nxt = t + dur if fixed else next_open(t, kind, dur, off)
+        k += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
 def dups_gaps_in_order(ts, order, o, h, lw, c, v, tv, tv_ok, tr, tr_ok, kind, dur, off):  # type: ignore[no-untyped-def]
     """Duplicates and gaps of rows visited in ``order`` (a stable argsort of ``ts``).
 
@@ -263,12 +276,25 @@ def dups_gaps_in_order(ts, order, o, h, lw, c, v, tv, tv_ok, tr, tr_ok, kind, du
     n = order.shape[0]
     run_start = 0
     prev_b = 0
-    for k in range(n):
+    nxt = 0
+    k = 0
+    while k < n:
+        if k > 0:
+            # Store-free scan over rows opening exactly the next bucket (see _clean_run).
+            m = _clean_sorted_run(ts, order, kind, dur, off, k, n, nxt)
+            if m > k:
+                run_start = order[m - 1]
+                prev_b = ts[run_start]
+                nxt = next_open(prev_b, kind, dur, off)
+                k = m
+                if k >= n:
+                    break
         i = order[k]
         t = ts[i]
         b = floor_ts(t, kind, dur, off)
-        if k > 0:
-            j = order[k - 1]
+        k += 1
+        if k > 1:
+            j = order[k - 2]
             if t == ts[j]:
                 dup_pos = _push(dup_pos, n_dup, i)
                 dup_first = _push(dup_first, n_dup, run_start)
@@ -276,7 +302,7 @@ def dups_gaps_in_order(ts, order, o, h, lw, c, v, tv, tv_ok, tr, tr_ok, kind, du
                     dup_differ, n_dup, rows_differ(o, h, lw, c, v, tv, tv_ok, tr, tr_ok, i, run_start)
                 )
                 n_dup += 1
-                continue
+                continue  # same ts: prev_b and nxt stay
             if b > prev_b:
                 missing = buckets_between(prev_b, b, kind, dur, off) - 2
                 if missing > 0:
@@ -286,6 +312,7 @@ def dups_gaps_in_order(ts, order, o, h, lw, c, v, tv, tv_ok, tr, tr_ok, kind, du
                     n_gap += 1
         run_start = i
         prev_b = b
+        nxt = next_open(b, kind, dur, off)
     return n_dup, dup_pos, dup_first, dup_differ, n_gap, gap_pos, gap_prev, gap_missing
 
 
