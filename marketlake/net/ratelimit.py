@@ -41,10 +41,23 @@ MAX_HEADER_BLOCK_MS: Final = 15 * 60 * 1000
 
 
 class _State(Protocol):
-    def grant(self, now: int, limit: int, window: int, burst: int) -> int: ...
-    def block_until(self, until: int) -> None: ...
-    def blocked_until(self) -> int: ...
-    def close(self) -> None: ...
+    """Where a budget keeps its grants; all times are epoch ms on the budget's clock."""
+
+    def grant(self, now: int, limit: int, window: int, burst: int) -> int:
+        """Take a slot at ``now`` and return 0, or return the ms to wait before asking again."""
+        ...
+
+    def block_until(self, until: int) -> None:
+        """Refuse every grant before ``until`` (keeps the later of two blocks)."""
+        ...
+
+    def blocked_until(self) -> int:
+        """The current block (0 when never blocked)."""
+        ...
+
+    def close(self) -> None:
+        """Release resources."""
+        ...
 
 
 def _bucket(tokens: float, last: int, now: int, rate: float, burst: int) -> float:

@@ -111,6 +111,7 @@ def units_to_float(units: np.ndarray, scale: int) -> np.ndarray:
 
 
 def stable_hash(*parts: object) -> int:
+    """A hash of ``parts`` that is the same in every process and run (unlike ``hash``)."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
@@ -234,6 +235,8 @@ Agg = tuple[int, int, int, int, int, int]  # open, high, low, close, volume, tur
 
 
 def combine(parts: Sequence[Agg | None]) -> Agg | None:
+    """Aggregate consecutive candle parts (None = no candle): first open, max high, min low,
+    last close, summed volume and turnover; None when no part exists."""
     present = [p for p in parts if p is not None]
     if not present:
         return None
@@ -248,6 +251,7 @@ def combine(parts: Sequence[Agg | None]) -> Agg | None:
 
 
 def concat_candles(spec: InstrumentSpec, pieces: Sequence[RawCandles]) -> RawCandles:
+    """Concatenate candle pieces of one instrument (in the order given)."""
     if not pieces:
         empty = np.empty(0, dtype=np.int64)
         return RawCandles(spec, *([empty] * 7))
@@ -261,6 +265,7 @@ def concat_candles(spec: InstrumentSpec, pieces: Sequence[RawCandles]) -> RawCan
 
 
 def spec_fields(spec: InstrumentSpec) -> dict[str, object]:
+    """The fields of ``spec`` as keyword arguments (to rebuild it with changes)."""
     return {f: getattr(spec, f) for f in InstrumentSpec.__dataclass_fields__}
 
 
@@ -279,6 +284,8 @@ _KNOWN: Final = {
 def make_instrument(
     seed: int, category: str, symbol: str, listing_from: int, listing_until: int
 ) -> InstrumentSpec:
+    """A seeded instrument: known parameters for BTC/ETH, drawn ones (price level, tick, lot,
+    listing time, every 40th delisted) for generated names."""
     validate_symbol(symbol)
     rnd = random.Random(f"{seed}:{category}:{symbol}")
     quote = "USD" if category == "inverse" else ("USDC" if symbol.endswith("USDC") else "USDT")
@@ -318,6 +325,7 @@ def make_instrument(
 
 
 def seeded_outages(seed: int) -> list[tuple[int, int]]:
+    """Seeded exchange-wide outages: one every 25-55 days, 10-120 minutes long, 2019-2031."""
     rnd = random.Random(f"{seed}:outages")
     out = []
     t = 1_546_300_800_000  # 2019-01-01
