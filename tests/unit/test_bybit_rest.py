@@ -120,6 +120,20 @@ def test_the_forming_candle_is_dropped_by_the_servers_clock_not_the_local_one() 
     run(t)
 
 
+def test_a_candle_that_just_ended_is_kept_only_once_settled() -> None:
+    async def t(emu: BybitEmulator) -> None:
+        minute = NOW - NOW % MINUTE_MS  # 01:30:00 ended the 01:29 candle
+        async with client(emu, settle_ms=2_000) as c:
+            emu.control.set_clock(time_ms=minute + 1_500)
+            early = await c.fetch_kline_page("linear", "BTCUSDT", "1", minute - MINUTE_MS, minute - MINUTE_MS)
+            emu.control.set_clock(time_ms=minute + 2_000)
+            late = await c.fetch_kline_page("linear", "BTCUSDT", "1", minute - MINUTE_MS, minute - MINUTE_MS)
+        assert early.frame.height == 0 and not early.complete
+        assert late.frame.height == 1 and late.complete
+
+    run(t)
+
+
 def test_pages_report_what_is_closed_and_iteration_stops_at_the_present() -> None:
     async def t(emu: BybitEmulator) -> None:
         async with client(emu) as c:

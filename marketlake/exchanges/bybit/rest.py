@@ -117,8 +117,9 @@ class KlinePage:
         frame: Closed candles with ``start_ms <= ts <= end_ms``, ascending, unique ts; columns
             ts (Datetime ms UTC), open, high, low, close, volume, turnover.
         server_time_ms: The server's clock when it answered.
-        closed_until_ms: Every candle opening before this was closed at ``server_time_ms``: opens
-            in ``[start_ms, min(end_ms, closed_until_ms - 1)]`` without a row are exchange gaps.
+        closed_until_ms: Every candle opening before this was closed (and settled) at
+            ``server_time_ms``: opens in ``[start_ms, min(end_ms, closed_until_ms - 1)]`` without a
+            row are exchange gaps (outage, before listing), not missing data.
     """
 
     category: str
@@ -211,6 +212,8 @@ class BybitRestClient:
         ban_latch: Ban memory; default the process-wide latch.
         ban_seconds: How long an HTTP 403 ban is assumed to last (Bybit: at least 10 minutes).
         timeout_s: Total timeout of one HTTP request.
+        settle_ms: A candle counts as closed only this long after its period ended on the server's
+            clock, so that trades still being booked at the boundary are in it.
     """
 
     def __init__(
@@ -223,9 +226,12 @@ class BybitRestClient:
         ban_latch: BanLatch | None = None,
         ban_seconds: float = C.BAN_DEFAULT_SECONDS,
         timeout_s: float = 10.0,
+        settle_ms: int = 2_000,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise DataValidationError(f"base_url must be an http(s) URL, got {base_url[:60]!r}")
+        if not 0 <= settle_ms <= 3_600_000:
+            raise DataValidationError("settle_ms must be within 0..3600000")
         if ban_seconds <= 0 or timeout_s <= 0:
             raise DataValidationError("ban_seconds and timeout_s must be > 0")
         self.base_url = base_url.rstrip("/")
@@ -236,6 +242,7 @@ class BybitRestClient:
         self.ban_latch = ban_latch if ban_latch is not None else process_ban_latch()
         self.ban_seconds = ban_seconds
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.settle_ms = settle_ms
         self.stats = ClientStats()
         self._server_time_seen = 0
 
@@ -393,7 +400,8 @@ class BybitRestClient:
         if server_time is None:
             server_time = await self.get_server_time()
         batch = self._clean_batch(batch, tf, start_ms, end_ms, context)
-        closed = drop_forming(batch, tf.name, server_time)
+        settled = server_time - self.settle_ms
+        closed = drop_forming(batch, tf.name, settled)
         return KlinePage(
             category=category,
             symbol=symbol,
@@ -402,7 +410,7 @@ class BybitRestClient:
             end_ms=end_ms,
             frame=klines_frame(closed),
             server_time_ms=server_time,
-            closed_until_ms=tf.floor(server_time),
+            closed_until_ms=tf.floor(settled),
         )
 
     @staticmethod
