@@ -133,6 +133,8 @@ def _render_outcome(out: IngestOutcome, as_json: bool) -> None:
         )
     if st is None:
         return
+    for note in st.notices[:20]:
+        err_console.print(f"warning: {note}", markup=False)
     for note in st.failures[:20]:
         err_console.print(f"failed: {note}", markup=False)
     console.print(

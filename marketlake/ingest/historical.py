@@ -63,6 +63,7 @@ class IngestStats:
     write_seconds: float = 0.0
     elapsed: float = 0.0
     failures: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
     interrupted: bool = False
 
     @property
@@ -201,9 +202,10 @@ class HistoricalIngest:
             try:
                 page = await self.client.fetch_kline_page(sid.category, sid.symbol, tf.name, a, b)
             except ExchangeBannedError as exc:
+                # Surfaced once by the client; the run goes on after the ban lifts.
                 self.stats.bans += 1
                 log.warning("%s", exc)
-                self._fail_note(f"banned: {exc}")
+                self.stats.notices.append(str(exc))
                 queue.put_nowait((s, a, b))  # the client waits out the ban before sending again
                 continue
             except ExchangeRequestError as exc:
