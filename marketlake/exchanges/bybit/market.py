@@ -20,6 +20,7 @@ server time (newest first, closed candles plus the forming one); tests ask
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections import OrderedDict
@@ -43,7 +44,6 @@ from marketlake.exchanges.bybit.market_types import (
     format_decimal_column,
     make_instrument,
     seeded_outages,
-    spec_fields,
     stable_hash,
 )
 
@@ -115,7 +115,7 @@ class SyntheticMarket:
         for spec in instruments:
             validate_symbol(spec.symbol)
             validate_category(spec.category)
-            keyed = InstrumentSpec(**{**spec_fields(spec), "key": stable_hash(spec.category, spec.symbol)})
+            keyed = dataclasses.replace(spec, key=stable_hash(spec.category, spec.symbol))
             self._specs[(spec.category, spec.symbol)] = keyed
         ordered = sorted((int(a), int(b)) for a, b in outages)
         for a, b in ordered:

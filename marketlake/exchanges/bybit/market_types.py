@@ -264,11 +264,6 @@ def concat_candles(spec: InstrumentSpec, pieces: Sequence[RawCandles]) -> RawCan
     )
 
 
-def spec_fields(spec: InstrumentSpec) -> dict[str, object]:
-    """The fields of ``spec`` as keyword arguments (to rebuild it with changes)."""
-    return {f: getattr(spec, f) for f in InstrumentSpec.__dataclass_fields__}
-
-
 _KNOWN: Final = {
     # (category, symbol): launch_ms, base price, price scale, tick units, qty scale, lot units,
     # mean lots per minute

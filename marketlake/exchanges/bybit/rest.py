@@ -194,12 +194,6 @@ class _LateBan(Exception):
     """A 403 for a request sent before the ban was known: wait for the latch and resend."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    envelope: Envelope
-    server_time_ms: int | None
-
-
 class BybitRestClient:
     """Async client of Bybit's v5 public market endpoints.
 
@@ -271,7 +265,7 @@ class BybitRestClient:
 
     # ------------------------------------------------------------------ the request path
 
-    async def _request(self, path: str, params: Mapping[str, str], context: str) -> _Reply:
+    async def _request(self, path: str, params: Mapping[str, str], context: str) -> Envelope:
         clock = get_clock()
         attempt = 0
         while True:
@@ -297,7 +291,7 @@ class BybitRestClient:
                 self.stats.retries += 1
                 await clock.sleep(self.backoff.delay(attempt, floor))
 
-    async def _send(self, path: str, params: Mapping[str, str], context: str) -> _Reply:
+    async def _send(self, path: str, params: Mapping[str, str], context: str) -> Envelope:
         clock = get_clock()
         try:
             async with self._get_session().get(
@@ -344,7 +338,7 @@ class BybitRestClient:
             self._server_time_seen = max(self._server_time_seen, env.time_ms)
         rc = env.ret_code
         if rc == C.RetCode.OK:
-            return _Reply(env, env.time_ms)
+            return env
         what = f"{context}: Bybit retCode {rc} {_shown(env.ret_msg)}"
         if rc in C.RATE_LIMIT_RET_CODES:
             self.stats.rate_limited += 1
@@ -363,7 +357,7 @@ class BybitRestClient:
     async def get_server_time(self) -> int:
         """The server's clock, epoch ms (``/v5/market/time``)."""
         reply = await self._request(C.PATH_SERVER_TIME, {}, "GET /v5/market/time")
-        return decode_server_time_result(reply.envelope.result)
+        return decode_server_time_result(reply.result)
 
     async def fetch_kline_page(
         self, category: str, symbol: str, interval: str, start_ms: int, end_ms: int
@@ -395,8 +389,8 @@ class BybitRestClient:
             "limit": str(max(1, count)),
         }
         reply = await self._request(C.PATH_KLINE, params, context)
-        batch = decode_kline_result(reply.envelope.result)
-        server_time = reply.server_time_ms
+        batch = decode_kline_result(reply.result)
+        server_time = reply.time_ms
         if server_time is None:
             server_time = await self.get_server_time()
         batch = self._clean_batch(batch, tf, start_ms, end_ms, context)
@@ -542,7 +536,7 @@ class BybitRestClient:
             reply = await self._request(
                 C.PATH_INSTRUMENTS, params, f"GET /v5/market/instruments-info {category}"
             )
-            page = decode_instruments_result(reply.envelope.result, category)
+            page = decode_instruments_result(reply.result, category)
             for inst in page.instruments:
                 try:
                     validate_symbol(inst.symbol)
@@ -583,4 +577,4 @@ class BybitRestClient:
         reply = await self._request(
             C.PATH_RECENT_TRADE, params, f"GET /v5/market/recent-trade {category} {symbol}"
         )
-        return trades_frame(decode_recent_trades_result(reply.envelope.result))
+        return trades_frame(decode_recent_trades_result(reply.result))
