@@ -40,6 +40,7 @@ CANDLE_SCHEMA: Final[dict[str, pl.DataType]] = {
     "turnover": pl.Float64(),
     "trades": pl.Int64(),
     "buy_volume": pl.Float64(),
+    "filled": pl.Boolean(),
 }
 CANDLE_COLUMNS: Final = tuple(CANDLE_SCHEMA)
 CANDLE_KEY: Final = "ts"
@@ -68,6 +69,7 @@ CANDLE_ARROW_SCHEMA: Final = pa.schema(
         pa.field("turnover", pa.float64()),
         pa.field("trades", pa.int64()),
         pa.field("buy_volume", pa.float64()),
+        pa.field("filled", pa.bool_(), nullable=False),
     ]
 )
 TRADE_ARROW_SCHEMA: Final = pa.schema(
@@ -183,14 +185,16 @@ def normalize_candles(frame: object) -> pl.DataFrame:
 
     ``ts`` may be int64 epoch ms or a datetime (naive = UTC); ``timestamp`` is accepted as its name.
     ``turnover``, ``trades`` and ``buy_volume`` (taker buy volume, known only for candles built
-    from trades) are optional (stored as null). Series-describing columns
+    from trades) are optional (stored as null). ``filled`` marks flat candles written by
+    ``repair --fill`` over a gap; it defaults to false. Series-describing columns
     (``symbol``, ``timeframe``, ``datetime``, ``confirm`` ...) are dropped.
 
     Raises:
         SchemaMismatchError: a required column is missing or null, a column has an unconvertible
             type, or an unknown column is present.
     """
-    return _normalize(frame, CANDLE_SCHEMA, _CANDLE_REQUIRED, _CANDLE_NULLABLE, "candles")
+    out = _normalize(frame, CANDLE_SCHEMA, _CANDLE_REQUIRED, _CANDLE_NULLABLE | {"filled"}, "candles")
+    return out.with_columns(pl.col("filled").fill_null(False))
 
 
 def normalize_trades(frame: object) -> pl.DataFrame:

@@ -31,6 +31,7 @@ from collections import deque
 from pathlib import Path
 from typing import Final, Protocol
 
+from marketlake._sqlite import open_wal
 from marketlake.clock import Clock, get_clock
 from marketlake.errors import ConfigError
 
@@ -119,12 +120,14 @@ class _SqliteState:
     def _db(self) -> sqlite3.Connection:
         # A connection must not cross a fork: reopen in a child process.
         if self._conn is None or self._pid != os.getpid():
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=OFF")  # the budget is ephemeral: no need to fsync
-            conn.execute("CREATE TABLE IF NOT EXISTS grants (t INTEGER NOT NULL)")
-            conn.execute("CREATE INDEX IF NOT EXISTS grants_t ON grants (t)")
-            conn.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v REAL NOT NULL)")
+            conn = open_wal(
+                self.path,
+                synchronous="OFF",  # the budget is ephemeral: no need to fsync
+                check_same_thread=False,
+                script="CREATE TABLE IF NOT EXISTS grants (t INTEGER NOT NULL);"
+                "CREATE INDEX IF NOT EXISTS grants_t ON grants (t);"
+                "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v REAL NOT NULL);",
+            )
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+
+from marketlake._sqlite import open_wal
 import pyarrow.parquet as pq
 
 from marketlake.store.layout import CANDLES, META_DIR, SeriesId
@@ -56,13 +58,12 @@ class _Cache:
         path = root / META_DIR / "filestats.sqlite"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(path, timeout=10)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, rows INTEGER,"
-                " first INTEGER, last INTEGER)"
+            self._db = open_wal(
+                path,
+                timeout_s=10,
+                script="CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER,"
+                " rows INTEGER, first INTEGER, last INTEGER);",
             )
-            self._db = db
         except (OSError, sqlite3.Error):
             self._db = None  # a read-only lake: work without the cache
         self._known: dict[str, FileStats] = {}
@@ -82,7 +83,8 @@ class _Cache:
         if self._db is None:
             return
         with contextlib.suppress(sqlite3.Error):
-            with self._db:
+            with self._db:  # (autocommit connection: this block is one explicit transaction)
+                self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
                     "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?)",
                     [(p, s.size, s.rows, s.first, s.last) for p, s in self._fresh],

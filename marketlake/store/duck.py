@@ -25,7 +25,7 @@ _COLUMNS = {
     CANDLES: (
         ("ts", "TIMESTAMPTZ"), ("open", "DOUBLE"), ("high", "DOUBLE"), ("low", "DOUBLE"),
         ("close", "DOUBLE"), ("volume", "DOUBLE"), ("turnover", "DOUBLE"), ("trades", "BIGINT"),
-        ("buy_volume", "DOUBLE"),
+        ("buy_volume", "DOUBLE"), ("filled", "BOOLEAN"),
     ),
     TRADES: (
         ("ts", "TIMESTAMPTZ"), ("price", "DOUBLE"), ("size", "DOUBLE"), ("side", "VARCHAR"),

@@ -32,6 +32,7 @@ from typing import Any
 
 import polars as pl
 
+from marketlake._sqlite import open_wal
 from marketlake.clock import get_clock
 from marketlake.core.intervals import Interval, merge, subtract
 from marketlake.store.layout import META_DIR, SeriesId
@@ -97,10 +98,7 @@ class Ledger:
     def __init__(self, root: Path) -> None:
         self.path = Path(root) / META_DIR / "ledger.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = open_wal(self.path, script=_SCHEMA)
 
     def close(self) -> None:
         """Close the database connection."""
