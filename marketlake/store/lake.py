@@ -15,6 +15,7 @@ import polars as pl
 from marketlake.core.schemas import normalize_candles, normalize_trades
 from marketlake.core.symbols import parse_symbols
 from marketlake.core.timeframes import Timeframe, parse_timeframes
+from marketlake.clock import get_clock
 from marketlake.core.timeutil import TimeLike, to_ms
 from marketlake.errors import DataValidationError, LakeError
 from marketlake.settings import Settings
@@ -24,6 +25,7 @@ from marketlake.store.files import purge_trash
 from marketlake.store.fsck import FsckReport, run_fsck
 from marketlake.store.layout import CANDLES, DATASETS, META_DIR, TRADES, SeriesId
 from marketlake.store.ledger import Ledger
+from marketlake.store.quarantine import read_quarantine, write_quarantine
 from marketlake.store.reader import (
     PartitionFiles,
     find_series,
@@ -106,13 +108,7 @@ class Lake:
             SchemaMismatchError: the frame cannot be read as candles.
             LakeWriteError: a partition could not be written (it keeps its previous state).
         """
-        sid = SeriesId.of(
-            CANDLES,
-            exchange=exchange or self.settings.exchange,
-            category=category or self.settings.category,
-            symbol=symbol,
-            timeframe=timeframe,
-        )
+        sid = self._sid(symbol, timeframe, exchange, category)
         return self._write(sid, normalize_candles(frame), "ts")
 
     def write_trades(
@@ -173,13 +169,7 @@ class Lake:
         category: str | None = None,
     ) -> WriteResult:
         """Remove candles by key (``ts``) or by range ``[start, end)``, atomically per partition."""
-        sid = SeriesId.of(
-            CANDLES,
-            exchange=exchange or self.settings.exchange,
-            category=category or self.settings.category,
-            symbol=symbol,
-            timeframe=timeframe,
-        )
+        sid = self._sid(symbol, timeframe, exchange, category)
         if ts is None and start is None and end is None:
             raise DataValidationError("delete_candles needs ts=[...] or a start/end range")
         lo = None if start is None else to_ms(start, what="start")
@@ -209,6 +199,87 @@ class Lake:
         if result.changed:
             self._bump_generation()
         return result
+
+    def rewrite_candles(
+        self,
+        transform: Callable[[pl.DataFrame], pl.DataFrame],
+        *,
+        symbol: str,
+        timeframe: str | int | Timeframe,
+        start: TimeLike | None = None,
+        end: TimeLike | None = None,
+        exchange: str | None = None,
+        category: str | None = None,
+    ) -> WriteResult:
+        """Replace each partition's rows by ``transform(rows)``, atomically, under its lock.
+
+        ``transform`` receives a partition's stored rows (stored schema, in stored order) and may
+        drop or change rows of that partition; partitions it leaves equal are not rewritten.
+        Used by repair (dedupe, quarantine, unfill).
+        """
+        sid = self._sid(symbol, timeframe, exchange, category)
+        lo = None if start is None else to_ms(start, what="start")
+        hi = None if end is None else to_ms(end, what="end")
+        result = WriteResult()
+        for part in plan_files(self.root, [sid], lo, hi):
+            result += rewrite_partition(self.root, sid, part.key, transform)
+        if result.changed:
+            self._bump_generation()
+        return result
+
+    def quarantine_candles(
+        self,
+        reasons: dict[int, str],
+        *,
+        symbol: str,
+        timeframe: str | int | Timeframe,
+        exchange: str | None = None,
+        category: str | None = None,
+    ) -> int:
+        """Move the candles at ``ts`` (epoch ms → reason) out of the lake into the quarantine.
+
+        Within each partition's lock the rows are first published to the quarantine, then
+        removed from the partition, so no row is ever lost. Returns the rows moved.
+        """
+        sid = self._sid(symbol, timeframe, exchange, category)
+        if not reasons:
+            return 0
+        keys = sorted(reasons)
+        moved = 0
+        now = get_clock().now_ms()
+
+        def take_out(frame: pl.DataFrame) -> pl.DataFrame:
+            nonlocal moved
+            ts = frame.get_column("ts").dt.epoch("ms")
+            hit = ts.is_in(keys)
+            if not hit.any():
+                return frame
+            out = frame.filter(hit)
+            why = pl.Series([reasons[int(t)] for t in out.get_column("ts").dt.epoch("ms")])
+            write_quarantine(self.root, sid, out, why, now)
+            moved += out.height
+            return frame.filter(~hit)
+
+        for part in plan_files(self.root, [sid], keys[0], keys[-1] + 1):
+            rewrite_partition(self.root, sid, part.key, take_out)
+        if moved:
+            self._bump_generation()
+        return moved
+
+    def quarantined(self) -> pl.DataFrame:
+        """Every row ``repair`` moved into the quarantine, with its reason and series."""
+        return read_quarantine(self.root)
+
+    def _sid(
+        self, symbol: str, timeframe: str | int | Timeframe, exchange: str | None, category: str | None
+    ) -> SeriesId:
+        return SeriesId.of(
+            CANDLES,
+            exchange=exchange or self.settings.exchange,
+            category=category or self.settings.category,
+            symbol=symbol,
+            timeframe=timeframe,
+        )
 
     def compact(self, *, purge: bool = True) -> WriteResult:
         """Fold delta files into their partition's main file everywhere; purge old trash."""

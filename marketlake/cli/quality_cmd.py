@@ -1,0 +1,184 @@
+"""``marketlake check``, ``repair`` and ``demo``: flags in, library calls, rendered results out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import polars as pl
+import typer
+
+from marketlake.cli.app import (
+    CategoryOpt,
+    ConfigOpt,
+    ExchangeOpt,
+    JsonOpt,
+    LakeOpt,
+    SymbolsOpt,
+    TimeframesOpt,
+    app,
+    load_settings,
+    open_lake,
+)
+from marketlake.cli.ingest_cmd import BaseUrlOpt, run_async
+from marketlake.cli.render import console, err_console, print_frame, print_json, to_jsonable
+from marketlake.quality.check import LakeCheck, check_lake, describe_gap
+from marketlake.quality.repair import RepairReport, repair_lake
+from marketlake.store import Lake
+
+
+def _render_check(result: LakeCheck) -> None:
+    rows = []
+    for s in result.series:
+        r = s.result
+        rows.append({
+            "series": s.sid.label(),
+            "rows": r.total_candles,
+            "gaps": len(s.unexplained),
+            "missing": sum(g.missing_candles for g in s.unexplained),
+            "outages": len(s.explained),
+            "dups": r.duplicate_count,
+            "invalid": r.invalid_count,
+            "misaligned": int(r.misaligned_rows.size),
+            "unordered": int(r.out_of_order_rows.size),
+            "vs_1m": "" if s.consistency is None else len(s.consistency.mismatches),
+            "filled": s.filled,
+            "ok": "yes" if not s.has_issues else "NO",
+        })
+    if rows:
+        print_frame(pl.DataFrame(rows).with_columns(pl.col("vs_1m").cast(pl.String)))
+    for s in result.series:
+        for g in s.unexplained[:5]:
+            console.print(f"  gap in {s.sid.label()}: {describe_gap(g)}")
+        if len(s.unexplained) > 5:
+            console.print(f"  ... {len(s.unexplained) - 5} more gaps in {s.sid.label()}")
+    bad = sum(1 for s in result.series if s.has_issues)
+    console.print(
+        f"{len(result.series)} series, {result.rows:,} candles checked in {result.seconds:.2f} s "
+        f"({result.rows / max(result.seconds, 1e-9) / 1e6:.1f} M/s); {bad} with issues"
+    )
+
+
+@app.command()
+def check(
+    symbols: SymbolsOpt = None,
+    timeframes: TimeframesOpt = None,
+    exchange: ExchangeOpt = None,
+    category: CategoryOpt = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write the old integrity report (JSON) here.")] = None,
+    consistency: Annotated[bool, typer.Option("--consistency/--no-consistency", help="Compare higher timeframes with the resampled 1m series.")] = True,
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Check stored candles: gaps (unless the exchange has them), duplicates, invalid and misaligned
+    rows, cross-timeframe consistency. Exit status 1 when anything needs attention."""
+    result = check_lake(
+        open_lake(lake, config), symbols, timeframes, exchange=exchange, category=category, consistency=consistency
+    )
+    if report is not None:
+        report.write_text(json.dumps(to_jsonable(result.report()), indent=2))
+    if json_:
+        print_json(result.to_dict())
+    else:
+        _render_check(result)
+        if report is not None:
+            console.print(f"report written to {report}")
+    if result.has_issues:
+        raise typer.Exit(1)
+
+
+def _render_repair(rep: RepairReport) -> None:
+    changed = [s for s in rep.series if s.changed or s.gaps_left]
+    if changed:
+        print_frame(pl.DataFrame([{k: getattr(s, k) for k in s.__slots__} for s in changed]))  # type: ignore[attr-defined]
+    for note in rep.refetch_failures[:20]:
+        err_console.print(f"refetch failed: {note}", markup=False)
+    console.print(
+        f"{len(rep.series)} series looked at, {len(changed)} changed; {rep.gaps_left} unexplained gap(s) left"
+    )
+
+
+@app.command()
+def repair(
+    symbols: SymbolsOpt = None,
+    timeframes: TimeframesOpt = None,
+    exchange: ExchangeOpt = None,
+    category: CategoryOpt = None,
+    refetch: Annotated[bool, typer.Option("--refetch/--no-refetch", help="Re-fetch unexplained gaps from Bybit.")] = True,
+    fill: Annotated[bool, typer.Option("--fill", help="Fill gaps still open with flat candles marked filled.")] = False,
+    unfill: Annotated[bool, typer.Option("--unfill", help="Remove every flat fill candle first.")] = False,
+    base_url: BaseUrlOpt = None,
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Remove duplicates, quarantine invalid rows, re-fetch gaps (and fill them only when asked)."""
+    from marketlake.exchanges.bybit.rest import BybitRestClient
+    from marketlake.net.ratelimit import RateBudget
+
+    settings = load_settings(lake, config, base_url=base_url)
+    the_lake = Lake(settings=settings)
+
+    async def main() -> RepairReport:
+        if not refetch:
+            return await repair_lake(the_lake, symbols, timeframes, exchange=exchange, category=category,
+                                     fill=fill, unfill=unfill)
+        budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.root / "_meta")
+        async with BybitRestClient(settings.base_url, budget=budget) as client:
+            return await repair_lake(the_lake, symbols, timeframes, exchange=exchange, category=category,
+                                     client=client, fill=fill, unfill=unfill)
+
+    rep = run_async(main())
+    if json_:
+        print_json(rep.to_dict())
+    else:
+        _render_repair(rep)
+    if rep.gaps_left or rep.refetch_failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    lake: Annotated[Path, typer.Option("--lake", help="Where the demo lake goes (kept apart from ./lake).")] = Path("demo-lake"),
+    days: Annotated[float, typer.Option(help="Days of history to ingest.")] = 7.0,
+) -> None:
+    """Offline demo: start the Bybit emulator on 127.0.0.1, ingest from it, check, list, query."""
+    from marketlake.exchanges.bybit.emulator import BybitEmulator
+    from marketlake.exchanges.bybit.rest import BybitRestClient
+    from marketlake.ingest.service import IngestRequest, run_ingest
+    from marketlake.net.ratelimit import RateBudget
+    from marketlake.settings import Settings
+
+    # Synthetic data never goes into the real lake by default: the demo has its own.
+    the_lake = Lake(lake, settings=Settings.load(overrides={"lake_root": str(lake)}))
+    request = IngestRequest.of(symbols="BTCUSDT,ETHUSDT,SYM001USDT", timeframes="1,5,60", days=days)
+
+    async def main() -> None:
+        async with BybitEmulator(symbols=20, seed=1) as emu:
+            console.print(f"1. emulator (a synthetic Bybit) listening on {emu.url}")
+            budget = RateBudget(500, state_dir=the_lake.root / "_meta")
+            async with BybitRestClient(emu.url, budget=budget) as client:
+                out = await run_ingest(the_lake, client, request)
+        st = out.stats
+        assert st is not None
+        console.print(
+            f"2. ingest: {st.series} series, {st.pages} requests, {st.rows_new:,} new candles in {st.elapsed:.1f} s"
+            f" ({st.empty_candles:,} candles verified empty: the emulator's outages)"
+        )
+
+    run_async(main())
+    result = check_lake(the_lake)
+    console.print(f"3. check: {len(result.series)} series, {result.rows:,} candles, "
+                  f"{'no issues' if not result.has_issues else 'ISSUES FOUND'}")
+    console.print("4. info:")
+    table = the_lake.series().select("symbol", "timeframe", "first_ts", "last_ts", "rows", "partitions")
+    print_frame(table)
+    query = (
+        "select symbol, count(*) as candles, round(avg(close), 2) as avg_close, "
+        "round(sum(turnover)) as turnover from candles where timeframe = '60' group by symbol order by symbol"
+    )
+    console.print(f"5. sql: {query}")
+    print_frame(the_lake.sql(query))
+    console.print(f"\nthe demo lake is in {the_lake.root}; try: marketlake sql \"select * from candles limit 5\" --lake {lake}")

@@ -1,0 +1,186 @@
+"""``repair``: fix what ``check`` finds, atomically through the store, never silently.
+
+Per series, in this order:
+
+1. ``unfill`` (when asked): remove the flat candles an earlier ``--fill`` wrote;
+2. duplicates: keep the last written row of each ``ts``;
+3. invalid and misaligned rows: moved into the quarantine with their reason (``lake.quarantined()``);
+4. unexplained gaps: re-fetched from the exchange (the ledger forgets the range, the historical
+   runner fetches it; what the exchange does not have becomes verified empty), then, only when
+   asked (``fill``), what is still missing is filled with flat candles marked ``filled = true``
+   (close carried, volume 0), which ``unfill`` removes again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from marketlake.core.integrity import CheckResult, reasons_of
+from marketlake.core.intervals import Interval
+from marketlake.exchanges.bybit.rest import BybitRestClient, kline_windows
+from marketlake.ingest.historical import HistoricalIngest
+from marketlake.ingest.planner import Plan, SeriesPlan
+from marketlake.quality.check import SeriesCheck, check_lake
+from marketlake.store import Lake
+from marketlake.store.layout import SeriesId
+
+__all__ = ["RepairReport", "SeriesRepair", "repair_lake"]
+
+
+@dataclass(slots=True)
+class SeriesRepair:
+    """What repair did to one series."""
+
+    series: str
+    fills_removed: int = 0
+    duplicates_removed: int = 0
+    quarantined: int = 0
+    gaps_refetched: int = 0
+    candles_refetched: int = 0
+    candles_filled: int = 0
+    gaps_left: int = 0
+
+    @property
+    def changed(self) -> bool:
+        """True when anything was done."""
+        return bool(self.fills_removed or self.duplicates_removed or self.quarantined
+                    or self.candles_refetched or self.candles_filled)
+
+
+@dataclass(slots=True)
+class RepairReport:
+    """What repair did, per series."""
+
+    series: list[SeriesRepair] = field(default_factory=list)
+    refetch_failures: list[str] = field(default_factory=list)
+
+    @property
+    def gaps_left(self) -> int:
+        """Unexplained gaps still open after the repair."""
+        return sum(s.gaps_left for s in self.series)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "gaps_left": self.gaps_left,
+            "refetch_failures": self.refetch_failures,
+            "series": [{k: getattr(s, k) for k in s.__slots__} for s in self.series],  # type: ignore[attr-defined]
+        }
+
+
+def _holes(sc: SeriesCheck) -> list[Interval]:
+    tf = sc.result.timeframe
+    return [(tf.next_open(tf.floor(g.previous_ts)), tf.floor(g.current_ts)) for g in sc.unexplained]
+
+
+def _quarantine_reasons(result: CheckResult) -> dict[int, str]:
+    reasons: dict[int, str] = {}
+    for row, flags in zip(result.invalid_rows, result.invalid_flags, strict=True):
+        reasons[int(result.ts[row])] = "invalid: " + ", ".join(reasons_of(int(flags)))
+    for row in result.misaligned_rows:
+        t = int(result.ts[row])
+        reasons[t] = (reasons[t] + "; " if t in reasons else "") + f"misaligned to {result.timeframe.name}"
+    return reasons
+
+
+def _fill_frame(lake: Lake, sid: SeriesId, holes: list[Interval]) -> pl.DataFrame:
+    """Flat candles over ``holes``: the close before each hole carried, volume 0, marked filled."""
+    tf = sid.timeframe
+    assert tf is not None
+    parts = []
+    for a, b in holes:
+        before = lake.read_candles(
+            sid.symbol, tf, a - 400 * 86_400_000, a, exchange=sid.exchange, category=sid.category
+        ).tail(1)
+        if before.is_empty():
+            continue
+        price = float(before.get_column("close")[0])
+        opens = tf.opens_between(a, b)
+        n = opens.size
+        flat = np.full(n, price)
+        parts.append(pl.DataFrame({
+            "ts": opens, "open": flat, "high": flat, "low": flat, "close": flat,
+            "volume": np.zeros(n), "turnover": np.zeros(n), "trades": np.zeros(n, dtype=np.int64),
+            "filled": np.ones(n, dtype=bool),
+        }))
+    return pl.concat(parts) if parts else pl.DataFrame()
+
+
+async def repair_lake(
+    lake: Lake,
+    symbols: str | Sequence[str] | None = None,
+    timeframes: str | Sequence[str] | None = None,
+    *,
+    exchange: str | None = None,
+    category: str | None = None,
+    client: BybitRestClient | None = None,
+    fill: bool = False,
+    unfill: bool = False,
+) -> RepairReport:
+    """Repair every matching series; see the module docstring for what and in which order.
+
+    Args:
+        client: Re-fetch unexplained gaps with it (Bybit series only); None skips re-fetching.
+        fill: Fill gaps still open afterwards with flat candles marked ``filled``.
+        unfill: First remove every flat fill candle.
+    """
+    report = RepairReport()
+    by_label: dict[str, SeriesRepair] = {}
+    scope = dict(exchange=exchange, category=category)
+    for sc in check_lake(lake, symbols, timeframes, consistency=False, **scope).series:
+        sid, tf = sc.sid, sc.sid.timeframe
+        assert tf is not None
+        rep = by_label.setdefault(sid.label(), SeriesRepair(sid.label()))
+        report.series.append(rep)
+        where = dict(symbol=sid.symbol, timeframe=tf, exchange=sid.exchange, category=sid.category)
+        if unfill and sc.filled:
+            rep.fills_removed = lake.rewrite_candles(lambda f: f.filter(~pl.col("filled")), **where).rows_deleted
+        if sc.result.duplicate_count:
+            rep.duplicates_removed = lake.rewrite_candles(
+                lambda f: f.unique("ts", keep="last", maintain_order=True), **where
+            ).rows_deleted
+        rep.quarantined = lake.quarantine_candles(_quarantine_reasons(sc.result), **where)
+    # Gaps are looked at after the rows above moved: a quarantined row leaves a gap to refetch.
+    after = check_lake(lake, symbols, timeframes, consistency=False, **scope)
+    if client is not None:
+        plan = Plan()
+        for sc in after.series:
+            tf = sc.sid.timeframe
+            assert tf is not None
+            if sc.sid.exchange != "bybit" or not tf.is_bybit or not sc.unexplained:
+                continue
+            windows: list[tuple[int, int]] = []
+            for a, b in _holes(sc):
+                lake.ledger.forget(sc.sid, a, b)
+                windows.extend(kline_windows(tf, a, b - 1))
+            candles = sum(tf.count_between(a, tf.next_open(b)) for a, b in windows)
+            plan.series.append(SeriesPlan(sc.sid, windows[0][0], tf.next_open(windows[-1][1]), tuple(windows), candles))
+            by_label[sc.sid.label()].gaps_refetched = len(sc.unexplained)
+        if plan.series:
+            stats = await HistoricalIngest(lake, client, run_args={"repair": True}).run(plan)
+            report.refetch_failures.extend(stats.failures)
+            for sc in after.series:
+                if sc.sid.label() in {sp.sid.label() for sp in plan.series}:
+                    by_label[sc.sid.label()].candles_refetched = sum(
+                        lake.scan_candles(sc.sid.symbol, sc.sid.timeframe, a, b, exchange=sc.sid.exchange,
+                                          category=sc.sid.category).select(pl.len()).collect().item()
+                        for a, b in _holes(sc)
+                    )
+        after = check_lake(lake, symbols, timeframes, consistency=False, **scope)
+    for sc in after.series:
+        rep = by_label[sc.sid.label()]
+        if fill and sc.unexplained:
+            frame = _fill_frame(lake, sc.sid, _holes(sc))
+            if frame.height:
+                tf = sc.sid.timeframe
+                lake.write_candles(frame, symbol=sc.sid.symbol, timeframe=tf,  # type: ignore[arg-type]
+                                   exchange=sc.sid.exchange, category=sc.sid.category)
+                rep.candles_filled = frame.height
+            continue
+        rep.gaps_left = len(sc.unexplained)
+    return report
