@@ -10,6 +10,7 @@ from marketlake.core.consistency import check_consistency
 from marketlake.core.integrity import CheckResult, check_candles, integrity_report
 from marketlake.core.timeframes import TIMEFRAMES, Timeframe, parse_timeframe
 from marketlake.errors import *  # noqa: F403  (the error tree is part of the public API)
+from marketlake.feeder import DataFeeder
 from marketlake.interop.csv import ImportReport, export_csv, import_csv
 from marketlake.settings import Settings
 from marketlake.store import FsckReport, Lake, WriteResult
@@ -25,6 +26,7 @@ __all__ = [
     "resample",
     "TIMEFRAMES",
     "Clock",
+    "DataFeeder",
     "FsckReport",
     "ImportReport",
     "Lake",

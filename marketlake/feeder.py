@@ -1,0 +1,629 @@
+"""``DataFeeder``: the research API over the lake — the old backtest feeder's methods on Polars,
+plus lazy, memory-bounded and lookahead-free access.
+
+The old pandas ``DataFeeder`` (``simple_strategy/shared/data_feeder.py``) read per-symbol CSV files
+into memory. This one reads the lake; its methods and return shapes are the old ones:
+
+* ``load_data`` loads series into memory (after checking the memory budget);
+* ``get_data_for_symbols`` returns ``{symbol: {timeframe: polars.DataFrame}}``;
+* ``get_data_at_timestamp``, ``get_latest_data`` and ``get_multi_timeframe_data`` return candles
+  as dicts of Python values (``timestamp`` / ``timestamp_ms`` in epoch ms, ``datetime``, prices);
+* ``get_memory_usage`` reports memory, ``percent`` included.
+
+New: ``scan`` (a Polars LazyFrame), ``iter_batches`` (time-ordered batches of any size in bounded
+memory) and ``aligned`` (several timeframes of one symbol side by side without lookahead).
+
+The no-lookahead rule, the time-window conventions and the examples are in ``docs/research.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import polars as pl
+
+from marketlake._feeder.align import aligned_frame
+from marketlake._feeder.budget import ROW_BYTES, estimate_rows, system_memory
+from marketlake._feeder.parts import (
+    PartitionCache,
+    read_files,
+    read_partition_files,
+    retrying,
+    ts_array,
+)
+from marketlake._feeder.rules import (
+    available_before,
+    candle_dict,
+    close_ms,
+    half_open_window,
+    old_window,
+    time_ms,
+)
+from marketlake._feeder.stream import merged_batches, working_set_bytes
+from marketlake.core.symbols import parse_symbols, validate_category, validate_exchange
+from marketlake.core.timeframes import TIMEFRAMES, Timeframe, parse_timeframe
+from marketlake.core.timeutil import TimeLike
+from marketlake.errors import (
+    ConfigError,
+    DataValidationError,
+    InvalidSymbolError,
+    InvalidTimeframeError,
+    MemoryBudgetError,
+)
+from marketlake.store import Lake
+from marketlake.store.layout import CANDLES, SeriesId
+from marketlake.store.reader import find_series, plan_files, scan_files, subdir_values
+
+__all__ = ["DataFeeder"]
+
+SymbolsArg = str | Sequence[str]
+TimeframeArg = str | int | Timeframe
+TimeframesArg = TimeframeArg | Sequence[TimeframeArg]
+_MAX_CACHE_BYTES: Final = 256 * 2**20
+_DEFAULT_BATCH_ROWS: Final = 100_000
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """One series held in memory by ``load_data``: rows with open time in ``[lo, hi)``."""
+
+    tf: Timeframe
+    lo: int | None
+    hi: int | None
+    frame: pl.DataFrame
+    _ts: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def ts(self) -> np.ndarray:
+        # Built on the first point lookup, not at load time: a plain load pays nothing for it.
+        if self._ts is None:
+            self._ts = ts_array(self.frame)
+        return self._ts
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.frame.estimated_size()) + (0 if self._ts is None else int(self._ts.nbytes))
+
+    def contains(self, t: int) -> bool:
+        return (self.lo is None or t >= self.lo) and (self.hi is None or t < self.hi)
+
+    def covers(self, lo: int | None, hi: int | None) -> bool:
+        lo_ok = self.lo is None or (lo is not None and lo >= self.lo)
+        hi_ok = self.hi is None or (hi is not None and hi <= self.hi)
+        return lo_ok and hi_ok
+
+    def window(self, lo: int | None, hi: int | None) -> pl.DataFrame:
+        return _slice_window(self.frame, lo, hi, self.ts)
+
+
+def _slice_window(frame: pl.DataFrame, lo: int | None, hi: int | None, ts: np.ndarray | None = None) -> pl.DataFrame:
+    """Rows of a ts-sorted frame with open time in ``[lo, hi)``, as a zero-copy slice."""
+    if lo is None and hi is None:
+        return frame
+    if ts is None:
+        phys = frame.get_column("ts").to_physical()
+        a = 0 if lo is None else int(phys.search_sorted(lo, "left"))
+        b = frame.height if hi is None else int(phys.search_sorted(hi, "left"))
+    else:
+        a = 0 if lo is None else int(np.searchsorted(ts, lo, "left"))
+        b = ts.size if hi is None else int(np.searchsorted(ts, hi, "left"))
+    return frame.slice(a, max(0, b - a))
+
+
+def _frame_dicts(frame: pl.DataFrame, tf: Timeframe) -> list[dict[str, Any]]:
+    ts = ts_array(frame)
+    return [candle_dict(frame, i, int(ts[i]), tf) for i in range(frame.height)]
+
+
+class DataFeeder:
+    """Candles of the lake for backtests and notebooks, within a memory budget, without lookahead.
+
+    Args:
+        lake_or_dir: A :class:`~marketlake.Lake`, or the lake directory (default ``lake``).
+        memory_limit_percent: Share (0-100] of the machine's memory the feeder's data may take;
+            defaults to ``Settings.memory_limit_percent`` (90).
+        memory_budget_bytes: An absolute budget instead of the percentage.
+        exchange: Exchange of the series (default: the lake's settings, ``bybit``).
+        category: Market category (default: the lake's settings, ``linear``).
+
+    Raises:
+        ConfigError: a budget outside its range, or a directory that holds the old CSV files
+            instead of a lake (import them with ``marketlake import-csv``).
+
+    Example:
+        >>> feeder = DataFeeder("lake")
+        >>> feeder.load_data(["BTCUSDT"], ["1", "60"], "2024-01-01", "2024-03-31")
+        True
+        >>> feeder.get_multi_timeframe_data("BTCUSDT", ["1", "60"], "2024-02-01 10:30")
+        {'1': {'timestamp': 1706783340000, ...}, '60': {'timestamp': 1706778000000, ...}}
+    """
+
+    def __init__(
+        self,
+        lake_or_dir: Lake | str | os.PathLike[str] = "lake",
+        memory_limit_percent: float | None = None,
+        *,
+        memory_budget_bytes: int | None = None,
+        exchange: str | None = None,
+        category: str | None = None,
+    ) -> None:
+        if isinstance(lake_or_dir, Lake):
+            self.lake = lake_or_dir
+        else:
+            _reject_csv_dir(Path(lake_or_dir))
+            self.lake = Lake(lake_or_dir)
+        settings = self.lake.settings
+        pct = settings.memory_limit_percent if memory_limit_percent is None else memory_limit_percent
+        if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct <= 100:
+            raise ConfigError(f"memory_limit_percent must be a number in (0, 100], got {pct!r}")
+        self.memory_limit_percent = float(pct)
+        total = system_memory().total
+        if memory_budget_bytes is None:
+            self.budget_bytes = int(total * self.memory_limit_percent / 100)
+        elif isinstance(memory_budget_bytes, bool) or not isinstance(memory_budget_bytes, int) or memory_budget_bytes <= 0:
+            raise ConfigError(f"memory_budget_bytes must be a positive int, got {memory_budget_bytes!r}")
+        else:
+            self.budget_bytes = memory_budget_bytes
+        self.exchange = validate_exchange(exchange or settings.exchange)
+        self.category = validate_category(category or settings.category)
+        self.partitions_read = 0
+        """Partitions read from disk by point lookups and ``iter_batches`` (diagnostics)."""
+        self._loaded: dict[SeriesId, _Loaded] = {}
+        self._known: set[SeriesId] = set()
+        self._cache = PartitionCache(
+            self.lake.root, min(_MAX_CACHE_BYTES, self.budget_bytes // 8), reader=self._read_partition
+        )
+
+    def __repr__(self) -> str:
+        return f"DataFeeder({str(self.lake.root)!r}, loaded={len(self._loaded)} series)"
+
+    # ------------------------------------------------------------------ the old API
+
+    def load_data(
+        self,
+        symbols: SymbolsArg,
+        timeframes: TimeframesArg,
+        start_date: TimeLike | None = None,
+        end_date: TimeLike | None = None,
+    ) -> bool:
+        """Load series into memory, after checking that they fit the memory budget.
+
+        ``end_date`` is inclusive, as in the old feeder (a pandas label slice): a date
+        (``'2023-12-31'``) includes that whole day, a time includes the candle opening at it.
+        Loading a series again replaces what was loaded of it.
+
+        Args:
+            symbols: Symbols (a list, or a comma-separated string).
+            timeframes: Timeframes (a list, or a comma-separated string); aliases accepted.
+            start_date: First open time to load (inclusive); the series' start when None.
+            end_date: Last open time or day to load (inclusive); the series' end when None.
+
+        Returns:
+            True when the loaded window holds at least one candle, False when it holds none.
+
+        Raises:
+            InvalidSymbolError / InvalidTimeframeError: a malformed name, or a series the lake
+                does not hold (the message lists what it holds).
+            DataValidationError: a bound is not a time, or start is after end.
+            MemoryBudgetError: the estimate (Parquet footers x row width) exceeds what is left of
+                the budget; ``needed_bytes`` and ``budget_bytes`` carry the figures.
+        """
+        pairs = self._pairs(symbols, timeframes)
+        lo, hi = old_window(start_date, end_date)
+        sids = list(dict.fromkeys(sid for _, _, sid in pairs))
+        self._check_budget(sids, lo, hi, f"load_data of {len(sids)} series", replacing=set(sids))
+        for sid in sids:  # replaced data goes first, so old and new never coexist
+            self._loaded.pop(sid, None)
+        rows = 0
+        for sid in sids:
+            frame = self._read_window(sid, lo, hi)
+            assert sid.timeframe is not None
+            self._loaded[sid] = _Loaded(sid.timeframe, lo, hi, frame)
+            rows += frame.height
+        return rows > 0
+
+    def get_data_for_symbols(
+        self,
+        symbols: SymbolsArg,
+        timeframes: TimeframesArg,
+        start_date: TimeLike | None = None,
+        end_date: TimeLike | None = None,
+    ) -> dict[str, dict[str, pl.DataFrame]]:
+        """Candles of several series, ``{symbol: {timeframe: DataFrame}}``.
+
+        Answered from loaded data (zero-copy slices) where ``load_data`` covered the window, and
+        read from the lake otherwise (budget-checked, not kept). Timeframe keys are spelled as
+        passed (``"1h"`` stays ``"1h"``; ints become canonical names). ``end_date`` is inclusive,
+        as for :meth:`load_data`.
+
+        Returns:
+            Frames with the stored candle columns (``ts`` Datetime(ms, UTC) open time, ``open
+            high low close volume turnover trades buy_volume filled``), sorted by ``ts``.
+
+        Raises:
+            As :meth:`load_data`.
+        """
+        pairs = self._pairs(symbols, timeframes)
+        lo, hi = old_window(start_date, end_date)
+        out: dict[str, dict[str, pl.DataFrame]] = {}
+        missing = [sid for _, _, sid in pairs if not self._covered(sid, lo, hi)]
+        if missing:
+            self._check_budget(list(dict.fromkeys(missing)), lo, hi, f"get_data_for_symbols of {len(missing)} series")
+        for symbol, key, sid in pairs:
+            held = self._loaded.get(sid)
+            if held is not None and held.covers(lo, hi):
+                frame = held.window(lo, hi)
+            else:
+                frame = self._read_window(sid, lo, hi)
+            out.setdefault(symbol, {})[key] = frame
+        return out
+
+    def get_data_at_timestamp(
+        self, symbol: str, timeframe: TimeframeArg, timestamp: TimeLike
+    ) -> dict[str, Any] | None:
+        """The candle whose **open time** equals ``timestamp``, or None when there is none.
+
+        An exact key lookup, as the old feeder's index lookup was: an unaligned time (10:00:30
+        for 1m) matches nothing. For "what was known at time t" use
+        :meth:`get_multi_timeframe_data`, which never returns a candle that had not closed.
+
+        Args:
+            symbol: e.g. ``BTCUSDT``.
+            timeframe: e.g. ``"1"``, ``"1h"``.
+            timestamp: Epoch ms (int), ``datetime`` (naive = UTC), or an ISO string.
+
+        Returns:
+            ``{"timestamp", "timestamp_ms", "datetime", "close_time_ms", "open", "high", "low",
+            "close", "volume", "turnover", "trades", "buy_volume", "filled"}``.
+
+        Raises:
+            InvalidSymbolError / InvalidTimeframeError / DataValidationError: bad input.
+        """
+        sid = self._series(symbol, timeframe)
+        t = time_ms(timestamp, what="timestamp")
+        tf = _tf(sid)
+        held = self._loaded.get(sid)
+        if held is not None and held.contains(t):
+            i = int(np.searchsorted(held.ts, t, "left"))
+            if i < held.ts.size and held.ts[i] == t:
+                return candle_dict(held.frame, i, t, tf)
+            return None
+        hit = self._cache.exact(sid, t)
+        return None if hit is None else candle_dict(hit[0].frame, hit[1], t, tf)
+
+    def get_latest_data(
+        self, symbol: str, timeframe: TimeframeArg, lookback_periods: int = 1
+    ) -> list[dict[str, Any]] | None:
+        """The last ``lookback_periods`` candles, oldest first (fewer when fewer exist).
+
+        From the loaded window when the series was loaded (the old feeder answered from its
+        cache, so a backtest over 2023 sees the end of 2023), else the newest in the lake.
+
+        Returns:
+            A list of candle dicts (see :meth:`get_data_at_timestamp`), or None when there is
+            no candle at all.
+
+        Raises:
+            DataValidationError: ``lookback_periods`` is not a positive int; bad names as above.
+        """
+        if isinstance(lookback_periods, bool) or not isinstance(lookback_periods, (int, np.integer)) or lookback_periods < 1:
+            raise DataValidationError(f"lookback_periods must be a positive int, got {lookback_periods!r}")
+        sid = self._series(symbol, timeframe)
+        held = self._loaded.get(sid)
+        n = int(lookback_periods)
+        frame = held.frame.tail(n) if held is not None else self._cache.last_rows(sid, n)
+        return _frame_dicts(frame, _tf(sid)) or None
+
+    def get_multi_timeframe_data(
+        self, symbol: str, timeframes: TimeframesArg, timestamp: TimeLike
+    ) -> dict[str, dict[str, Any]] | None:
+        """For each timeframe, the latest candle that had **closed** at ``timestamp``.
+
+        A candle opening at ``o`` is closed at ``t`` when ``o + duration <= t`` (calendar months
+        for ``M``). So at 10:30 the 60-minute entry is the 09:00 candle (closed at 10:00), never
+        the 10:00 one still forming; at exactly 11:00 it is the 10:00 candle. Gaps are skipped:
+        the entry is the latest closed candle however old.
+
+        Args:
+            symbol: e.g. ``BTCUSDT``.
+            timeframes: Timeframes to report; keys of the result are spelled as passed.
+            timestamp: The time ``t`` (epoch ms, ``datetime`` or ISO string).
+
+        Returns:
+            ``{timeframe: candle dict}`` for the timeframes with a closed candle at ``t``;
+            None when none has one.
+
+        Raises:
+            InvalidSymbolError / InvalidTimeframeError / DataValidationError: bad input.
+        """
+        t = time_ms(timestamp, what="timestamp")
+        out: dict[str, dict[str, Any]] = {}
+        for _, key, sid in self._pairs([symbol], timeframes):
+            found = self._closed_at(sid, available_before(_tf(sid), t))
+            if found is not None:
+                out[key] = found
+        return out or None
+
+    def get_memory_usage(self) -> dict[str, Any]:
+        """Memory figures: the machine's, this process's, and the feeder's share of its budget.
+
+        Returns:
+            ``percent`` (share of the machine's memory in use, as the old feeder reported),
+            ``total_bytes``, ``available_bytes``, ``used_bytes``, ``rss_bytes`` (this process),
+            ``process_percent``, ``limit_percent``, ``budget_bytes``, ``loaded_bytes`` /
+            ``loaded_rows`` / ``loaded_series`` (what ``load_data`` holds), ``cache_bytes``
+            (partitions kept for point lookups) and ``free_budget_bytes``.
+        """
+        mem = system_memory()
+        loaded = sum(h.nbytes for h in self._loaded.values())
+        return {
+            "percent": mem.percent,
+            "total_bytes": mem.total,
+            "available_bytes": mem.available,
+            "used_bytes": mem.total - mem.available,
+            "rss_bytes": mem.rss,
+            "process_percent": 100.0 * mem.rss / mem.total,
+            "limit_percent": self.memory_limit_percent,
+            "budget_bytes": self.budget_bytes,
+            "loaded_bytes": loaded,
+            "loaded_rows": sum(h.frame.height for h in self._loaded.values()),
+            "loaded_series": len(self._loaded),
+            "cache_bytes": self._cache.nbytes,
+            "free_budget_bytes": self.budget_bytes - loaded - self._cache.nbytes,
+        }
+
+    def unload(self) -> None:
+        """Drop everything loaded and cached (memory goes back to the budget)."""
+        self._loaded.clear()
+        self._cache.clear()
+
+    # ------------------------------------------------------------------ new API
+
+    def scan(
+        self,
+        symbols: SymbolsArg | None = None,
+        timeframes: TimeframesArg | None = None,
+        start: TimeLike | None = None,
+        end: TimeLike | None = None,
+    ) -> pl.LazyFrame:
+        """A Polars LazyFrame over the candles in ``[start, end)`` (end excluded).
+
+        Only the partitions overlapping the range are opened. Columns: ``symbol``, ``timeframe``,
+        then the stored candle columns. The file list is fixed when this is called: collect
+        promptly (a later rewrite of a partition makes ``collect()`` raise, never return wrong rows).
+
+        Raises:
+            InvalidSymbolError / InvalidTimeframeError: a malformed name, or a named series the
+                lake does not hold.
+        """
+        lo, hi = half_open_window(start, end)
+        if symbols is not None and timeframes is not None:
+            sids = [sid for _, _, sid in self._pairs(symbols, timeframes)]
+        else:
+            syms = None if symbols is None else parse_symbols(_names(symbols))
+            for sym in syms or []:
+                if not self._symbol_dir(sym).is_dir():
+                    raise self._missing_symbol(sym)
+            tfs = None if timeframes is None else [parse_timeframe(t) for t in _tf_items(timeframes)]
+            sids = find_series(
+                self.lake.root, CANDLES, exchange=self.exchange, category=self.category,
+                symbols=syms, timeframes=tfs,
+            )
+        return scan_files(CANDLES, plan_files(self.lake.root, sids, lo, hi), lo, hi)
+
+    def iter_batches(
+        self,
+        symbols: SymbolsArg,
+        timeframes: TimeframesArg,
+        start: TimeLike | None = None,
+        end: TimeLike | None = None,
+        rows: int = _DEFAULT_BATCH_ROWS,
+    ) -> Iterator[pl.DataFrame]:
+        """Stream candles of many series in time order, in batches, within bounded memory.
+
+        Batches hold exactly ``rows`` rows (the last one fewer), ordered by ``ts``, ties by symbol
+        then timeframe in the order requested; columns as :meth:`scan`. About one partition per
+        series is held at a time (a month of 1m candles, a year of 5m), plus two batches, however
+        long the range: that working set is checked against the budget before anything is read.
+
+        Raises:
+            DataValidationError: ``rows`` is not a positive int; bad names or times as above.
+            MemoryBudgetError: even the working set does not fit the budget (lower ``rows``).
+        """
+        if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows < 1:
+            raise DataValidationError(f"rows must be a positive int, got {rows!r}")
+        pairs = self._pairs(symbols, timeframes)
+        lo, hi = half_open_window(start, end)
+        sids = list(dict.fromkeys(sid for _, _, sid in pairs))
+        series = [(sid, plan_files(self.lake.root, [sid], lo, hi)) for sid in sids]
+        per_part = estimate_rows(self.lake.root, [p for _, ps in series for p in ps], None, None)
+        largest = [max((per_part[p] for p in ps), default=0) for _, ps in series]
+        needed = working_set_bytes(largest, int(rows))
+        allowed = self._allowance(set())
+        if needed > allowed:
+            raise MemoryBudgetError(needed, allowed, f"iter_batches working set ({len(sids)} series, rows={rows})")
+        # Validation above runs now; the reading happens as the caller iterates.
+        return merged_batches(self.lake.root, series, lo, hi, int(rows), self._read_partition)
+
+    def aligned(
+        self,
+        symbol: str,
+        base_timeframe: TimeframeArg,
+        other_timeframes: TimeframesArg,
+        start: TimeLike | None = None,
+        end: TimeLike | None = None,
+    ) -> pl.LazyFrame:
+        """Base candles in ``[start, end)`` with, on each row, every other timeframe's latest
+        candle that had closed when the base candle closed (no lookahead).
+
+        Row for the 10:04 one-minute candle (closing 10:05): ``*_5`` is the 10:00 five-minute
+        candle (it closed at 10:05 too), ``*_60`` the 09:00 hour candle (closed at 10:00).
+
+        Returns:
+            ``ts``, ``close_time`` (base candle close: the time the row is valid at), the base
+            columns, then each other timeframe's columns suffixed with its canonical name
+            (``ts_60``, ``close_60``, ``volume_D`` ...); nulls where no candle had closed yet.
+
+        Raises:
+            InvalidSymbolError / InvalidTimeframeError / DataValidationError: bad input.
+        """
+        base_sid = self._series(symbol, base_timeframe)
+        base_tf = _tf(base_sid)
+        lo, hi = half_open_window(start, end)
+        base = scan_files(CANDLES, plan_files(self.lake.root, [base_sid], lo, hi), lo, hi)
+        # Other series are read only over what the join can use: from the candle already closed
+        # at `start` (however far back a gap puts it) to the close of the last base candle.
+        o_hi = None if hi is None else close_ms(base_tf, base_tf.floor(hi - 1))
+        others: list[tuple[Timeframe, pl.LazyFrame]] = []
+        for _, _, sid in self._pairs([symbol], other_timeframes):
+            tf = _tf(sid)
+            o_lo = None
+            if lo is not None:
+                bound = available_before(tf, lo)
+                hit = self._cache.last_before(sid, bound)
+                o_lo = bound if hit is None else int(hit[0].ts[hit[1]])
+            others.append((tf, scan_files(CANDLES, plan_files(self.lake.root, [sid], o_lo, o_hi), o_lo, o_hi)))
+        return aligned_frame(base, base_tf, others)
+
+    # ------------------------------------------------------------------ internals
+
+    def _read_partition(self, root: Path, sid: SeriesId, key: str) -> tuple[tuple[Path, ...], pl.DataFrame]:
+        self.partitions_read += 1
+        return read_partition_files(root, sid, key)
+
+    def _read_window(self, sid: SeriesId, lo: int | None, hi: int | None) -> pl.DataFrame:
+        """Rows of ``sid`` with open time in ``[lo, hi)``: the planned partitions, read at once."""
+
+        def once() -> pl.DataFrame:
+            files = [f for p in plan_files(self.lake.root, [sid], lo, hi) for f in p.files]
+            # Partitions are planned in time order and a partition's live files are in time
+            # order, so the concatenation is sorted: cut the boundary partitions by slicing.
+            return _slice_window(read_files(files), lo, hi)
+
+        return retrying(once)
+
+    def _closed_at(self, sid: SeriesId, bound: int) -> dict[str, Any] | None:
+        """The candle of ``sid`` with the greatest open time ``< bound``, as a dict."""
+        tf = _tf(sid)
+        held = self._loaded.get(sid)
+        if held is not None and (held.hi is None or bound <= held.hi):
+            i = int(np.searchsorted(held.ts, bound, "left"))
+            if i > 0:
+                return candle_dict(held.frame, i - 1, int(held.ts[i - 1]), tf)
+            if held.lo is None:
+                return None  # loaded from the series' start: nothing earlier exists
+        hit = self._cache.last_before(sid, bound)
+        if hit is None:
+            return None
+        part, i = hit
+        return candle_dict(part.frame, i, int(part.ts[i]), tf)
+
+    def _covered(self, sid: SeriesId, lo: int | None, hi: int | None) -> bool:
+        held = self._loaded.get(sid)
+        return held is not None and held.covers(lo, hi)
+
+    def _allowance(self, replacing: set[SeriesId]) -> int:
+        """Bytes a new request may take: the budget minus what is held (except what it replaces),
+        and never more than the machine has available."""
+        held = sum(h.nbytes for s, h in self._loaded.items() if s not in replacing) + self._cache.nbytes
+        freed = sum(h.nbytes for s, h in self._loaded.items() if s in replacing)
+        return max(0, min(self.budget_bytes - held, system_memory().available + freed))
+
+    def _check_budget(
+        self, sids: list[SeriesId], lo: int | None, hi: int | None, what: str, replacing: set[SeriesId] | None = None
+    ) -> int:
+        parts = plan_files(self.lake.root, sids, lo, hi)
+        rows = sum(estimate_rows(self.lake.root, parts, lo, hi).values())
+        needed = int(rows * ROW_BYTES)
+        allowed = self._allowance(replacing or set())
+        if needed > allowed:
+            raise MemoryBudgetError(needed, allowed, f"{what} ({rows:,} candles)")
+        return needed
+
+    def estimate_bytes(
+        self,
+        symbols: SymbolsArg,
+        timeframes: TimeframesArg,
+        start_date: TimeLike | None = None,
+        end_date: TimeLike | None = None,
+    ) -> int:
+        """What :meth:`load_data` with these arguments would hold, in bytes, from footers only."""
+        pairs = self._pairs(symbols, timeframes)
+        lo, hi = old_window(start_date, end_date)
+        parts = plan_files(self.lake.root, list(dict.fromkeys(s for _, _, s in pairs)), lo, hi)
+        return int(sum(estimate_rows(self.lake.root, parts, lo, hi).values()) * ROW_BYTES)
+
+    def _pairs(self, symbols: SymbolsArg, timeframes: TimeframesArg) -> list[tuple[str, str, SeriesId]]:
+        """(symbol, timeframe key as the caller spelled it, series) for every requested pair."""
+        syms = parse_symbols(_names(symbols))
+        items = _tf_items(timeframes)
+        if not syms:
+            raise InvalidSymbolError("no symbols given")
+        if not items:
+            raise InvalidTimeframeError("no timeframes given")
+        keys = [(item.strip() if isinstance(item, str) else parse_timeframe(item).name, item) for item in items]
+        return [(sym, key, self._series(sym, item)) for sym in syms for key, item in keys]
+
+    def _series(self, symbol: str, timeframe: TimeframeArg) -> SeriesId:
+        """The stored series, validated; a typed error naming what exists when it is not stored."""
+        sid = SeriesId.of(CANDLES, exchange=self.exchange, category=self.category, symbol=symbol, timeframe=timeframe)
+        if sid in self._known:
+            return sid
+        if sid.directory(self.lake.root).is_dir():
+            self._known.add(sid)
+            return sid
+        if not self._symbol_dir(sid.symbol).is_dir():
+            raise self._missing_symbol(sid.symbol)
+        stored = [t for t in subdir_values(self._symbol_dir(sid.symbol), "timeframe") if t in TIMEFRAMES]
+        raise InvalidTimeframeError(
+            f"no {_tf(sid).name} candles of {sid.symbol} in {self.lake.root} "
+            f"({self.exchange}/{self.category}); stored timeframes: {', '.join(stored) or 'none'}"
+        )
+
+    def _symbol_dir(self, symbol: str) -> Path:
+        return self.lake.root / CANDLES / f"exchange={self.exchange}" / f"category={self.category}" / f"symbol={symbol}"
+
+    def _missing_symbol(self, symbol: str) -> InvalidSymbolError:
+        stored = subdir_values(self._symbol_dir(symbol).parent, "symbol")
+        shown = ", ".join(stored[:10]) + (f" ... ({len(stored)} in all)" if len(stored) > 10 else "")
+        return InvalidSymbolError(
+            f"no candles of {symbol} in {self.lake.root} ({self.exchange}/{self.category}); "
+            f"stored symbols: {shown or 'none'}"
+        )
+
+
+def _tf(sid: SeriesId) -> Timeframe:
+    assert sid.timeframe is not None  # candle series always have one
+    return sid.timeframe
+
+
+def _names(values: SymbolsArg) -> list[str]:
+    if isinstance(values, str):
+        return values.split(",")
+    if not isinstance(values, Sequence):
+        raise InvalidSymbolError(f"symbols must be a string or a list of strings, got {type(values).__name__}")
+    return list(values)
+
+
+def _tf_items(values: TimeframesArg) -> list[TimeframeArg]:
+    if isinstance(values, str):
+        return [v for v in values.split(",") if v.strip()]
+    if isinstance(values, (int, Timeframe)) and not isinstance(values, bool):
+        return [values]
+    if not isinstance(values, Sequence):
+        raise InvalidTimeframeError(f"timeframes must be a string or a list, got {type(values).__name__}")
+    return list(values)
+
+
+def _reject_csv_dir(path: Path) -> None:
+    """A directory of the old system's CSV files is not a lake: say how to import it."""
+    if path.is_dir() and not (path / CANDLES).exists() and any(path.glob("*_*.csv")):
+        raise ConfigError(
+            f"{path} holds CSV files of the old system, not a lake; import them first: "
+            f"marketlake import-csv {path} --lake lake, then DataFeeder('lake')"
+        )
