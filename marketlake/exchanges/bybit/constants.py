@@ -42,6 +42,12 @@ __all__ = [
     "RETRYABLE_RET_CODES",
     "TESTNET_URL",
     "TRADE_LIMITS",
+    "WS_ARGS_CHARS_PER_REQUEST",
+    "WS_ARGS_PER_REQUEST",
+    "WS_CONNECT_LIMIT",
+    "WS_CONNECT_WINDOW_SECONDS",
+    "WS_IDLE_CUTOFF_SECONDS",
+    "WS_PING_INTERVAL_SECONDS",
     "WS_PUBLIC_PATHS",
     "RetCode",
 ]
@@ -53,12 +59,23 @@ PATH_KLINE: Final = "/v5/market/kline"
 PATH_INSTRUMENTS: Final = "/v5/market/instruments-info"
 PATH_RECENT_TRADE: Final = "/v5/market/recent-trade"
 PATH_SERVER_TIME: Final = "/v5/market/time"
-#: Public WebSocket paths by category (served by the emulator on the same port, later issue).
+#: Public WebSocket paths by category (the emulator serves them on its REST port).
 WS_PUBLIC_PATHS: Final = {
     "linear": "/v5/public/linear",
     "spot": "/v5/public/spot",
     "inverse": "/v5/public/inverse",
 }
+#: Topics one subscribe request may carry, by category (spot: "args size >10" beyond it).
+WS_ARGS_PER_REQUEST: Final = {"spot": 10}
+#: Characters all ``args`` of one request may total, by category (linear, inverse, option).
+WS_ARGS_CHARS_PER_REQUEST: Final = {"linear": 21_000, "inverse": 21_000, "option": 21_000}
+#: Bybit asks for a ``{"op": "ping"}`` every 20 seconds to keep a connection alive.
+WS_PING_INTERVAL_SECONDS: Final = 20.0
+#: A connection with neither pushes nor ping/pong is cut by Bybit after 10 minutes.
+WS_IDLE_CUTOFF_SECONDS: Final = 600.0
+#: "Do not frequently connect and disconnect": at most 500 connections per 5 minutes per IP.
+WS_CONNECT_LIMIT: Final = 500
+WS_CONNECT_WINDOW_SECONDS: Final = 300.0
 
 #: Every v5 market category.
 CATEGORIES: Final = ("linear", "inverse", "spot", "option")

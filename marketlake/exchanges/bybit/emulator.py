@@ -5,7 +5,8 @@ It speaks ``/v5/market/kline``, ``/v5/market/instruments-info``, ``/v5/market/re
 with numeric ``retCode``/``time``, 7-string kline rows newest first, ``X-Bapi-Limit*`` headers),
 serves a :class:`~marketlake.exchanges.bybit.market.SyntheticMarket`, and injects the faults of
 :class:`~marketlake.exchanges.bybit.emulator_control.FaultConfig`. The WebSocket part
-(``/v5/public/{linear,spot,inverse}``) will be added to the same application and port.
+(``/v5/public/{linear,spot,inverse}``) is :mod:`~marketlake.exchanges.bybit.emulator_ws`, served on the
+same application and port (``emu.ws``: its faults, connections and request log).
 
 Usage in tests::
 
@@ -38,6 +39,7 @@ from marketlake.exchanges.bybit.emulator_control import (
     FaultConfig,
     RequestRecord,
 )
+from marketlake.exchanges.bybit.emulator_ws import EmulatorWs, WsFaultConfig
 from marketlake.exchanges.bybit.market import InstrumentSpec, SyntheticMarket
 
 __all__ = ["BybitEmulator", "run_emulator"]
@@ -88,6 +90,7 @@ class BybitEmulator:
         faults: Initial fault configuration (default: none).
         host: Interface to bind (127.0.0.1: never expose it by accident).
         port: TCP port; 0 picks a free one (see :attr:`url` after start).
+        ws_faults: Initial WebSocket behaviour and faults (see :attr:`ws`).
     """
 
     def __init__(
@@ -101,9 +104,11 @@ class BybitEmulator:
         faults: FaultConfig | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        ws_faults: WsFaultConfig | None = None,
     ) -> None:
         self.market = market if market is not None else SyntheticMarket.generate(seed, symbols)
         self.control = EmulatorControl(faults or FaultConfig(), EmulatorClock(start_ms, speed), seed)
+        self.ws = EmulatorWs(self, ws_faults)
         self.host = host
         self.port = port
         self.app = self._build_app()
@@ -115,6 +120,10 @@ class BybitEmulator:
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:54321`` (valid once started)."""
         return f"http://{self.host}:{self.port}"
+
+    def ws_url(self, category: str = "linear") -> str:
+        """Public WebSocket URL of ``category``, e.g. ``ws://127.0.0.1:54321/v5/public/linear``."""
+        return f"ws://{self.host}:{self.port}{C.WS_PUBLIC_PATHS[category]}"
 
     @property
     def faults(self) -> FaultConfig:
@@ -170,6 +179,7 @@ class BybitEmulator:
         app.router.add_post(f"{_ADMIN}/clock", self._admin_clock)
         app.router.add_post(f"{_ADMIN}/ban", self._admin_ban)
         app.router.add_get(f"{_ADMIN}/requests", self._admin_requests)
+        self.ws.install(app)
         return app
 
     def _record(

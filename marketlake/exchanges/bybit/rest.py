@@ -62,6 +62,7 @@ from marketlake.exchanges.bybit.parse import (
     Instrument,
     KlineBatch,
     MalformedJSONError,
+    Trade,
     decode_envelope,
     decode_instruments_result,
     decode_kline_result,
@@ -565,6 +566,10 @@ class BybitRestClient:
             symbol: Symbol.
             limit: How many (spot 1..60, derivatives 1..1000); Bybit's default when None.
         """
+        return trades_frame(await self.recent_trades(category, symbol, limit))
+
+    async def recent_trades(self, category: str, symbol: str, limit: int | None = None) -> list[Trade]:
+        """:meth:`get_recent_trades` as decoded records (with ``seq``), oldest first."""
         if category not in ("spot", "linear", "inverse"):
             raise InvalidSymbolError(f"invalid category {_arg(category)} for recent trades")
         validate_symbol(symbol)
@@ -577,4 +582,4 @@ class BybitRestClient:
         reply = await self._request(
             C.PATH_RECENT_TRADE, params, f"GET /v5/market/recent-trade {category} {symbol}"
         )
-        return trades_frame(decode_recent_trades_result(reply.result))
+        return decode_recent_trades_result(reply.result)
