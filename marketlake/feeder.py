@@ -480,7 +480,8 @@ class DataFeeder:
         # at `start` (however far back a gap puts it) to the close of the last base candle.
         o_hi = None if hi is None else close_ms(base_tf, base_tf.floor(hi - 1))
         others: list[tuple[Timeframe, pl.LazyFrame]] = []
-        for _, _, sid in self._pairs([symbol], other_timeframes):
+        other_pairs = self._pairs([symbol], other_timeframes) if _tf_items(other_timeframes) else []
+        for _, _, sid in other_pairs:
             tf = _tf(sid)
             o_lo = None
             if lo is not None:
