@@ -446,7 +446,14 @@ class DataFeeder:
         needed = working_set_bytes(largest, int(rows))
         allowed = self._allowance(set())
         if needed > allowed:
-            raise MemoryBudgetError(needed, allowed, f"iter_batches working set ({len(sids)} series, rows={rows})")
+            err = MemoryBudgetError(needed, allowed, "iter_batches")
+            # The stock advice ("use iter_batches()") is this very call: say what helps here.
+            err.args = (
+                f"iter_batches over {len(sids)} series holds about {needed / 2**20:.1f} MiB at a time "
+                f"(one partition per series plus batches of {rows:,} rows) but the budget is "
+                f"{allowed / 2**20:.1f} MiB; lower rows= or ask for fewer series at once",
+            )
+            raise err
         # Validation above runs now; the reading happens as the caller iterates.
         return merged_batches(self.lake.root, series, lo, hi, int(rows), self._read_partition)
 
