@@ -174,7 +174,7 @@ class DataFeeder:
         self.partitions_read = 0
         """Partitions read from disk by point lookups and ``iter_batches`` (diagnostics)."""
         self._loaded: dict[SeriesId, _Loaded] = {}
-        self._known: set[SeriesId] = set()
+        self._known: dict[tuple[object, object], SeriesId] = {}
         self._cache = PartitionCache(
             self.lake.root, min(_MAX_CACHE_BYTES, self.budget_bytes // 8), reader=self._read_partition
         )
@@ -579,11 +579,15 @@ class DataFeeder:
 
     def _series(self, symbol: str, timeframe: TimeframeArg) -> SeriesId:
         """The stored series, validated; a typed error naming what exists when it is not stored."""
+        try:
+            memo = self._known.get((symbol, timeframe))
+        except TypeError:  # an unhashable argument: let validation below say what is wrong
+            memo = None
+        if memo is not None:
+            return memo
         sid = SeriesId.of(CANDLES, exchange=self.exchange, category=self.category, symbol=symbol, timeframe=timeframe)
-        if sid in self._known:
-            return sid
-        if sid.directory(self.lake.root).is_dir():
-            self._known.add(sid)
+        if self._cache.series_dir(sid).is_dir():
+            self._known[(symbol, timeframe)] = sid  # stored series stay stored: remember them
             return sid
         if not self._symbol_dir(sid.symbol).is_dir():
             raise self._missing_symbol(sid.symbol)

@@ -13,6 +13,7 @@ are never rewritten in place, names never reused), so a cached partition is neve
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -78,7 +79,18 @@ def retrying(action: Callable[[], T]) -> T:
 
 def live_partition_files(root: Path, sid: SeriesId, key: str) -> tuple[Path, ...]:
     """The live files of one partition (empty when the partition does not exist)."""
-    return tuple(f.path for f in live_files(list_data_files(sid.directory(root) / f"date={key}")))
+    return _live_in(sid.directory(root) / f"date={key}")
+
+
+def _live_in(partition_dir: Path) -> tuple[Path, ...]:
+    return tuple(f.path for f in live_files(list_data_files(partition_dir)))
+
+
+def _names_in(partition_dir: Path) -> tuple[str, ...]:
+    try:
+        return tuple(sorted(os.listdir(partition_dir)))
+    except (FileNotFoundError, NotADirectoryError):
+        return ()
 
 
 def read_partition_files(root: Path, sid: SeriesId, key: str) -> tuple[tuple[Path, ...], pl.DataFrame]:
@@ -99,6 +111,7 @@ class Part:
     files: tuple[Path, ...]
     frame: pl.DataFrame
     ts: np.ndarray
+    names: tuple[str, ...] = ()  # the directory listing it was read under (the freshness check)
 
     @property
     def nbytes(self) -> int:
@@ -127,6 +140,7 @@ class PartitionCache:
         self.max_bytes = max_bytes
         self.reader = reader
         self._parts: OrderedDict[tuple[SeriesId, str], Part] = OrderedDict()
+        self._dirs: dict[SeriesId, Path] = {}  # resolving and checking a series path is not free
         self._bytes = 0
         self.reads = 0  # partitions read from disk so far (tests and benchmarks look at it)
 
@@ -143,19 +157,31 @@ class PartitionCache:
         self._parts.clear()
         self._bytes = 0
 
+    def series_dir(self, sid: SeriesId) -> Path:
+        """``sid``'s directory (validated to lie inside the lake once, then remembered)."""
+        d = self._dirs.get(sid)
+        if d is None:
+            d = self._dirs[sid] = sid.directory(self.root)
+        return d
+
     def get(self, sid: SeriesId, key: str) -> Part | None:
-        """Partition ``key`` of ``sid`` (None when it holds no rows), from cache when still current."""
-        files = live_partition_files(self.root, sid, key)
-        if not files:
-            self._drop((sid, key))
-            return None
+        """Partition ``key`` of ``sid`` (None when it holds no rows), from cache when still current.
+
+        A cached partition is current while its directory lists the same names: every commit
+        adds a file (names are never reused), so a listing is enough to tell.
+        """
+        pdir = self.series_dir(sid) / f"date={key}"
+        names = _names_in(pdir)
         hit = self._parts.get((sid, key))
-        if hit is not None and hit.files == files:
+        if hit is not None and hit.names == names:
             self._parts.move_to_end((sid, key))
             return hit if hit.frame.height else None
+        if not _live_in(pdir):
+            self._drop((sid, key))
+            return None
         files, frame = self.reader(self.root, sid, key)
         self.reads += 1
-        part = Part(key, files, frame, ts_array(frame))
+        part = Part(key, files, frame, ts_array(frame), names)
         self._drop((sid, key))
         self._parts[(sid, key)] = part
         self._bytes += part.nbytes
@@ -225,7 +251,7 @@ class PartitionCache:
     def _keys(self, sid: SeriesId) -> list[str]:
         """Partition keys of ``sid`` in time order (keys of one period sort chronologically)."""
         out = []
-        for key in subdir_values(sid.directory(self.root), "date"):
+        for key in subdir_values(self.series_dir(sid), "date"):
             try:
                 sid.period.bounds(key)
             except ValueError:
