@@ -8,7 +8,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable
-from typing import Annotated, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -32,6 +32,10 @@ from marketlake.ingest.planner import Plan
 from marketlake.ingest.service import IngestOutcome, IngestRequest, run_ingest
 from marketlake.settings import Settings
 from marketlake.store import Lake
+
+if TYPE_CHECKING:  # pragma: no cover
+    from marketlake.exchanges.bybit.rest import BybitRestClient
+    from marketlake.ingest.live_types import LiveConfig
 
 T = TypeVar("T")
 
@@ -179,10 +183,6 @@ def ingest(
     from marketlake.net.ratelimit import RateBudget
 
     settings = load_settings(lake, config, base_url=base_url, category=category)
-    if mode == "live":
-        raise DataValidationError(
-            "--mode live (backfill, then stream) needs `marketlake stream`, not built yet"
-        )
     request = IngestRequest.of(
         symbols=symbols,
         all_symbols=all_symbols,
@@ -195,6 +195,9 @@ def ingest(
     )
     the_lake = Lake(settings=settings)
     view = _ProgressView(enabled=not json_ and not dry_run)
+    if mode == "live" and not dry_run:
+        _backfill_then_stream(the_lake, settings, request, view, concurrency, json_)
+        return
 
     async def main() -> IngestOutcome:
         budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.root / "_meta")
@@ -221,6 +224,33 @@ def ingest(
     _render_outcome(outcome, json_)
     if not outcome.ok:
         raise typer.Exit(1)
+
+
+def _backfill_then_stream(
+    the_lake: Lake, settings: Settings, request: IngestRequest, view: _ProgressView, concurrency: int, json_: bool
+) -> None:
+    """``--mode live`` (the old ``fetch_data_hybrid``): the historical ingest, then ``stream`` of the
+    same series; the stream resumes where the ledger's coverage ends, so the seam is backfilled."""
+    from marketlake.cli.stream_cmd import run_stream
+    from marketlake.ingest.live_types import LiveConfig  # noqa: F811 - the runtime import
+
+    async def backfill(client: BybitRestClient) -> LiveConfig:
+        try:
+            outcome = await run_ingest(
+                the_lake, client, request, concurrency=concurrency, on_progress=view.update, on_plan=view.plan
+            )
+        finally:
+            view.close()
+        if not json_:
+            _render_outcome(outcome, False)
+        symbols = sorted({sp.sid.symbol for sp in outcome.plan.series})
+        if not symbols:
+            raise DataValidationError("nothing to stream: none of the symbols is listed")
+        return LiveConfig.of(
+            symbols, [t.name for t in request.timeframes], category=request.category, exchange=settings.exchange
+        )
+
+    run_stream(the_lake, settings, backfill, as_json=json_)
 
 
 @app.command()

@@ -491,8 +491,9 @@ class EmulatorWs:
             else:
                 await self._send(conn, junk)
         elif kind == "oversized":
-            pad = b"x" * max(0, self.faults.oversized_bytes - 80)
-            await self._send(conn, b'{"topic":"publicTrade.PAD","type":"snapshot","ts":1,"pad":"' + pad + b'"}')
+            head, tail = b'{"topic":"publicTrade.PAD","type":"snapshot","ts":1,"pad":"', b'"}'
+            pad = b"x" * max(0, self.faults.oversized_bytes - len(head) - len(tail))
+            await self._send(conn, head + pad + tail)
         return False
 
     async def _push(self, conn: _Conn, frame: bytes, topic: str, key: str) -> None:

@@ -312,9 +312,9 @@ class BybitWsClient:
             while self._connect_times and self._connect_times[0] <= now - self.connect_window_s:
                 self._connect_times.popleft()
             if len(self._connect_times) < self.connect_limit:
-                self._connect_times.append(now)
                 return
-            wait = self._connect_times[0] + self.connect_window_s - now
+            # At least a millisecond: a float remainder too small to move the clock never ends.
+            wait = max(1e-3, self._connect_times[0] + self.connect_window_s - now)
             self.stats.throttled_s += wait
             await clock.sleep(wait)
 
@@ -332,9 +332,13 @@ class BybitWsClient:
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self._connect_times.append(get_clock().monotonic())
             self.stats.connect_failures += 1
             self._on_event(Disconnected(conn, f"connect failed: {type(exc).__name__}: {exc}"[:300], None, 0.0))
             return False
+        # An attempt counts from when it ended: the server saw it at some moment before that, so
+        # spacing ends by the window keeps the server's count within the limit too.
+        self._connect_times.append(get_clock().monotonic())
         self.stats.connects += 1
         sess = _Session(ws, conn, loop.time())
         self._current = sess
