@@ -16,6 +16,8 @@ from marketlake.errors import SchemaMismatchError
 
 __all__ = [
     "CANDLE_ARROW_SCHEMA",
+    "CANDLE_DEFAULTS",
+    "REQUIRED_COLUMNS",
     "CANDLE_COLUMNS",
     "CANDLE_SCHEMA",
     "CANDLE_KEY",
@@ -45,6 +47,8 @@ CANDLE_SCHEMA: Final[dict[str, pl.DataType]] = {
 CANDLE_COLUMNS: Final = tuple(CANDLE_SCHEMA)
 CANDLE_KEY: Final = "ts"
 _CANDLE_REQUIRED: Final = ("ts", "open", "high", "low", "close", "volume")
+#: Columns added to the stored schema later, with the value older files imply for them.
+CANDLE_DEFAULTS: Final[dict[str, object]] = {"filled": False}
 _CANDLE_NULLABLE: Final = frozenset({"turnover", "trades", "buy_volume"})
 
 #: Stored trade columns. Microseconds: Bybit's daily archives carry sub-millisecond times.
@@ -61,6 +65,8 @@ TRADE_COLUMNS: Final = tuple(TRADE_SCHEMA)
 TRADE_KEY: Final = "trade_id"
 _TRADE_REQUIRED: Final = ("ts", "price", "size", "side", "trade_id")
 _TRADE_NULLABLE: Final = frozenset({"tick_direction", "is_block_trade"})
+#: Columns every stored file of a dataset must have (the others may be missing in older files).
+REQUIRED_COLUMNS: Final = {"candles": _CANDLE_REQUIRED, "trades": _TRADE_REQUIRED}
 
 CANDLE_ARROW_SCHEMA: Final = pa.schema(
     [

@@ -34,6 +34,10 @@ _COLUMNS = {
 }
 
 
+# Columns added after the first release, read from older files with their default.
+_DEFAULTS = {(CANDLES, "filled"): 'coalesce("filled", false) AS "filled"'}
+
+
 def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -41,17 +45,20 @@ def _quote(text: str) -> str:
 def _view_sql(dataset: str, files: list[Path]) -> str:
     hive = _HIVE[dataset]
     cols = _COLUMNS[dataset]
-    names = ", ".join([*(f'"{h}"' for h in hive), *(f'"{c}"' for c, _ in cols)])
+    typed = ", ".join([*(f'NULL::VARCHAR AS "{h}"' for h in hive), *(f'NULL::{t} AS "{c}"' for c, t in cols)])
     if not files:
-        typed = ", ".join(
-            [*(f'NULL::VARCHAR AS "{h}"' for h in hive), *(f'NULL::{t} AS "{c}"' for c, t in cols)]
-        )
         return f"CREATE OR REPLACE VIEW {dataset} AS SELECT {typed} WHERE false"
+    names = ", ".join(
+        [*(f'"{h}"' for h in hive), *(_DEFAULTS.get((dataset, c), f'"{c}"') for c, _ in cols)]
+    )
     file_list = "[" + ", ".join(_quote(str(f)) for f in files) + "]"
     hive_types = "{" + ", ".join(f"{_quote(h)}: 'VARCHAR'" for h in hive) + "}"
+    # Files written before a column was added lack it: union_by_name reads a mix, and the typed
+    # empty row UNIONed BY NAME guarantees every column exists even if no file has it yet.
     return (
-        f"CREATE OR REPLACE VIEW {dataset} AS SELECT {names} FROM read_parquet({file_list}, "
-        f"hive_partitioning = true, hive_types = {hive_types})"
+        f"CREATE OR REPLACE VIEW {dataset} AS SELECT {names} FROM ("
+        f"SELECT * FROM read_parquet({file_list}, hive_partitioning = true, hive_types = {hive_types}, "
+        f"union_by_name = true) UNION ALL BY NAME SELECT {typed} WHERE false)"
     )
 
 

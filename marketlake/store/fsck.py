@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from marketlake.core.schemas import CANDLE_ARROW_SCHEMA, TRADE_ARROW_SCHEMA
+from marketlake.core.schemas import CANDLE_ARROW_SCHEMA, REQUIRED_COLUMNS, TRADE_ARROW_SCHEMA
 from marketlake.core.timeframes import TIMEFRAMES
 from marketlake.store.files import (
     is_temp_name,
@@ -102,8 +102,11 @@ def _check_file(path: Path, dataset: str, period: Period, key: str) -> str | Non
         table = pq.ParquetFile(path).read()
     except Exception as exc:  # any decoding failure means unreadable
         return f"cannot decode: {str(exc).splitlines()[0][:200]}"
-    if table.schema.names != expected.names:
-        return f"columns {table.schema.names} are not {expected.names}"
+    names = table.schema.names
+    required = REQUIRED_COLUMNS[dataset]
+    # Older files may lack columns added later (read with their defaults); nothing else may differ.
+    if [n for n in expected.names if n in names] != names or any(c not in names for c in required):
+        return f"columns {names} are not {expected.names}"
     if table.num_rows:
         lo, hi = period.bounds(key)
         ts = table.column("ts").cast("int64")

@@ -15,14 +15,14 @@ from typing import Final
 
 import polars as pl
 
-from marketlake.core.schemas import CANDLE_SCHEMA, TRADE_SCHEMA
+from marketlake.core.schemas import CANDLE_DEFAULTS, CANDLE_SCHEMA, TRADE_SCHEMA
 from marketlake.core.symbols import validate_category, validate_exchange, validate_symbol
 from marketlake.core.timeframes import TIMEFRAMES, Timeframe, parse_timeframe
 from marketlake.core.timeutil import ms_to_datetime
 from marketlake.store.files import list_data_files
 from marketlake.store.layout import CANDLES, TRADES, SeriesId, live_files
 
-__all__ = ["PartitionFiles", "find_series", "plan_files", "scan_files", "subdir_values"]
+__all__ = ["PartitionFiles", "find_series", "plan_files", "scan_data_files", "scan_files", "subdir_values"]
 
 _MIN_MS: Final = -(2**62)
 _MAX_MS: Final = 2**62
@@ -131,6 +131,22 @@ def _ts_literal(ms: int, dataset: str) -> pl.Expr:
     return pl.lit(ms_to_datetime(ms), dtype=pl.Datetime(unit, "UTC"))
 
 
+def scan_data_files(dataset: str, files: Sequence[Path]) -> pl.LazyFrame:
+    """Scan data files of one series in the stored schema.
+
+    Files written before an optional column was added read it as its default (schema evolution
+    by addition: new columns are nullable or have a default in ``CANDLE_DEFAULTS``).
+    """
+    schema = CANDLE_SCHEMA if dataset == CANDLES else TRADE_SCHEMA
+    lf = pl.scan_parquet(
+        list(files), schema=schema, hive_partitioning=False, glob=False,
+        missing_columns="insert", extra_columns="ignore",
+    )
+    if dataset == CANDLES:
+        lf = lf.with_columns(pl.col(c).fill_null(v) for c, v in CANDLE_DEFAULTS.items())
+    return lf
+
+
 def scan_files(
     dataset: str, parts: list[PartitionFiles], start_ms: int | None, end_ms: int | None
 ) -> pl.LazyFrame:
@@ -149,7 +165,7 @@ def scan_files(
         by_series.setdefault(p.series, []).extend(p.files)
     frames = []
     for sid, files in by_series.items():
-        lf = pl.scan_parquet(files, schema=schema, hive_partitioning=False, glob=False)
+        lf = scan_data_files(dataset, files)
         label = [pl.lit(sid.symbol, dtype=pl.String).alias("symbol")]
         if sid.timeframe is not None:
             label.append(pl.lit(sid.timeframe.name, dtype=pl.String).alias("timeframe"))

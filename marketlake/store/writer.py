@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from marketlake.core.schemas import CANDLE_ARROW_SCHEMA, TRADE_ARROW_SCHEMA
 from marketlake.errors import CorruptLakeError, LakeWriteError
 from marketlake.store.files import list_data_files, partition_lock, publish_table, to_trash
+from marketlake.store.reader import scan_data_files
 from marketlake.store.layout import CANDLES, DataFile, SeriesId, data_file_name, live_files
 
 __all__ = ["WriteResult", "commit_rows", "compact_partition", "rewrite_partition"]
@@ -73,7 +74,7 @@ def _key_column(sid: SeriesId) -> str:
     return "ts" if sid.dataset == CANDLES else "trade_id"
 
 
-def read_files(files: list[DataFile]) -> pl.DataFrame:
+def read_files(files: list[DataFile], dataset: str) -> pl.DataFrame:
     """Read data files of one partition (in sequence order) into one frame.
 
     Raises:
@@ -82,7 +83,7 @@ def read_files(files: list[DataFile]) -> pl.DataFrame:
     frames = []
     for f in files:
         try:
-            frames.append(pl.read_parquet(f.path))
+            frames.append(scan_data_files(dataset, [f.path]).collect())
         except FileNotFoundError:
             raise
         except Exception as exc:  # polars raises several types for a damaged file
@@ -174,14 +175,14 @@ def commit_rows(
             if new_min > _max_ts_raw(live[-1]):
                 deltas = sum(1 for f in live if f.kind == "delta")
                 if deltas + 1 >= compact_after:
-                    merged = pl.concat([read_files(live), rows], how="vertical")
+                    merged = pl.concat([read_files(live, sid.dataset), rows], how="vertical")
                     _publish(merged, sid, pdir, "part", next_seq)
                     superseded += [f.path for f in live]
                 else:
                     _publish(rows, sid, pdir, "delta", next_seq)
                 result.rows_new = rows.height
             else:
-                old = read_files(live)
+                old = read_files(live, sid.dataset)
                 n_new, n_replaced, n_same = _diff_counts(old, rows, key_col)
                 result.rows_new, result.rows_replaced, result.rows_unchanged = n_new, n_replaced, n_same
                 if n_new or n_replaced:
@@ -212,7 +213,7 @@ def rewrite_partition(
         live = live_files(files)
         if not live:
             return result
-        old = read_files(live)
+        old = read_files(live, sid.dataset)
         new = transform(old)
         if new.equals(old):
             return result
@@ -239,7 +240,7 @@ def compact_partition(root: Path, sid: SeriesId, key: str) -> WriteResult:
         live = live_files(files)
         superseded = [f.path for f in files if f not in live]
         if len(live) > 1:
-            _publish(read_files(live), sid, pdir, "part", max(f.seq for f in files) + 1)
+            _publish(read_files(live, sid.dataset), sid, pdir, "part", max(f.seq for f in files) + 1)
             superseded += [f.path for f in live]
             result.partitions.append(key)
             result.files_written = 1
