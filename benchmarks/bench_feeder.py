@@ -264,11 +264,6 @@ def _child_stream(ds: DataSet, lake_dir: Path, budget_mib: int) -> None:
     percent = budget_mib * 2**20 / system_memory().total * 100
     feeder = DataFeeder(open_lake(lake_dir), memory_limit_percent=percent)
     data_bytes = feeder.estimate_bytes(ds.symbols, ["1"])
-    refused = (0, 0)
-    try:
-        feeder.load_data(ds.symbols, ["1"])
-    except MemoryBudgetError as err:
-        refused = (err.needed_bytes, err.budget_bytes)
     base = peak_rss_self()
     t0 = time.perf_counter()
     rows = batches = 0
@@ -283,7 +278,13 @@ def _child_stream(ds: DataSet, lake_dir: Path, budget_mib: int) -> None:
         rows += batch.height
         batches += 1
     seconds = time.perf_counter() - t0
-    print(json.dumps({"base": base, "peak": peak_rss_self(), "rows": rows, "batches": batches,
+    peak = peak_rss_self()
+    refused = (0, 0)
+    try:  # after the peak is taken: a small set may fit, and loading it would raise the peak
+        feeder.load_data(ds.symbols, ["1"])
+    except MemoryBudgetError as err:
+        refused = (err.needed_bytes, err.budget_bytes)
+    print(json.dumps({"base": base, "peak": peak, "rows": rows, "batches": batches,
                       "ordered": ordered, "seconds": seconds, "budget": feeder.budget_bytes,
                       "percent": percent, "data_bytes": data_bytes, "rows_per_batch": 100_000,
                       "refused_needed": refused[0], "refused_budget": refused[1]}))
@@ -298,13 +299,12 @@ def _ds_argv(ds: DataSet) -> list[str]:
 
 
 def _child(ds: DataSet, lake_dir: Path, what: str, budget_mib: int) -> None:
-    import pandas  # noqa: F401  (imported in every variant, so the base RSS compares)
-
     import marketlake  # noqa: F401
 
-    if what == "stream":
+    if what == "stream":  # a research process: marketlake and its dependencies, no pandas
         _child_stream(ds, lake_dir, budget_mib)
         return
+    import pandas  # noqa: F401  (imported in both load variants, so their base RSS compares)
     run = {"load-lake": lambda: load_lake(ds, lake_dir), "load-pandas": lambda: load_pandas(ds)}[what]
     base = peak_rss_self()
     out = run()

@@ -7,8 +7,9 @@ cursor gives at most ``ceil(rows / cursors)`` rows (so a step is about one batch
 per series). The step is sorted by ``ts`` (stable, so ties keep series order: symbol, then
 timeframe as requested) and cut into batches of exactly ``rows`` rows, the last one shorter.
 
-Memory held: one partition per series plus about two batches. That is what
-:func:`working_set_bytes` estimates and what the feeder checks against its budget.
+Memory held: one partition per series plus about two batches, whatever the length of the range.
+:func:`working_set_bytes` estimates what that costs the process, and the feeder checks it against
+its budget.
 """
 
 from __future__ import annotations
@@ -29,10 +30,17 @@ __all__ = ["merged_batches", "working_set_bytes"]
 PartReader = Callable[[Path, SeriesId, str], tuple[tuple[Path, ...], pl.DataFrame]]
 
 
+#: Process memory grows by up to this multiple of the bytes the merge holds: Parquet read and
+#: decompression buffers, and freed memory the allocator keeps (measured with
+#: ``benchmarks/bench_feeder.py`` part 3: 1, 3 and 20 series, 10k and 100k rows per batch).
+READ_OVERHEAD = 3.0
+
+
 def working_set_bytes(partition_rows: Sequence[int], rows: int) -> int:
-    """Bytes :func:`merged_batches` holds at most: the largest partition of each series, plus a
-    step being sorted and the batch being handed out (with their label columns)."""
-    return int(sum(partition_rows) * ROW_BYTES + 3 * rows * (ROW_BYTES + LABEL_BYTES))
+    """Memory :func:`merged_batches` needs at most: the largest partition of each series, a step
+    being sorted and the batch handed out (with label columns), times :data:`READ_OVERHEAD`."""
+    held = sum(partition_rows) * ROW_BYTES + 3 * rows * (ROW_BYTES + LABEL_BYTES)
+    return int(READ_OVERHEAD * held)
 
 
 class _Cursor:

@@ -10,22 +10,26 @@ import pytest
 
 from marketlake import DataFeeder, Lake
 from marketlake.errors import MemoryBudgetError
-from tests.feeder_support import aligned_opens, candle_frame, ms
+from tests.feeder_support import aligned_opens, candle_frame, ms, new_lake
 
 UTC = dt.timezone.utc
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
 
-@pytest.fixture
-def months(lake: Lake) -> Lake:
-    """Three symbols: 1m candles over 2023-11-20 .. 2024-02-10 with a few gaps (four monthly
-    partitions each), 60m and D over the same span (two yearly partitions each)."""
+DAYS = 163  # 2023-09-01 .. 2024-02-10: six monthly partitions of 1m candles, two yearly of 60m / D
+
+
+@pytest.fixture(scope="module")
+def months(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    """Three symbols: 1m candles from 2023-09-01 for 163 days with a few holes, 60m and D over the
+    same span. Read-only for the tests, so written once."""
+    lake = new_lake(tmp_path_factory.mktemp("stream") / "lake")
     for i, sym in enumerate(SYMBOLS):
-        opens = aligned_opens("1", ms("2023-11-20"), 0, 82 * 1440)
+        opens = aligned_opens("1", ms("2023-09-01"), 0, DAYS * 1440)
         opens = [o for k, o in enumerate(opens) if (k + i) % 97 != 0]  # holes, different per symbol
         lake.write_candles(candle_frame(opens, i), symbol=sym, timeframe="1")
-        lake.write_candles(candle_frame(aligned_opens("60", ms("2023-11-20"), 0, 82 * 24), 10 + i), symbol=sym, timeframe="60")
-        lake.write_candles(candle_frame(aligned_opens("D", ms("2023-11-20"), 0, 82), 20 + i), symbol=sym, timeframe="D")
+        lake.write_candles(candle_frame(aligned_opens("60", ms("2023-09-01"), 0, DAYS * 24), 10 + i), symbol=sym, timeframe="60")
+        lake.write_candles(candle_frame(aligned_opens("D", ms("2023-09-01"), 0, DAYS), 20 + i), symbol=sym, timeframe="D")
     return lake
 
 
@@ -62,21 +66,21 @@ def test_iter_batches_reads_partitions_only_as_it_goes(months: Lake) -> None:
     assert first.height == 1_000
     assert feeder.partitions_read == 3  # the first month of each symbol, nothing more
     rest = sum(b.height for b in it)
-    assert feeder.partitions_read == 3 * 4  # every partition read exactly once
+    assert feeder.partitions_read == 3 * 6  # every partition read exactly once
     assert first.height + rest == months.read_candles(SYMBOLS, "1").height
 
 
 def test_iter_batches_checks_its_working_set_against_the_budget(months: Lake) -> None:
-    feeder = DataFeeder(months, memory_budget_bytes=15_000_000)
+    feeder = DataFeeder(months, memory_budget_bytes=40_000_000)
     whole = feeder.estimate_bytes(SYMBOLS, ["1"])
     assert whole > feeder.budget_bytes  # the data does not fit the budget ...
     rows = sum(b.height for b in feeder.iter_batches(SYMBOLS, ["1"], rows=1_000))
     assert rows == months.read_candles(SYMBOLS, "1").height  # ... and streams through it anyway
     with pytest.raises(MemoryBudgetError) as err:
         feeder.iter_batches(SYMBOLS, ["1"], rows=100_000)  # raised at the call, before any read
-    assert err.value.budget_bytes == 15_000_000 and err.value.needed_bytes > 15_000_000
+    assert err.value.budget_bytes == 40_000_000 and err.value.needed_bytes > 40_000_000
     assert "lower rows=" in str(err.value)
-    assert feeder.partitions_read == 3 * 4
+    assert feeder.partitions_read == 3 * 6
 
 
 def test_scan_is_lazy_over_a_half_open_range(months: Lake) -> None:
@@ -85,7 +89,7 @@ def test_scan_is_lazy_over_a_half_open_range(months: Lake) -> None:
     frame = lf.collect()
     assert frame.height == 24
     assert frame.get_column("ts").min() == dt.datetime(2024, 1, 1, tzinfo=UTC)
-    assert DataFeeder(months).scan(timeframes="D").collect().height == 3 * 82
+    assert DataFeeder(months).scan(timeframes="D").collect().height == 3 * DAYS
 
 
 def test_aligned_shows_each_timeframe_as_it_was_known_at_the_base_close(months: Lake) -> None:
@@ -112,6 +116,6 @@ def test_aligned_agrees_with_get_multi_timeframe_data_at_every_base_close(months
 
 
 def test_aligned_leaves_nulls_before_the_first_closed_candle(months: Lake) -> None:
-    frame = DataFeeder(months).aligned("SOLUSDT", "60", ["D"], None, "2023-11-21 02:00").collect()
-    assert frame.get_column("ts_D").null_count() == 23  # the first day closes at 2023-11-21 00:00
-    assert frame.get_column("ts_D").drop_nulls().to_list() == [dt.datetime(2023, 11, 20, tzinfo=UTC)] * 3
+    frame = DataFeeder(months).aligned("SOLUSDT", "60", ["D"], None, "2023-09-02 02:00").collect()
+    assert frame.get_column("ts_D").null_count() == 23  # the first day closes at 2023-09-02 00:00
+    assert frame.get_column("ts_D").drop_nulls().to_list() == [dt.datetime(2023, 9, 1, tzinfo=UTC)] * 3
