@@ -228,7 +228,6 @@ def bench_lookups(ds: DataSet, lake_dir: Path, args: argparse.Namespace) -> dict
     print_table(f"(2) {args.lookups:,} random get_data_at_timestamp calls over {ds.n_symbols} symbols "
                 f"(per call; median of {args.repeat} runs)",
                 ["variant", "median", "p99", "mean", "faster than pandas", "partitions read"], rows)
-    del loaded, old, frames
     return results
 
 

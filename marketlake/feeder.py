@@ -19,8 +19,7 @@ The no-lookahead rule, the time-window conventions and the examples are in ``doc
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,13 +27,21 @@ import numpy as np
 import polars as pl
 
 from marketlake._feeder.align import aligned_frame
+from marketlake._feeder.args import (
+    SymbolsArg,
+    TimeframeArg,
+    TimeframesArg,
+    reject_csv_dir,
+    symbol_items,
+    timeframe_items,
+)
 from marketlake._feeder.budget import ROW_BYTES, estimate_rows, system_memory
+from marketlake._feeder.loaded import Loaded, frame_dicts, slice_window
 from marketlake._feeder.parts import (
     PartitionCache,
     read_files,
     read_partition_files,
     retrying,
-    ts_array,
 )
 from marketlake._feeder.rules import (
     available_before,
@@ -61,63 +68,8 @@ from marketlake.store.reader import find_series, plan_files, scan_files, subdir_
 
 __all__ = ["DataFeeder"]
 
-SymbolsArg = str | Sequence[str]
-TimeframeArg = str | int | Timeframe
-TimeframesArg = TimeframeArg | Sequence[TimeframeArg]
 _MAX_CACHE_BYTES: Final = 256 * 2**20
 _DEFAULT_BATCH_ROWS: Final = 100_000
-
-
-@dataclass(slots=True)
-class _Loaded:
-    """One series held in memory by ``load_data``: rows with open time in ``[lo, hi)``."""
-
-    tf: Timeframe
-    lo: int | None
-    hi: int | None
-    frame: pl.DataFrame
-    _ts: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def ts(self) -> np.ndarray:
-        # Built on the first point lookup, not at load time: a plain load pays nothing for it.
-        if self._ts is None:
-            self._ts = ts_array(self.frame)
-        return self._ts
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.frame.estimated_size()) + (0 if self._ts is None else int(self._ts.nbytes))
-
-    def contains(self, t: int) -> bool:
-        return (self.lo is None or t >= self.lo) and (self.hi is None or t < self.hi)
-
-    def covers(self, lo: int | None, hi: int | None) -> bool:
-        lo_ok = self.lo is None or (lo is not None and lo >= self.lo)
-        hi_ok = self.hi is None or (hi is not None and hi <= self.hi)
-        return lo_ok and hi_ok
-
-    def window(self, lo: int | None, hi: int | None) -> pl.DataFrame:
-        return _slice_window(self.frame, lo, hi, self.ts)
-
-
-def _slice_window(frame: pl.DataFrame, lo: int | None, hi: int | None, ts: np.ndarray | None = None) -> pl.DataFrame:
-    """Rows of a ts-sorted frame with open time in ``[lo, hi)``, as a zero-copy slice."""
-    if lo is None and hi is None:
-        return frame
-    if ts is None:
-        phys = frame.get_column("ts").to_physical()
-        a = 0 if lo is None else int(phys.search_sorted(lo, "left"))
-        b = frame.height if hi is None else int(phys.search_sorted(hi, "left"))
-    else:
-        a = 0 if lo is None else int(np.searchsorted(ts, lo, "left"))
-        b = ts.size if hi is None else int(np.searchsorted(ts, hi, "left"))
-    return frame.slice(a, max(0, b - a))
-
-
-def _frame_dicts(frame: pl.DataFrame, tf: Timeframe) -> list[dict[str, Any]]:
-    ts = ts_array(frame)
-    return [candle_dict(frame, i, int(ts[i]), tf) for i in range(frame.height)]
 
 
 class DataFeeder:
@@ -155,7 +107,7 @@ class DataFeeder:
         if isinstance(lake_or_dir, Lake):
             self.lake = lake_or_dir
         else:
-            _reject_csv_dir(Path(lake_or_dir))
+            reject_csv_dir(Path(lake_or_dir))
             self.lake = Lake(lake_or_dir)
         settings = self.lake.settings
         pct = settings.memory_limit_percent if memory_limit_percent is None else memory_limit_percent
@@ -173,7 +125,7 @@ class DataFeeder:
         self.category = validate_category(category or settings.category)
         self.partitions_read = 0
         """Partitions read from disk by point lookups and ``iter_batches`` (diagnostics)."""
-        self._loaded: dict[SeriesId, _Loaded] = {}
+        self._loaded: dict[SeriesId, Loaded] = {}
         self._known: dict[tuple[object, object], SeriesId] = {}
         self._cache = PartitionCache(
             self.lake.root, min(_MAX_CACHE_BYTES, self.budget_bytes // 8), reader=self._read_partition
@@ -223,7 +175,7 @@ class DataFeeder:
         for sid in sids:
             frame = self._read_window(sid, lo, hi)
             assert sid.timeframe is not None
-            self._loaded[sid] = _Loaded(sid.timeframe, lo, hi, frame)
+            self._loaded[sid] = Loaded(sid.timeframe, lo, hi, frame)
             rows += frame.height
         return rows > 0
 
@@ -317,7 +269,7 @@ class DataFeeder:
         held = self._loaded.get(sid)
         n = int(lookback_periods)
         frame = held.frame.tail(n) if held is not None else self._cache.last_rows(sid, n)
-        return _frame_dicts(frame, _tf(sid)) or None
+        return frame_dicts(frame, _tf(sid)) or None
 
     def get_multi_timeframe_data(
         self, symbol: str, timeframes: TimeframesArg, timestamp: TimeLike
@@ -405,11 +357,11 @@ class DataFeeder:
         if symbols is not None and timeframes is not None:
             sids = [sid for _, _, sid in self._pairs(symbols, timeframes)]
         else:
-            syms = None if symbols is None else parse_symbols(_names(symbols))
+            syms = None if symbols is None else parse_symbols(symbol_items(symbols))
             for sym in syms or []:
                 if not self._symbol_dir(sym).is_dir():
                     raise self._missing_symbol(sym)
-            tfs = None if timeframes is None else [parse_timeframe(t) for t in _tf_items(timeframes)]
+            tfs = None if timeframes is None else [parse_timeframe(t) for t in timeframe_items(timeframes)]
             sids = find_series(
                 self.lake.root, CANDLES, exchange=self.exchange, category=self.category,
                 symbols=syms, timeframes=tfs,
@@ -449,9 +401,11 @@ class DataFeeder:
             err = MemoryBudgetError(needed, allowed, "iter_batches")
             # The stock advice ("use iter_batches()") is this very call: say what helps here.
             err.args = (
-                f"iter_batches over {len(sids)} series holds about {needed / 2**20:.1f} MiB at a time "
-                f"(one partition per series plus batches of {rows:,} rows) but the budget is "
-                f"{allowed / 2**20:.1f} MiB; lower rows= or ask for fewer series at once",
+                (
+                    f"iter_batches over {len(sids)} series holds about {needed / 2**20:.1f} MiB at a "
+                    f"time (one partition per series plus batches of {rows:,} rows) but the budget "
+                    f"is {allowed / 2**20:.1f} MiB; lower rows= or ask for fewer series at once"
+                ),
             )
             raise err
         # Validation above runs now; the reading happens as the caller iterates.
@@ -487,7 +441,7 @@ class DataFeeder:
         # at `start` (however far back a gap puts it) to the close of the last base candle.
         o_hi = None if hi is None else close_ms(base_tf, base_tf.floor(hi - 1))
         others: list[tuple[Timeframe, pl.LazyFrame]] = []
-        other_pairs = self._pairs([symbol], other_timeframes) if _tf_items(other_timeframes) else []
+        other_pairs = self._pairs([symbol], other_timeframes) if timeframe_items(other_timeframes) else []
         for _, _, sid in other_pairs:
             tf = _tf(sid)
             o_lo = None
@@ -511,7 +465,7 @@ class DataFeeder:
             files = [f for p in plan_files(self.lake.root, [sid], lo, hi) for f in p.files]
             # Partitions are planned in time order and a partition's live files are in time
             # order, so the concatenation is sorted: cut the boundary partitions by slicing.
-            return _slice_window(read_files(files), lo, hi)
+            return slice_window(read_files(files), lo, hi)
 
         return retrying(once)
 
@@ -568,8 +522,8 @@ class DataFeeder:
 
     def _pairs(self, symbols: SymbolsArg, timeframes: TimeframesArg) -> list[tuple[str, str, SeriesId]]:
         """(symbol, timeframe key as the caller spelled it, series) for every requested pair."""
-        syms = parse_symbols(_names(symbols))
-        items = _tf_items(timeframes)
+        syms = parse_symbols(symbol_items(symbols))
+        items = timeframe_items(timeframes)
         if not syms:
             raise InvalidSymbolError("no symbols given")
         if not items:
@@ -612,30 +566,3 @@ class DataFeeder:
 def _tf(sid: SeriesId) -> Timeframe:
     assert sid.timeframe is not None  # candle series always have one
     return sid.timeframe
-
-
-def _names(values: SymbolsArg) -> list[str]:
-    if isinstance(values, str):
-        return values.split(",")
-    if not isinstance(values, Sequence):
-        raise InvalidSymbolError(f"symbols must be a string or a list of strings, got {type(values).__name__}")
-    return list(values)
-
-
-def _tf_items(values: TimeframesArg) -> list[TimeframeArg]:
-    if isinstance(values, str):
-        return [v for v in values.split(",") if v.strip()]
-    if isinstance(values, (int, Timeframe)) and not isinstance(values, bool):
-        return [values]
-    if not isinstance(values, Sequence):
-        raise InvalidTimeframeError(f"timeframes must be a string or a list, got {type(values).__name__}")
-    return list(values)
-
-
-def _reject_csv_dir(path: Path) -> None:
-    """A directory of the old system's CSV files is not a lake: say how to import it."""
-    if path.is_dir() and not (path / CANDLES).exists() and any(path.glob("*_*.csv")):
-        raise ConfigError(
-            f"{path} holds CSV files of the old system, not a lake; import them first: "
-            f"marketlake import-csv {path} --lake lake, then DataFeeder('lake')"
-        )

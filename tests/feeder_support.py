@@ -16,7 +16,7 @@ import polars as pl
 from marketlake.settings import Settings
 from marketlake.store import Lake
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 MINUTE = 60_000
 #: Durations of the fixed timeframes the tests use, in ms (W opens on Mondays).
 FIXED_MS = {"1": MINUTE, "5": 5 * MINUTE, "15": 15 * MINUTE, "60": 60 * MINUTE, "D": 1440 * MINUTE,

@@ -67,7 +67,7 @@ def test_point_lookups_equal_brute_force_from_lake_and_from_loaded_data(
         for t in ts:
             expected = expected_dict(frame, t)
             # The time may be passed as int ms, an aware datetime or an ISO string.
-            as_dt = dt.datetime.fromtimestamp(t / 1000, dt.timezone.utc)
+            as_dt = dt.datetime.fromtimestamp(t / 1000, dt.UTC)
             for f, when in ((from_lake, t), (loaded, t), (from_lake, as_dt), (loaded, as_dt.isoformat())):
                 got = f.get_data_at_timestamp(SYMBOL, tf, when)
                 if expected is None:

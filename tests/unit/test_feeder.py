@@ -23,7 +23,7 @@ from marketlake.errors import (
 )
 from tests.feeder_support import aligned_opens, candle_frame, ms
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 MIN = 60_000
 
 

@@ -12,7 +12,7 @@ from marketlake import DataFeeder, Lake
 from marketlake.errors import MemoryBudgetError
 from tests.feeder_support import aligned_opens, candle_frame, ms, new_lake
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
 
 
