@@ -62,16 +62,17 @@ MODULE = "benchmarks.bench_feeder"
 
 
 def feeder_lake(ds: DataSet) -> Path:
-    """The set's lake, in the candle schema the code reads today.
+    """The set's lake (datagen's cache), in the candle schema the code reads today.
 
-    datagen caches one lake per data set; a lake cached before a schema change (the ``filled``
-    column) cannot be read any more, and datagen's cache key does not say the schema. Then a lake
-    keyed by the schema is built next to it, with datagen's own builder.
+    A lake cached by a datagen whose cache key did not include the schema may predate a schema
+    change (the ``filled`` column) and be unreadable; then a lake keyed by the schema is built
+    next to it, with datagen's own builder.
     """
     from marketlake.core.schemas import CANDLE_COLUMNS
 
-    if ds.lake_dir.exists() and _has_columns(ds.lake_dir, CANDLE_COLUMNS):
-        return ds.lake_dir
+    cached = ds.ensure_lake()
+    if _has_columns(cached, CANDLE_COLUMNS):
+        return cached
     tag = hashlib.sha1(",".join(CANDLE_COLUMNS).encode()).hexdigest()[:8]
     return ds._ensure(ds.dir / f"lake-schema-{tag}", ds._build_lake)
 
