@@ -268,3 +268,40 @@ def test_a_directory_of_old_csv_files_is_refused_with_the_import_command(tmp_pat
     (tmp_path / "BTCUSDT_1.csv").write_text("timestamp,datetime,open,high,low,close,volume\n")
     with pytest.raises(ConfigError, match="marketlake import-csv"):
         DataFeeder(tmp_path)
+
+
+def test_a_partition_replaced_between_listing_and_reading_is_listed_again(
+    market: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from marketlake._feeder import parts
+
+    real = parts.read_files
+    calls = []
+
+    def vanishing_once(files):  # what a concurrent rewrite moving the file to the trash looks like
+        calls.append(files)
+        if len(calls) == 1:
+            raise FileNotFoundError(str(files[0]))
+        return real(files)
+
+    monkeypatch.setattr(parts, "read_files", vanishing_once)
+    candle = DataFeeder(market).get_data_at_timestamp("BTCUSDT", "1", "2024-02-01 12:00")
+    assert candle is not None and candle["timestamp"] == ms("2024-02-01 12:00")
+    assert len(calls) == 2
+
+
+def test_a_feeder_opens_a_lake_directory_given_as_a_path(market: Lake) -> None:
+    feeder = DataFeeder(str(market.root))
+    assert feeder.get_data_at_timestamp("ETHUSDT", "1m", "2024-01-30 00:00") is not None
+
+
+def test_unload_gives_the_memory_back_to_the_budget(market: Lake) -> None:
+    feeder = DataFeeder(market)
+    feeder.load_data(["BTCUSDT"], ["1"])
+    feeder.get_data_at_timestamp("BTCUSDT", "60", "2024-01-05 00:00")  # caches a partition
+    used = feeder.get_memory_usage()
+    assert used["loaded_bytes"] > 0 and used["cache_bytes"] > 0
+    feeder.unload()
+    after = feeder.get_memory_usage()
+    assert after["loaded_bytes"] == after["cache_bytes"] == 0
+    assert after["free_budget_bytes"] == after["budget_bytes"]
