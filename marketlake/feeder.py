@@ -83,6 +83,15 @@ class DataFeeder:
         exchange: Exchange of the series (default: the lake's settings, ``bybit``).
         category: Market category (default: the lake's settings, ``linear``).
 
+    Attributes:
+        lake: The lake read.
+        budget_bytes: The memory budget: what loaded series, cached partitions and a new request
+            together may take (the process's own baseline is not counted).
+        memory_limit_percent: The percentage the budget came from.
+        exchange: Exchange of the series read.
+        category: Market category of the series read.
+        partitions_read: Partitions read from disk by point lookups and ``iter_batches``.
+
     Raises:
         ConfigError: a budget outside its range, or a directory that holds the old CSV files
             instead of a lake (import them with ``marketlake import-csv``).
@@ -124,7 +133,6 @@ class DataFeeder:
         self.exchange = validate_exchange(exchange or settings.exchange)
         self.category = validate_category(category or settings.category)
         self.partitions_read = 0
-        """Partitions read from disk by point lookups and ``iter_batches`` (diagnostics)."""
         self._loaded: dict[SeriesId, Loaded] = {}
         self._known: dict[tuple[object, object], SeriesId] = {}
         self._cache = PartitionCache(
@@ -336,6 +344,19 @@ class DataFeeder:
 
     # ------------------------------------------------------------------ new API
 
+    def estimate_bytes(
+        self,
+        symbols: SymbolsArg,
+        timeframes: TimeframesArg,
+        start_date: TimeLike | None = None,
+        end_date: TimeLike | None = None,
+    ) -> int:
+        """What :meth:`load_data` with these arguments would hold, in bytes, from footers only."""
+        pairs = self._pairs(symbols, timeframes)
+        lo, hi = old_window(start_date, end_date)
+        parts = plan_files(self.lake.root, list(dict.fromkeys(s for _, _, s in pairs)), lo, hi)
+        return int(sum(estimate_rows(self.lake.root, parts, lo, hi).values()) * ROW_BYTES)
+
     def scan(
         self,
         symbols: SymbolsArg | None = None,
@@ -506,19 +527,6 @@ class DataFeeder:
         if needed > allowed:
             raise MemoryBudgetError(needed, allowed, f"{what} ({rows:,} candles)")
         return needed
-
-    def estimate_bytes(
-        self,
-        symbols: SymbolsArg,
-        timeframes: TimeframesArg,
-        start_date: TimeLike | None = None,
-        end_date: TimeLike | None = None,
-    ) -> int:
-        """What :meth:`load_data` with these arguments would hold, in bytes, from footers only."""
-        pairs = self._pairs(symbols, timeframes)
-        lo, hi = old_window(start_date, end_date)
-        parts = plan_files(self.lake.root, list(dict.fromkeys(s for _, _, s in pairs)), lo, hi)
-        return int(sum(estimate_rows(self.lake.root, parts, lo, hi).values()) * ROW_BYTES)
 
     def _pairs(self, symbols: SymbolsArg, timeframes: TimeframesArg) -> list[tuple[str, str, SeriesId]]:
         """(symbol, timeframe key as the caller spelled it, series) for every requested pair."""
