@@ -210,7 +210,7 @@ def bench_lookups(ds: DataSet, lake_dir: Path, args: argparse.Namespace) -> dict
         print(f"  (2) lookups: {name} ...", file=sys.stderr, flush=True)
         runs: list[list[float]] = []
         reads = []
-        for i in range(args.repeat + 1):
+        for i in range(args.lookup_repeat + 1):
             if setup is not None:
                 setup()
             calls = _per_call(fn, qs)
@@ -227,7 +227,7 @@ def bench_lookups(ds: DataSet, lake_dir: Path, args: argparse.Namespace) -> dict
     rows = [[name, fmt_s(r["median_s"]), fmt_s(r["p99_s"]), fmt_s(r["mean_s"]), fmt_x(base / r["median_s"]),
              "-" if r["partitions_read"] is None else str(r["partitions_read"])] for name, r in results.items()]
     print_table(f"(2) {args.lookups:,} random get_data_at_timestamp calls over {ds.n_symbols} symbols "
-                f"(per call; median of {args.repeat} runs)",
+                f"(per call; median of {args.lookup_repeat} runs)",
                 ["variant", "median", "p99", "mean", "faster than pandas", "partitions read"], rows)
     return results
 
@@ -315,6 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="DataFeeder: load, lookups, streaming vs the old pandas feeder")
     add_dataset_args(p)
     p.add_argument("--lookups", type=int, default=10_000, help="random get_data_at_timestamp calls (default 10000)")
+    p.add_argument("--lookup-repeat", type=int, default=3,
+                   help="timed runs of each lookup variant, after a warm-up run (default 3)")
     p.add_argument("--budget-mib", type=int, default=512, help="feeder budget for the stream part (default 512)")
     p.add_argument("--stream-runs", type=int, default=3, help="subprocess runs of the stream part (default 3)")
     p.add_argument("--parts", default="load,lookups,stream", help="which parts to run (default all)")
