@@ -30,11 +30,13 @@ import argparse
 import contextlib
 import datetime as dt
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -46,7 +48,6 @@ from benchmarks.datagen import (
     fmt_rate,
     fmt_s,
     header,
-    measure,
     open_lake,
     print_table,
 )
@@ -107,22 +108,36 @@ def resample(frame: pl.DataFrame, every: str) -> pl.DataFrame:
 
 @dataclass
 class Layout:
-    """Figures of one layout (one lake written and scanned)."""
+    """One layout: its lake and its figures."""
 
     name: str
+    tf: str
+    period: Period
+    options: dict | None
+    root: Path
     files: int = 0
     bytes: int = 0
     rows: int = 0
     write_s: float = 0.0
-    month_s: float | None = None
-    year_s: float | None = None
-    day_s: float | None = None
-    full_s: float | None = None
-    glob_month_s: float | None = None
-    fix_s: float | None = None
+    times: dict[str, list[float]] = field(default_factory=dict)
+    lake: Any = None
+
+    def t(self, query: str) -> float | None:
+        runs = self.times.get(query)
+        return statistics.median(runs) if runs else None
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """This layout's partition period (and write options) in force."""
+        ctx = write_options(self.options) if self.options is not None else contextlib.nullcontext()
+        with period_of(self.tf, self.period), ctx:
+            yield
 
 
 class Bench:
+    """Writes layouts, then times the same queries on all of them in interleaved rounds (so a
+    burst of load from other processes hits every layout alike, not one of them)."""
+
     def __init__(self, ds: DataSet, repeat: int, symbol: str, keep: bool) -> None:
         self.ds = ds
         self.repeat = repeat
@@ -147,61 +162,87 @@ class Bench:
                 self._frames[tf] = {s: resample(f, every) for s, f in self._frames["1"].items()}
         return self._frames[tf]
 
-    def run(self, name: str, tf: str, period: Period, options: dict | None = None,
-            glob: bool = True, fix: bool = True) -> Layout:
-        print(f"  {name} ...", file=sys.stderr, flush=True)
+    def build(self, name: str, tf: str, period: Period, options: dict | None = None) -> Layout:
+        """Write the whole set into an empty lake with this layout (one timed run)."""
+        print(f"  write {name} ...", file=sys.stderr, flush=True)
         frames = self.frames(tf)
         root = self.scratch / name.replace(" ", "_").replace("/", "_").replace(",", "")
         shutil.rmtree(root, ignore_errors=True)
-        lay = Layout(name)
-        ctx = write_options(options) if options is not None else contextlib.nullcontext()
-        with period_of(tf, period), ctx:
-            try:
-                lake = open_lake(root)
-                t0 = time.perf_counter()
-                for sym, f in frames.items():
-                    lake.write_candles(f, symbol=sym, timeframe=tf)
-                lay.write_s = time.perf_counter() - t0
-                lay.bytes, lay.files = dir_bytes(root / "candles", ".parquet")
-                lay.rows = sum(f.height for f in frames.values())
-                sym = self.symbol
-                r = self.repeat
-                lay.month_s = measure(lambda: lake.read_candles(sym, tf, *self.month), r).median
-                lay.year_s = measure(lambda: lake.read_candles(sym, tf, self.ds.start_ms, self.ds.end_ms), r).median
-                lay.day_s = measure(lambda: lake.read_candles(None, tf, *self.day), r).median
-                full = measure(lambda: lake.read_candles(None, tf).height, r)
-                if full.result != lay.rows:
-                    raise AssertionError(f"{name}: full scan read {full.result} rows, wrote {lay.rows}")
-                lay.full_s = full.median
-                if glob:
-                    pattern = str(root / "candles" / "**" / "*.parquet")
-                    lo, hi = (dt.datetime.fromtimestamp(x / 1000, tz=UTC) for x in self.month)
-
-                    def glob_month() -> int:
-                        return (
-                            pl.scan_parquet(pattern, hive_partitioning=True)
-                            .filter(pl.col("symbol") == sym, pl.col("ts") >= lo, pl.col("ts") < hi)
-                            .collect()
-                            .height
-                        )
-
-                    lay.glob_month_s = measure(glob_month, r).median
-                if fix:
-                    # Correct one stored candle in the middle of the set: its partition is rewritten.
-                    f = frames[sym]
-                    row = f.slice(f.height // 2, 1)
-                    flip = [row.with_columns(pl.col("volume") + 1.0), row]
-
-                    def fix_one(i: list[int] = [0]) -> None:  # noqa: B006
-                        res = lake.write_candles(flip[i[0] % 2], symbol=sym, timeframe=tf)
-                        i[0] += 1
-                        assert res.rows_replaced == 1, res
-
-                    lay.fix_s = measure(fix_one, r).median
-            finally:
-                if not self.keep:
-                    shutil.rmtree(root, ignore_errors=True)
+        lay = Layout(name, tf, period, options, root)
+        with lay.active():
+            lay.lake = open_lake(root)
+            t0 = time.perf_counter()
+            for sym, f in frames.items():
+                lay.lake.write_candles(f, symbol=sym, timeframe=tf)
+            lay.write_s = time.perf_counter() - t0
+        lay.bytes, lay.files = dir_bytes(root / "candles", ".parquet")
+        lay.rows = sum(f.height for f in frames.values())
         return lay
+
+    def queries(self, lay: Layout, glob: bool, fix: bool) -> dict[str, Callable[[], Any]]:
+        lake, tf, sym = lay.lake, lay.tf, self.symbol
+        q: dict[str, Callable[[], Any]] = {
+            "month": lambda: lake.read_candles(sym, tf, *self.month).height,
+            "year": lambda: lake.read_candles(sym, tf, self.ds.start_ms, self.ds.end_ms).height,
+            "day": lambda: lake.read_candles(None, tf, *self.day).height,
+            "full": lambda: lake.read_candles(None, tf).height,
+        }
+        if glob:
+            pattern = str(lay.root / "candles" / "**" / "*.parquet")
+            lo, hi = (dt.datetime.fromtimestamp(x / 1000, tz=UTC) for x in self.month)
+            q["glob"] = lambda: (
+                pl.scan_parquet(pattern, hive_partitioning=True)
+                .filter(pl.col("symbol") == sym, pl.col("ts") >= lo, pl.col("ts") < hi)
+                .collect()
+                .height
+            )
+        if fix:
+            # Correct one stored candle in the middle of the set: its partition is rewritten.
+            f = self.frames(tf)[sym]
+            row = f.slice(f.height // 2, 1)
+            flip = [row.with_columns(pl.col("volume") + 1.0), row]
+            count = [0]
+
+            def fix_one() -> int:
+                res = lake.write_candles(flip[count[0] % 2], symbol=sym, timeframe=tf)
+                count[0] += 1
+                if res.rows_replaced != 1:
+                    raise AssertionError(f"{lay.name}: fixing one candle replaced {res.rows_replaced}")
+                return 1
+
+            q["fix"] = fix_one
+        return q
+
+    def measure(self, lays: list[Layout], glob: bool = True, fix: bool = True) -> None:
+        """Round 0 untimed (warm-up), then ``repeat`` timed rounds over every layout and query."""
+        plans = [(lay, self.queries(lay, glob, fix)) for lay in lays]
+        print(f"  scans: {1 + self.repeat} interleaved rounds over {len(lays)} layouts ...",
+              file=sys.stderr, flush=True)
+        for rnd in range(1 + self.repeat):
+            for lay, qs in plans:
+                with lay.active():
+                    for name, fn in qs.items():
+                        t0 = time.perf_counter()
+                        out = fn()
+                        elapsed = time.perf_counter() - t0
+                        if name == "full" and out != lay.rows:
+                            raise AssertionError(f"{lay.name}: full scan read {out} rows, wrote {lay.rows}")
+                        if rnd:
+                            lay.times.setdefault(name, []).append(elapsed)
+
+    def drop(self, lays: list[Layout]) -> None:
+        if not self.keep:
+            for lay in lays:
+                shutil.rmtree(lay.root, ignore_errors=True)
+
+    def run(self, specs: list[tuple[str, str, Period, dict | None]], glob: bool = True,
+            fix: bool = True) -> list[Layout]:
+        lays = [self.build(*spec) for spec in specs]
+        try:
+            self.measure(lays, glob, fix)
+        finally:
+            self.drop(lays)
+        return lays
 
 
 def _table(title: str, lays: list[Layout], with_glob: bool = True, with_fix: bool = True) -> None:
@@ -213,15 +254,16 @@ def _table(title: str, lays: list[Layout], with_glob: bool = True, with_fix: boo
         headers.append("fix 1 candle")
     rows = []
     for x in lays:
+        full = x.t("full")
         row = [
             x.name, f"{x.files:,}", f"{x.rows / max(x.files, 1):,.0f}", f"{x.bytes / x.rows:.2f}",
             fmt_s(x.write_s), fmt_rate(x.rows / x.write_s),
-            fmt_s(x.month_s), fmt_s(x.year_s), fmt_s(x.day_s), fmt_s(x.full_s), fmt_rate(x.rows / x.full_s),
+            fmt_s(x.t("month")), fmt_s(x.t("year")), fmt_s(x.t("day")), fmt_s(full), fmt_rate(x.rows / full),
         ]
         if with_glob:
-            row.append(fmt_s(x.glob_month_s) if x.glob_month_s is not None else "-")
+            row.append(fmt_s(x.t("glob")))
         if with_fix:
-            row.append(fmt_s(x.fix_s) if x.fix_s is not None else "-")
+            row.append(fmt_s(x.t("fix")))
         rows.append(row)
     print_table(title, headers, rows)
 
@@ -252,6 +294,14 @@ def encoding_variants() -> dict[str, dict]:
         "zstd9 BSS floats, ts delta": opts(compression="zstd", compression_level=9, use_dictionary=False,
                                            column_encoding=bss),
         "snappy no dict, ts delta": opts(compression="snappy", use_dictionary=False, column_encoding=delta),
+        # Not an encoding: row groups of one week (10,080 1m rows) let a day query skip most of a
+        # monthly file by its ts statistics (pyarrow's default is one row group per file here).
+        "current + 1-week row groups": {**current, "row_group_size": 7 * 1440},
+        "zstd3 dict on, ts delta, 1-week row groups": opts(
+            compression="zstd", compression_level=3, use_dictionary=list(FLOATS), column_encoding=delta,
+            row_group_size=7 * 1440),
+        "zstd1 dict on, ts delta": opts(compression="zstd", compression_level=1,
+                                        use_dictionary=list(FLOATS), column_encoding=delta),
     }
 
 
@@ -261,6 +311,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--symbol", default="BTCUSDT")
     p.add_argument("--parts", default="1,2,3", help="which parts to run: 1 (1m periods), 2 (5m/60m/D), 3 (encodings)")
     p.add_argument("--keep", action="store_true", help="keep the scratch lakes")
+    p.add_argument("--encodings", default=None, help="part 3: only the variants whose name contains one of "
+                   "these comma-separated words")
     args = p.parse_args(argv)
     ds = dataset_from_args(args)
     parts = {x.strip() for x in args.parts.split(",")}
@@ -271,17 +323,18 @@ def main(argv: list[str] | None = None) -> None:
     b = Bench(ds, args.repeat, args.symbol, args.keep)
     try:
         if "1" in parts:
-            lays = [b.run(f"1m {per.value}", "1", per) for per in (Period.DAY, Period.MONTH, Period.YEAR)]
-            _table("part 1 — 1m candles by partition period (write: one run; scans: medians)", lays)
+            lays = b.run([(f"1m {per.value}", "1", per, None) for per in (Period.DAY, Period.MONTH, Period.YEAR)])
+            _table("part 1 — 1m candles by partition period (write: one run; the rest: medians)", lays)
         if "2" in parts:
             for tf, pers in (("5", (Period.DAY, Period.MONTH, Period.YEAR)),
                              ("60", (Period.MONTH, Period.YEAR)),
                              ("D", (Period.MONTH, Period.YEAR))):
-                lays = [b.run(f"{tf} {per.value}", tf, per) for per in pers]
+                lays = b.run([(f"{tf} {per.value}", tf, per, None) for per in pers])
                 _table(f"part 2 — {tf} candles by partition period", lays)
         if "3" in parts:
-            lays = [b.run(f"enc {name}", "1", Period.MONTH, options=o, glob=False, fix=False)
-                    for name, o in encoding_variants().items()]
+            words = [w.strip() for w in (args.encodings or "").split(",") if w.strip()]
+            lays = b.run([(f"enc {name}", "1", Period.MONTH, o) for name, o in encoding_variants().items()
+                          if not words or any(w in name for w in words)], glob=False, fix=False)
             _table("part 3 — Parquet encodings, 1m candles in monthly partitions", lays,
                    with_glob=False, with_fix=False)
     finally:

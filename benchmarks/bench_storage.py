@@ -25,7 +25,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from benchmarks.datagen import (
-    DataSet,
     add_dataset_args,
     dataset_from_args,
     dir_bytes,

@@ -38,6 +38,7 @@ import contextlib
 import csv
 import datetime as dt
 import fcntl
+import hashlib
 import io
 import json
 import math
@@ -314,7 +315,9 @@ class DataSet:
 
     @property
     def lake_dir(self) -> Path:
-        return self.dir / "lake"
+        """The cached lake, keyed by what decides its files: the candle schema, the Parquet write
+        options and the partition table (a lake written by older code is never reused)."""
+        return self.dir / f"lake-{store_tag()}"
 
     @property
     def single_file(self) -> Path:
@@ -419,6 +422,21 @@ class DataSet:
 
     def _build_single(self, out: Path) -> None:
         write_single_parquet(self.all_frame(), out)
+
+
+def store_tag() -> str:
+    """A short fingerprint of the store's candle schema, ``_WRITE_OPTIONS`` and ``_CANDLE_PERIODS``."""
+    from marketlake.core.schemas import CANDLE_ARROW_SCHEMA
+    from marketlake.store import files, layout
+
+    text = "|".join(
+        [
+            ",".join(f"{f.name}:{f.type}:{f.nullable}" for f in CANDLE_ARROW_SCHEMA),
+            repr(sorted(files._WRITE_OPTIONS.items(), key=lambda kv: kv[0])),
+            repr(sorted((k, v.value) for k, v in layout._CANDLE_PERIODS.items())),
+        ]
+    )
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 def write_single_parquet(frame: pl.DataFrame, path: Path) -> None:
@@ -591,7 +609,7 @@ def fmt_rate(per_s: float) -> str:
     return f"{per_s:.0f}/s"
 
 
-def fmt_mib(n: int | float | None) -> str:
+def fmt_mib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2**20:,.0f} MiB"
 
 
