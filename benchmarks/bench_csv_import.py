@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import shutil
 import sys
 import uuid
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from benchmarks.datagen import (
     DataSet,
+    Timing,
     add_dataset_args,
     child_report,
     child_rss,
@@ -41,7 +43,7 @@ from benchmarks.datagen import (
     fmt_x,
     goal,
     header,
-    measure,
+    measure_many,
     open_lake,
     print_table,
 )
@@ -128,24 +130,28 @@ def _scratch(ds: DataSet) -> Path:
     return ds.dir / "tmp" / f"import-{uuid.uuid4().hex[:8]}"
 
 
-def run_variant(name: str, ds: DataSet, files: list[Path], repeat: int) -> tuple[float, int, list[float]]:
-    """(median seconds, rows per run, runs) of one variant."""
-    if name in VARIANTS:
-        t = measure(lambda: VARIANTS[name](files), repeat=repeat)
-        return t.median, t.result, t.runs
-    root = _scratch(ds)
-    try:
-        if name == IMPORT:
-            def fresh() -> None:
-                shutil.rmtree(root, ignore_errors=True)
-
-            t = measure(lambda: _import(root, files), repeat=repeat, setup=fresh)
+def run_all(names: list[str], ds: DataSet, files: list[Path], repeat: int) -> dict[str, Timing]:
+    """Every variant, interleaved round by round; the import variants get a fresh (empty) lake
+    before each run and the re-import variant a lake filled once beforehand."""
+    fresh_root = _scratch(ds)
+    full_root = _scratch(ds)
+    fns: dict[str, Callable[[], int]] = {}
+    setups: dict[str, Callable[[], object]] = {}
+    for name in names:
+        if name in VARIANTS:
+            fns[name] = functools.partial(VARIANTS[name], files)
+        elif name == IMPORT:
+            fns[name] = lambda: _import(fresh_root, files)
+            setups[name] = lambda: shutil.rmtree(fresh_root, ignore_errors=True)
         else:
-            _import(root, files)  # fill once; every timed run re-imports the same files
-            t = measure(lambda: _import(root, files), repeat=repeat)
-        return t.median, t.result, t.runs
+            fns[name] = lambda: _import(full_root, files)
+    try:
+        if REIMPORT in names:
+            _import(full_root, files)  # fill once; every timed run re-imports the same files
+        return measure_many(fns, repeat=repeat, setups=setups)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(fresh_root, ignore_errors=True)
+        shutil.rmtree(full_root, ignore_errors=True)
 
 
 def child(name: str, ds: DataSet, files: list[Path]) -> None:
@@ -179,13 +185,12 @@ def main(argv: list[str] | None = None) -> None:
     rows_expected = len(files) * ds.rows_per_symbol
     size = sum(f.stat().st_size for f in files)
     print(f"input: {len(files)} files, {rows_expected:,} rows, {size / 2**20:,.0f} MiB of CSV")
+    print(f"  {len(names)} variants, {1 + args.repeat} interleaved rounds ...", file=sys.stderr, flush=True)
     results: dict[str, tuple[float, list[float]]] = {}
-    for name in names:
-        print(f"  {name} ...", file=sys.stderr, flush=True)
-        med, rows, runs = run_variant(name, ds, files, args.repeat)
-        if rows != rows_expected:
-            raise AssertionError(f"{name} read {rows} rows, expected {rows_expected}")
-        results[name] = (med, runs)
+    for name, t in run_all(names, ds, files, args.repeat).items():
+        if t.result != rows_expected:
+            raise AssertionError(f"{name} read {t.result} rows, expected {rows_expected}")
+        results[name] = (t.median, t.runs)
     rss: dict[str, dict] = {}
     if not args.no_rss:
         base_argv = ["--symbols", str(ds.n_symbols), "--days", str(ds.days), "--start", ds.start.isoformat(),

@@ -51,7 +51,7 @@ from benchmarks.datagen import (
     fmt_x,
     goal,
     header,
-    measure,
+    measure_many,
     open_lake,
     print_table,
 )
@@ -239,11 +239,13 @@ def main(argv: list[str] | None = None) -> None:
     makers = {n: VARIANTS[n](ds) for n in names}
     res: dict[tuple[str, str], tuple[float, float, int]] = {}
     for q in qs:
+        fns = {}
         for name in names:
             if q.key == "d" and name == "csv module (old way)" and ("b", name) in res:
                 continue  # (b) already reads every CSV file in full with the csv module
-            print(f"  {q.key}: {name} ...", file=sys.stderr, flush=True)
-            t = measure(makers[name](q), repeat=args.repeat)
+            fns[name] = makers[name](q)
+        print(f"  {q.key}: {', '.join(fns)} ...", file=sys.stderr, flush=True)
+        for name, t in measure_many(fns, repeat=args.repeat).items():
             res[(q.key, name)] = (t.median, t.best, t.result)
         rows = {res[(q.key, n)][2] for n in names if (q.key, n) in res}
         if len(rows) != 1:

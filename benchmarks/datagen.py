@@ -550,6 +550,29 @@ def measure(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1, setup: Call
     return t
 
 
+def measure_many(
+    fns: dict[str, Callable[[], Any]],
+    repeat: int = 5,
+    warmup: int = 1,
+    setups: dict[str, Callable[[], Any]] | None = None,
+) -> dict[str, Timing]:
+    """:func:`measure` for several variants in interleaved rounds: round ``i`` runs every variant
+    once, so a burst of load from other processes hits all of them alike instead of one."""
+    out = {name: Timing() for name in fns}
+    for i in range(warmup + repeat):
+        for name, fn in fns.items():
+            if setups and name in setups:
+                setups[name]()
+            t0 = time.perf_counter()
+            res = fn()
+            elapsed = time.perf_counter() - t0
+            if i >= warmup:
+                out[name].runs.append(elapsed)
+            out[name].result = res
+            del res
+    return out
+
+
 def peak_rss_self() -> int:
     """Peak RSS of this process image so far, bytes.
 
@@ -648,7 +671,8 @@ def header(name: str, ds: DataSet, args: argparse.Namespace, timed: bool = True)
     print(
         f"python {platform.python_version()}, polars {pl.__version__}, pyarrow {pyarrow.__version__}, "
         f"duckdb {duckdb.__version__}, numpy {np.__version__}; {os.cpu_count()} cpus; "
-        + (f"median of {args.repeat} runs after 1 untimed warm-up run (warm page cache); " if timed else "")
+        + (f"median of {args.repeat} runs after 1 untimed warm-up round (warm page cache), variants "
+           "interleaved round by round; " if timed else "")
         + f"load average at start {os.getloadavg()[0]:.2f}"
     )
     sys.stdout.flush()
