@@ -305,3 +305,12 @@ def test_unload_gives_the_memory_back_to_the_budget(market: Lake) -> None:
     after = feeder.get_memory_usage()
     assert after["loaded_bytes"] == after["cache_bytes"] == 0
     assert after["free_budget_bytes"] == after["budget_bytes"]
+
+
+def test_cached_partitions_make_way_for_load_data(market: Lake) -> None:
+    need = DataFeeder(market).estimate_bytes(["BTCUSDT"], ["1"])
+    feeder = DataFeeder(market, memory_budget_bytes=int(need * 1.05))
+    feeder.get_data_at_timestamp("BTCUSDT", "60", "2024-01-05")  # caches the 2024 partition of 60m
+    assert feeder.get_memory_usage()["cache_bytes"] > need * 0.05  # no room left beside it ...
+    assert feeder.load_data(["BTCUSDT"], ["1"])  # ... until the cache gives way
+    assert feeder.get_memory_usage()["cache_bytes"] == 0
