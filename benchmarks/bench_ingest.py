@@ -422,9 +422,21 @@ def verify(run: IngestRun, market: SyntheticMarket, n: int, rng: random.Random) 
 # ------------------------------------------------------------------------------- main
 
 
+def trading_symbols(n: int) -> tuple[int, list[str]]:
+    """(market size, the first ``n`` symbols trading at ``NOW``): the synthetic market delists
+    every 40th generated symbol, and a delisted one would only be an "unknown symbol"."""
+    size = n
+    while True:
+        market = SyntheticMarket.generate(SEED, size)
+        names = [s.symbol for s in market.instruments("linear") if s.status(NOW) == "Trading"]
+        if len(names) >= n:
+            return size, names[:n]
+        size += n - len(names)
+
+
 async def amain(args: argparse.Namespace) -> int:
     budgets = [int(b) for b in args.budget.split(",") if b.strip()]
-    symbols = SyntheticMarket.generate(SEED, args.series).symbols("linear")[: args.series]
+    market_size, symbols = trading_symbols(args.series)
     work = (
         Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench-ingest-", dir=BENCH_DATA))
     )
@@ -442,7 +454,7 @@ async def amain(args: argparse.Namespace) -> int:
     rng = random.Random(SEED)
     checked = (0, 0)
     try:
-        async with Emulator(args.emulator, args.series, args.latency_ms / 1000.0) as emu:
+        async with Emulator(args.emulator, market_size, args.latency_ms / 1000.0) as emu:
             for rep in range(args.repeat):
                 for b in budgets:
                     keep = args.replay and rep == 0 and b == budgets[0]

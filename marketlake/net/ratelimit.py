@@ -23,10 +23,12 @@ ban blocks everyone until it lifts. Server timestamps are only ever used as *dif
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import sqlite3
 import threading
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Final, Protocol
@@ -247,6 +249,7 @@ class RateBudget:
             self.path = directory / f"ratelimit-{name}.sqlite"
             self._state = _SqliteState(self.path)
         self.waits = 0  # how often acquire() had to wait (for progress reports)
+        self._waiters: tuple[weakref.ref[asyncio.AbstractEventLoop], asyncio.Lock] | None = None
 
     @property
     def clock(self) -> Clock:
@@ -262,20 +265,33 @@ class RateBudget:
         wait_ms = self._state.grant(self.clock.now_ms(), self.limit, self.window_ms, self.burst)
         return wait_ms / 1000.0
 
+    def _queue(self) -> asyncio.Lock:
+        """The lock the coroutines of the running event loop queue on (one per loop)."""
+        loop = asyncio.get_running_loop()
+        held = self._waiters
+        if held is None or held[0]() is not loop:
+            held = self._waiters = (weakref.ref(loop), asyncio.Lock())
+        return held[1]
+
     async def acquire(self) -> int:
         """Wait for a request slot and take it.
+
+        The coroutines of one event loop queue for slots in arrival order and only the head of the
+        queue polls the (possibly shared) state: with N workers waiting on the budget, a grant
+        costs one poll and one wake-up, not N of each.
 
         Returns:
             The grant time (epoch ms on the budget's clock).
         """
-        clock = self.clock
-        while True:
-            now = clock.now_ms()
-            wait_ms = self._state.grant(now, self.limit, self.window_ms, self.burst)
-            if wait_ms <= 0:
-                return now
-            self.waits += 1
-            await clock.sleep(wait_ms / 1000.0)
+        async with self._queue():
+            clock = self.clock
+            while True:
+                now = clock.now_ms()
+                wait_ms = self._state.grant(now, self.limit, self.window_ms, self.burst)
+                if wait_ms <= 0:
+                    return now
+                self.waits += 1
+                await clock.sleep(wait_ms / 1000.0)
 
     def block_until(self, until_ms: int) -> None:
         """Grant nothing (to any process sharing the budget) before ``until_ms`` (local epoch ms)."""
