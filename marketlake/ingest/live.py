@@ -157,8 +157,26 @@ class LiveRunner:
             return track.latest()
         for built in self._built.get(symbol, []):
             if built.tf.name == name:
-                return built.forming
+                return self._forming_from_trades(symbol, built)
         return None
+
+    def _forming_from_trades(self, symbol: str, built: TradeCandles) -> LiveCandle | None:
+        tt = self._trades[symbol]
+        if tt.last is None:
+            return None
+        start = built.tf.floor(tt.last.ts_ms)
+        rows = sorted(
+            (t for t in (*built.pending_trades(), *tt.buffered()) if t.ts_ms >= start),
+            key=lambda t: (t.ts_ms, t.seq if t.seq is not None else 0),
+        )
+        if not rows:
+            return None
+        return LiveCandle(
+            symbol=symbol, timeframe=built.tf.name, ts_ms=start, open=rows[0].price,
+            high=max(t.price for t in rows), low=min(t.price for t in rows), close=rows[-1].price,
+            volume=sum(t.size for t in rows), turnover=sum(t.price * t.size for t in rows), trades=len(rows),
+            buy_volume=sum(t.size for t in rows if t.side == "Buy"), confirm=False, source="trades",
+        )
 
     def latest_price(self, symbol: str) -> float | None:
         """The newest price seen for ``symbol`` (last trade, or last kline close)."""
@@ -476,29 +494,26 @@ class LiveRunner:
             batch = track.take()
             if batch is not None:
                 jobs.append(_Job(self._sid(CANDLES, track.symbol, track.tf), batch))
+        builds: list[tuple[TradeCandles, FlushBatch]] = []
         for symbol, tt in self._trades.items():
             batch = tt.take(final)
             if batch is None:
                 continue
             jobs.append(_Job(self._sid(TRADES, symbol), batch))
-            for built in self._built.get(symbol, []):
-                built.feed(batch.rows, batch.failed)
-                made = built.build(batch.span[1])
-                if made is not None:
-                    jobs.append(_Job(self._sid(CANDLES, symbol, built.tf), made))
-                    for c in made.rows:
-                        self.hub.publish_candle(c)
+            builds += [(built, batch) for built in self._built.get(symbol, [])]
         if jobs:
             t0 = time.perf_counter()
-            write = asyncio.ensure_future(asyncio.to_thread(self._write, jobs))
+            # Candles from trades are built in the worker too: the kernel (and its first JIT
+            # compile) must not hold the loop, where the socket is read.
+            work = asyncio.ensure_future(asyncio.to_thread(self._build_and_write, jobs, builds))
             try:
-                outcomes = await asyncio.shield(write)
+                done, outcomes = await asyncio.shield(work)
             except asyncio.CancelledError:
                 # The rows are being committed: wait for that and record it before giving up.
-                self._settle(jobs, await write)
+                self._settle(*await work)
                 raise
             self.stats.write_seconds += time.perf_counter() - t0
-            self._settle(jobs, outcomes)
+            self._settle(done, outcomes)
         quarantine, self._quarantine = self._quarantine, []
         for reason, data, size in quarantine:
             self.stats.quarantined += 1
@@ -506,8 +521,22 @@ class LiveRunner:
             self.lake.ledger.event("quarantine", detail=f"{reason} ({size} bytes): {text}", run_id=self._run_id)
         self.stats.flushes += 1
 
+    def _build_and_write(
+        self, jobs: list[_Job], builds: list[tuple[TradeCandles, FlushBatch]]
+    ) -> tuple[list[_Job], list[BaseException | None]]:
+        """In the worker thread: candles from the final trades, then every write."""
+        for built, batch in builds:
+            built.feed(batch.rows, batch.failed)
+            made = built.build(batch.span[1])
+            if made is not None:
+                jobs.append(_Job(self._sid(CANDLES, built.symbol, built.tf), made))
+        return jobs, self._write(jobs)
+
     def _settle(self, jobs: list[_Job], outcomes: list[BaseException | None]) -> None:
         for job, error in zip(jobs, outcomes, strict=True):
+            if job.sid.dataset == CANDLES and job.batch.rows and job.batch.rows[0].source == "trades":
+                for c in job.batch.rows:
+                    self.hub.publish_candle(c)
             if error is None:
                 self._record(job)
             else:
@@ -522,15 +551,18 @@ class LiveRunner:
                 if job.batch.rows:
                     sid = job.sid
                     if sid.dataset == TRADES:
-                        self.lake.write_trades(
+                        result = self.lake.write_trades(
                             trades_frame(job.batch.rows).drop("seq"),
                             symbol=sid.symbol, exchange=sid.exchange, category=sid.category,
                         )
                     else:
-                        self.lake.write_candles(
+                        result = self.lake.write_candles(
                             candles_frame(job.batch.rows), symbol=sid.symbol, timeframe=sid.timeframe,  # type: ignore[arg-type]
                             exchange=sid.exchange, category=sid.category,
                         )
+                    # Counted here (a worker thread, one flush at a time): every row should be new.
+                    self.stats.rows_replaced += result.rows_replaced
+                    self.stats.rows_unchanged += result.rows_unchanged
                 out.append(None)
             except Exception as exc:  # reported per job; the rows are kept for the next flush
                 out.append(exc)

@@ -305,6 +305,10 @@ class TradeTrack:
         self._unsynced_max = None
         return out, gap
 
+    def buffered(self) -> list[LiveTrade]:
+        """Trades taken but not yet final (not written)."""
+        return list(self._buffer)
+
     def cut(self, final: bool) -> int | None:
         """Trades before this time are final (everything in hand at the end of a run)."""
         if self.frontier is None:
@@ -354,9 +358,12 @@ class TradeCandles:
         self.symbol = symbol
         self.tf = tf
         self.frontier = frontier
-        self.forming: LiveCandle | None = None
         self._buf: list[LiveTrade] = []
         self._failed: list[Interval] = []
+
+    def pending_trades(self) -> list[LiveTrade]:
+        """Final trades of buckets not built yet."""
+        return list(self._buf)
 
     def start_at(self, t: int) -> None:
         """Begin with the first whole bucket at or after ``t`` (when not begun yet)."""

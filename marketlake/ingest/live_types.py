@@ -206,6 +206,8 @@ class LiveStats:
     callback_dropped: int = 0
     callback_errors: int = 0
     flushes: int = 0
+    rows_replaced: int = 0
+    rows_unchanged: int = 0
     write_failures: int = 0
     write_seconds: float = 0.0
     last_push_ms: int = 0
