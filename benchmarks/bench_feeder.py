@@ -12,8 +12,9 @@
     feeder's budget configured (``memory_limit_percent``) below the data's in-memory size: peak RSS
     must stay under the budget. The same process shows ``load_data`` refusing the request.
 
-Medians of ``--repeat`` runs after an untimed warm-up, ratios from the same run, load average
-printed at start and end (the machine is shared).
+Medians of ``--repeat`` runs after an untimed warm-up, the variants of a part interleaved round by
+round (a burst of load from other processes hits them alike), ratios from the same run, load
+average printed at start and end (the machine is shared).
 
 Usage::
 
@@ -48,7 +49,7 @@ from benchmarks.datagen import (
     fmt_x,
     goal,
     header,
-    measure,
+    measure_many,
     open_lake,
     peak_rss_self,
     print_table,
@@ -125,10 +126,12 @@ def _rows(result: Any) -> int:
 
 
 def bench_load(ds: DataSet, lake_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    print("  (1) load: lake ...", file=sys.stderr, flush=True)
-    lake_t = measure(lambda: _rows(load_lake(ds, lake_dir)), repeat=args.repeat)
-    print("  (1) load: pandas read_csv ...", file=sys.stderr, flush=True)
-    pandas_t = measure(lambda: _rows(load_pandas(ds)), repeat=args.repeat)
+    print("  (1) load: lake and pandas, interleaved rounds ...", file=sys.stderr, flush=True)
+    timings = measure_many(
+        {"lake": lambda: _rows(load_lake(ds, lake_dir)), "pandas": lambda: _rows(load_pandas(ds))},
+        repeat=args.repeat,
+    )
+    lake_t, pandas_t = timings["lake"], timings["pandas"]
     if lake_t.result != pandas_t.result or lake_t.result != ds.rows:
         raise AssertionError(f"row counts differ: lake {lake_t.result}, pandas {pandas_t.result}, set {ds.rows}")
     rss: dict[str, dict] = {}
@@ -183,11 +186,6 @@ def bench_lookups(ds: DataSet, lake_dir: Path, args: argparse.Namespace) -> dict
     def polars_filter(sym: str, t: int) -> dict:
         return frames[sym].filter(pl.col("ts") == pl.lit(t).cast(pl.Datetime("ms", "UTC"))).row(0, named=True)
 
-    fresh: dict[str, Any] = {}
-
-    def lake_lookup(sym: str, t: int) -> dict | None:
-        return fresh["feeder"].get_data_at_timestamp(sym, "1", t)
-
     # Same answers before timing anything (a sample).
     for sym, t in queries[:200]:
         a = loaded.get_data_at_timestamp(sym, "1", t)
@@ -196,33 +194,38 @@ def bench_lookups(ds: DataSet, lake_dir: Path, args: argparse.Namespace) -> dict
         if a is None or a != b or a["close"] != c["close"] or a["timestamp"] != c["timestamp"]:
             raise AssertionError(f"lookups disagree at {sym} {t}")
 
-    variants: list[tuple[str, Callable[[str, int], Any], list[tuple[str, int]], Callable[[], None] | None]] = [
-        ("feeder, after load_data (memory)", lambda s, t: loaded.get_data_at_timestamp(s, "1", t), queries, None),
-        ("feeder, no load: lake, random order", lake_lookup, queries,
-         lambda: fresh.__setitem__("feeder", DataFeeder(loaded.lake))),
-        ("feeder, no load: lake, time order", lake_lookup, in_order,
-         lambda: fresh.__setitem__("feeder", DataFeeder(loaded.lake))),
-        ("polars filter per call (loaded frame)", polars_filter, queries, None),
-        ("pandas filter per call (old feeder)", pandas_filter, queries, None),
-    ]
-    results: dict[str, dict[str, Any]] = {}
-    for name, fn, qs, setup in variants:
-        print(f"  (2) lookups: {name} ...", file=sys.stderr, flush=True)
-        runs: list[list[float]] = []
-        reads = []
-        for i in range(args.lookup_repeat + 1):
-            if setup is not None:
-                setup()
-            calls = _per_call(fn, qs)
-            if i:  # the first run is the warm-up
-                runs.append(calls)
-                reads.append(fresh["feeder"].partitions_read if "feeder" in fresh and fn is lake_lookup else None)
-        results[name] = {
-            "median_s": statistics.median(statistics.median(r) for r in runs),
-            "p99_s": statistics.median(float(np.percentile(r, 99)) for r in runs),
-            "mean_s": statistics.median(statistics.fmean(r) for r in runs),
-            "partitions_read": reads[-1],
+    # Each lake variant starts every run with a fresh feeder: its partition cache starts empty,
+    # so the partition reads are part of the figures.
+    fresh: dict[str, Any] = {}
+
+    def lake_variant(name: str) -> Callable[[str, int], Any]:
+        feeder = fresh[name] = DataFeeder(loaded.lake)
+        return lambda s, t: feeder.get_data_at_timestamp(s, "1", t)
+
+    variants: dict[str, tuple[Callable[[], Callable[[str, int], Any]], list[tuple[str, int]]]] = {
+        "feeder, after load_data (memory)": (lambda: lambda s, t: loaded.get_data_at_timestamp(s, "1", t), queries),
+        "feeder, no load: lake, random order": (lambda: lake_variant("random"), queries),
+        "feeder, no load: lake, time order": (lambda: lake_variant("ordered"), in_order),
+        "polars filter per call (loaded frame)": (lambda: polars_filter, queries),
+        "pandas filter per call (old feeder)": (lambda: pandas_filter, queries),
+    }
+    runs: dict[str, list[list[float]]] = {name: [] for name in variants}
+    for i in range(args.lookup_repeat + 1):  # interleaved rounds; round 0 is the warm-up
+        print(f"  (2) lookups: round {i} of {args.lookup_repeat} ...", file=sys.stderr, flush=True)
+        for name, (make, qs) in variants.items():
+            calls = _per_call(make(), qs)
+            if i:
+                runs[name].append(calls)
+    reads = {"feeder, no load: lake, random order": "random", "feeder, no load: lake, time order": "ordered"}
+    results: dict[str, dict[str, Any]] = {
+        name: {
+            "median_s": statistics.median(statistics.median(r) for r in rs),
+            "p99_s": statistics.median(float(np.percentile(r, 99)) for r in rs),
+            "mean_s": statistics.median(statistics.fmean(r) for r in rs),
+            "partitions_read": fresh[reads[name]].partitions_read if name in reads else None,
         }
+        for name, rs in runs.items()
+    }
     base = results["pandas filter per call (old feeder)"]["median_s"]
     rows = [[name, fmt_s(r["median_s"]), fmt_s(r["p99_s"]), fmt_s(r["mean_s"]), fmt_x(base / r["median_s"]),
              "-" if r["partitions_read"] is None else str(r["partitions_read"])] for name, r in results.items()]
