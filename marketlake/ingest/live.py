@@ -352,10 +352,7 @@ class LiveRunner:
         tt = self._trades.get(msg.symbol)
         if tt is None:
             return
-        rows = [
-            LiveTrade(t.ts_ms, t.price, t.size, t.side, t.trade_id, t.tick_direction, t.is_block_trade, t.seq)
-            for t in msg.trades
-        ]
+        rows = msg.trades  # decoded straight into trade records
         st.trades_received += len(rows)
         before = tt.duplicates
         new = tt.on_push(rows)

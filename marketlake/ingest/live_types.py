@@ -13,6 +13,7 @@ import polars as pl
 from marketlake.core.symbols import parse_symbols, validate_category
 from marketlake.core.timeframes import Timeframe, parse_timeframes
 from marketlake.errors import DataValidationError
+from marketlake.exchanges.bybit.ws_frames import PublicTrade
 
 __all__ = ["LiveCandle", "LiveConfig", "LiveStats", "LiveTrade", "TradeBatch", "candles_frame", "trades_frame"]
 
@@ -68,17 +69,9 @@ class LiveCandle(msgspec.Struct, frozen=True, kw_only=True):
         }
 
 
-class LiveTrade(msgspec.Struct, frozen=True, gc=False):
-    """One public trade (``ts_ms`` epoch ms; ``seq`` orders trades sharing a millisecond)."""
-
-    ts_ms: int
-    price: float
-    size: float
-    side: str
-    trade_id: str
-    tick_direction: str | None = None
-    is_block_trade: bool = False
-    seq: int | None = None
+#: One public trade (``ts_ms`` epoch ms; ``seq`` orders trades sharing a millisecond): the
+#: WebSocket decoder builds these directly, see :class:`~marketlake.exchanges.bybit.ws_frames.PublicTrade`.
+LiveTrade = PublicTrade
 
 
 @dataclass(frozen=True, slots=True)

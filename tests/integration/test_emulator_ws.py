@@ -22,7 +22,12 @@ Frame = dict[str, Any]
 
 def run(test: Callable[[BybitEmulator], Awaitable[None]], **kw: Any) -> None:
     kw.setdefault("speed", 600.0)  # a market minute every 0.1 s
-    run_with_emulator(test, **kw)
+
+    async def checked(emu: BybitEmulator) -> None:
+        await test(emu)
+        assert not emu.ws.errors
+
+    run_with_emulator(checked, **kw)
 
 
 async def send(ws: aiohttp.ClientWebSocketResponse, **body: Any) -> None:

@@ -42,6 +42,7 @@ def run(test, **kw) -> None:  # type: ignore[no-untyped-def]
     async def wrapped(emu: BybitEmulator) -> None:
         emu.ws.configure(push_interval_s=0.02, trade_batch_max=3, delay_s=0.15, oversized_bytes=1_500_000)
         await test(emu)
+        assert not emu.ws.errors
 
     run_with_emulator(wrapped, **kw)
 
@@ -84,6 +85,7 @@ def soak(tmp_path: Path, disconnects: int) -> None:
             runner.stop()
             st = await task
         assert not task.exception() if task.done() else True
+        assert not emu.ws.errors
         assert st.disconnects >= disconnects and st.silent_detected >= disconnects // 4 - 1
         # Resubscribed topic sets equal the requested set, every time.
         subs = list(runner.client.stats.subscribed_sets)

@@ -34,6 +34,7 @@ def run(test: Callable[[BybitEmulator], Awaitable[None]], **kw: Any) -> None:
     async def wrapped(emu: BybitEmulator) -> None:
         emu.ws.configure(push_interval_s=0.02)
         await test(emu)
+        assert not emu.ws.errors
 
     run_with_emulator(wrapped, **kw)
 

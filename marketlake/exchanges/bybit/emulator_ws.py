@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import socket
 import struct
@@ -58,6 +59,8 @@ __all__ = ["WS_FAULT_KINDS", "EmulatorWs", "WsConnectionRecord", "WsFaultConfig"
 WS_FAULT_KINDS: Final = (
     "close1006", "reset", "goaway", "silent", "delay", "duplicate", "reorder", "malformed", "oversized"
 )
+log = logging.getLogger(__name__)
+
 _ADMIN: Final = "/_emulator/ws"
 _TRADE_CACHE_MINUTES: Final = 4096
 _MALFORMED: Final = (
@@ -212,6 +215,8 @@ class EmulatorWs:
         self.requests: list[WsRequestRecord] = []
         self.sends: list[tuple[str, str, int]] = []
         self.pushes = 0
+        #: Errors of push loops (a bug in the emulator; tests assert there are none).
+        self.errors: list[str] = []
         self.injected: dict[str, int] = {k: 0 for k in WS_FAULT_KINDS}
         self._live: set[_Conn] = set()
         self._connect_times: deque[float] = deque()
@@ -299,6 +304,7 @@ class EmulatorWs:
         conn = _Conn(ws, request, record)
         self._live.add(conn)
         pusher = asyncio.create_task(self._push_loop(conn))
+        pusher.add_done_callback(lambda t, conn=conn: self._pusher_done(t, conn))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
@@ -317,6 +323,18 @@ class EmulatorWs:
             record.end = record.end or "client"
             record.topics = set(conn.topics)
         return ws
+
+    def _pusher_done(self, task: asyncio.Task[None], conn: _Conn) -> None:
+        # A push loop that dies would leave a socket that answers pings but never pushes (and
+        # never takes a fault): report the bug and drop the connection instead.
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        self.errors.append(f"{type(exc).__name__}: {exc}")
+        log.error("emulator push loop failed", exc_info=exc)
+        conn.record.end = "error"
+        if conn.request.transport is not None:
+            conn.request.transport.close()
 
     async def _close_all(self, app: web.Application) -> None:
         for conn in list(self._live):

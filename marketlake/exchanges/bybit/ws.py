@@ -323,13 +323,17 @@ class BybitWsClient:
         conn = self.stats.connects + self.stats.connect_failures + 1
         loop = asyncio.get_running_loop()
         try:
-            ws = await http.ws_connect(
-                self.url,
-                autoping=True,
-                heartbeat=None,
-                max_msg_size=max(64 << 20, self.max_frame_bytes * 2),
-                decode_text=False,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
+            # The handshake gets the same patience as a subscribe answer: never a hang.
+            ws = await asyncio.wait_for(
+                http.ws_connect(
+                    self.url,
+                    autoping=True,
+                    heartbeat=None,
+                    max_msg_size=max(64 << 20, self.max_frame_bytes * 2),
+                    decode_text=False,
+                    timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
+                ),
+                self.ack_timeout_s,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self._connect_times.append(get_clock().monotonic())

@@ -9,9 +9,9 @@ else (acks, pongs) goes through :func:`~marketlake.exchanges.bybit.parse_ws.deco
 
 from __future__ import annotations
 
-import math
+import sys
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -40,30 +40,47 @@ _STREAM_HOSTS: Final = {
 }
 
 
+# Checked in C while decoding: prices finite and > 0, quantities finite and >= 0 (NaN fails both).
+_Price = Annotated[float, msgspec.Meta(gt=0, lt=sys.float_info.max)]
+_Quantity = Annotated[float, msgspec.Meta(ge=0, lt=sys.float_info.max)]
+
+
 class Kline(msgspec.Struct, frozen=True, gc=False):
     """One candle of a ``kline`` push, as sent (``end = start + interval - 1``)."""
 
     start: int
     end: int
     interval: str
-    open: float
-    close: float
-    high: float
-    low: float
-    volume: float
-    turnover: float
+    open: _Price
+    close: _Price
+    high: _Price
+    low: _Price
+    volume: _Quantity
+    turnover: _Quantity
     confirm: bool
     timestamp: int
 
 
 class PublicTrade(msgspec.Struct, frozen=True, gc=False):
-    """One trade of a ``publicTrade`` push (wire names ``T s S v p L i BT seq``)."""
+    """One public trade: what a ``publicTrade`` push item decodes to (wire names ``T p v S i L BT
+    seq``; the symbol is the topic's), and the live runner's trade record as it is (so the hot path
+    builds no second object per trade).
+
+    Attributes:
+        ts_ms: Trade time, epoch ms.
+        price: Price.
+        size: Size (base; inverse: contracts).
+        side: ``Buy`` or ``Sell`` (the taker's side).
+        trade_id: Exchange trade id.
+        tick_direction: ``PlusTick``, ``ZeroPlusTick``, ``MinusTick``, ``ZeroMinusTick`` (None from REST).
+        is_block_trade: Block trade.
+        seq: Cross sequence: orders trades sharing a millisecond.
+    """
 
     ts_ms: int = msgspec.field(name="T")
-    symbol: str = msgspec.field(name="s")
-    side: str = msgspec.field(name="S")
-    size: float = msgspec.field(name="v")
-    price: float = msgspec.field(name="p")
+    price: _Price = msgspec.field(name="p")
+    size: _Quantity = msgspec.field(name="v")
+    side: Literal["Buy", "Sell"] = msgspec.field(name="S")
     trade_id: str = msgspec.field(name="i")
     tick_direction: str | None = msgspec.field(default=None, name="L")
     is_block_trade: bool = msgspec.field(default=False, name="BT")
@@ -96,11 +113,27 @@ class _Envelope(msgspec.Struct):
     data: msgspec.Raw = msgspec.Raw(b"")  # left undecoded: read below with the topic's type
 
 
+class _KlineFrame(msgspec.Struct):
+    topic: str
+    ts: int
+    data: list[Kline]
+
+
+class _TradeFrame(msgspec.Struct):
+    topic: str
+    ts: int
+    data: list[PublicTrade]
+
+
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
 # strict=False: prices and sizes arrive as decimal strings and are parsed to floats in C.
 _KLINES = msgspec.json.Decoder(list[Kline], strict=False)
 _TRADES = msgspec.json.Decoder(list[PublicTrade], strict=False)
+_KLINE_FRAME = msgspec.json.Decoder(_KlineFrame, strict=False)
+_TRADE_FRAME = msgspec.json.Decoder(_TradeFrame, strict=False)
 _ENCODER = msgspec.json.Encoder()
+_KLINE_HEAD: Final = b'{"topic":"kline.'
+_TRADE_HEAD: Final = b'{"topic":"publicTrade.'
 
 
 def decode_frame(data: bytes | str) -> KlinePush | TradePush | WsCommandResponse:
@@ -111,6 +144,39 @@ def decode_frame(data: bytes | str) -> KlinePush | TradePush | WsCommandResponse
         ExchangeProtocolError: a shape no public frame has, an unsupported topic, a non-finite
             or negative number, a side other than Buy/Sell.
     """
+    raw = data.encode() if isinstance(data, str) else data
+    # Bybit writes "topic" first: then one typed pass decodes the whole push. Anything else (acks,
+    # other field orders) takes the general path below.
+    if raw.startswith(_TRADE_HEAD):
+        return _fast(raw, _TRADE_FRAME)
+    if raw.startswith(_KLINE_HEAD):
+        return _fast(raw, _KLINE_FRAME)
+    return _general(raw)
+
+
+def _fast(raw: bytes, decoder: msgspec.json.Decoder[Any]) -> KlinePush | TradePush:
+    try:
+        frame = decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise ExchangeProtocolError(f"bybit ws push: unexpected shape: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedJSONError(f"bybit ws: frame is not valid JSON ({exc})") from None
+    return _push(frame.topic, frame.ts, frame.data)
+
+
+def _push(topic: str, ts: int, rows: list[Any]) -> KlinePush | TradePush:
+    if topic.startswith("publicTrade."):
+        symbol = topic[len("publicTrade.") :]
+        if not symbol or "." in symbol:
+            raise ExchangeProtocolError(f"bybit ws: malformed topic {topic[:60]!r}")
+        return TradePush(topic, symbol, ts, rows)
+    parts = topic.split(".")
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise ExchangeProtocolError(f"bybit ws: malformed topic {topic[:60]!r}")
+    return KlinePush(topic, parts[2], parts[1], ts, rows)
+
+
+def _general(data: bytes) -> KlinePush | TradePush | WsCommandResponse:
     try:
         env = _ENVELOPE.decode(data)
     except msgspec.ValidationError as exc:
@@ -127,34 +193,14 @@ def decode_frame(data: bytes | str) -> KlinePush | TradePush | WsCommandResponse
         raise ExchangeProtocolError(f"bybit ws push {topic[:60]!r} lacks ts or data")
     try:
         if topic.startswith("kline."):
-            parts = topic.split(".")
-            if len(parts) != 3 or not parts[1] or not parts[2]:
-                raise ExchangeProtocolError(f"bybit ws: malformed topic {topic[:60]!r}")
-            candles = _KLINES.decode(env.data)
-            for k in candles:
-                if not _finite(k.open, k.high, k.low, k.close, k.volume, k.turnover) or k.low <= 0:
-                    raise ExchangeProtocolError(f"bybit ws {topic[:60]}: non-finite or non-positive value")
-            return KlinePush(topic, parts[2], parts[1], env.ts, candles)
+            return _push(topic, env.ts, _KLINES.decode(env.data))
         if topic.startswith("publicTrade."):
-            symbol = topic[len("publicTrade.") :]
-            if not symbol or "." in symbol:
-                raise ExchangeProtocolError(f"bybit ws: malformed topic {topic[:60]!r}")
-            trades = _TRADES.decode(env.data)
-            for t in trades:
-                if t.side not in ("Buy", "Sell"):
-                    raise ExchangeProtocolError(f"bybit ws {topic[:60]}: side {t.side[:20]!r}")
-                if not _finite(t.price, t.size) or t.price <= 0 or t.size < 0:
-                    raise ExchangeProtocolError(f"bybit ws {topic[:60]}: bad price or size")
-            return TradePush(topic, symbol, env.ts, trades)
+            return _push(topic, env.ts, _TRADES.decode(env.data))
     except msgspec.ValidationError as exc:
         raise ExchangeProtocolError(f"bybit ws {topic[:60]}: unexpected data shape: {exc}") from None
     except msgspec.DecodeError as exc:
         raise MalformedJSONError(f"bybit ws {topic[:60]}: data is not valid JSON ({exc})") from None
     raise ExchangeProtocolError(f"bybit ws: unsupported topic {topic[:60]!r}")
-
-
-def _finite(*values: float) -> bool:
-    return all(math.isfinite(v) and v >= 0 for v in values)
 
 
 def request_frame(op: str, args: Sequence[str], req_id: str | None = None) -> bytes:
