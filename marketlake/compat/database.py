@@ -41,19 +41,21 @@ class DatabaseManager:
             (user and password from ``PGUSER``/``PGPASSWORD`` or ``~/.pgpass``).
         config: The old configuration dict (``postgres.max_connections`` sizes the pool).
         create_tables: Create the ``trades``/``candles`` tables on :meth:`initialize`.
+        open_timeout_s: How long :meth:`initialize` waits for a first connection.
 
     Attributes:
         pool: The ``psycopg_pool.AsyncConnectionPool`` (None before :meth:`initialize`).
     """
 
     def __init__(self, dsn: str | None = None, *, config: Mapping[str, Any] | None = None,
-                 create_tables: bool = True) -> None:
+                 create_tables: bool = True, open_timeout_s: float = 15.0) -> None:
         from marketlake.compat.data_management import DATA_MANAGEMENT_CONFIG
 
         pg = dict((config or DATA_MANAGEMENT_CONFIG).get("postgres", {}))
         self.dsn = dsn if dsn is not None else _dsn_from_config(pg)
         self.max_connections = int(pg.get("max_connections", 20))
         self.create_tables = create_tables
+        self.open_timeout_s = open_timeout_s
         self.pool: Any = None
 
     async def initialize(self) -> None:
@@ -73,7 +75,7 @@ class DatabaseManager:
             kwargs={"application_name": "marketlake", "connect_timeout": 10},
         )
         try:
-            await pool.open(wait=True, timeout=15)
+            await pool.open(wait=True, timeout=self.open_timeout_s)
         except Exception as exc:  # PoolTimeout, OperationalError: the server is not there
             await pool.close()
             raise SinkError(f"postgres {mask_dsn(self.dsn)}: cannot open the pool: {_first_line(exc)}") from exc
