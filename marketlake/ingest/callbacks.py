@@ -46,6 +46,7 @@ class Callback:
         delivered: Items handed to ``fn`` so far.
         dropped: Items discarded because the queue was full.
         errors: Calls that raised.
+        is_async: True for ``async def`` callables (awaited on the loop).
     """
 
     fn: Callable[[Any], Any]
@@ -62,11 +63,13 @@ class Callback:
     _busy: bool = False
     _pool: concurrent.futures.ThreadPoolExecutor | None = None
 
-    @property
-    def is_async(self) -> bool:
-        """True for ``async def`` callables (awaited on the loop)."""
-        return inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(
-            getattr(self.fn, "__call__", None)  # noqa: B004 - objects with an async __call__
+    is_async: bool = False
+
+    def __post_init__(self) -> None:
+        # Decided once: ``async def`` callables (or objects with an async ``__call__``) are
+        # awaited on the loop, anything else runs in the callback's worker thread.
+        self.is_async = inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(
+            getattr(self.fn, "__call__", None)  # noqa: B004
         )
 
     @property

@@ -334,9 +334,10 @@ class LiveRunner:
                 if bad is not None:
                     self._on_event(Malformed(ev.conn, f"{msg.topic}: {bad}".encode(), 0, "inconsistent kline"))
                     continue
+                # Positional: the hot path (one per push); fields as LiveCandle declares them.
                 candle = LiveCandle(
-                    symbol=msg.symbol, timeframe=msg.interval, ts_ms=k.start, open=k.open, high=k.high,
-                    low=k.low, close=k.close, volume=k.volume, turnover=k.turnover, confirm=k.confirm,
+                    msg.symbol, msg.interval, k.start, k.open, k.high, k.low, k.close, k.volume, k.turnover,
+                    None, None, k.confirm,
                 )
                 if k.confirm:
                     st.candles_confirmed += 1

@@ -256,7 +256,7 @@ class TradeTrack:
             out.append(t)
         if out:
             self._buffer += out
-            newest = max(out, key=lambda t: (t.ts_ms, t.seq or 0))
+            newest = out[0] if len(out) == 1 else max(out, key=lambda t: (t.ts_ms, t.seq or 0))
             if self.last is None or (newest.ts_ms, newest.seq or 0) >= (self.last.ts_ms, self.last.seq or 0):
                 self.last = newest
         return out

@@ -20,7 +20,7 @@ __all__ = ["LiveCandle", "LiveConfig", "LiveStats", "LiveTrade", "TradeBatch", "
 Overflow = Literal["drop_oldest", "drop_newest"]
 
 
-class LiveCandle(msgspec.Struct, frozen=True, kw_only=True):
+class LiveCandle(msgspec.Struct, frozen=True, gc=False):
     """A candle of the live stream.
 
     Attributes:

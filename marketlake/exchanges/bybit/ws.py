@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import itertools
 import re
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -176,6 +177,13 @@ class _Session:
     pending: dict[str, list[str]] = field(default_factory=dict)
     confirmed: set[str] = field(default_factory=set)
     reported: bool = False
+    last_rx: float = 0.0
+    ack_deadline: float = 0.0
+    dead: _Closed | None = None
+
+
+def _code(ws: aiohttp.ClientWebSocketResponse, default: int) -> int:
+    return int(ws.close_code) if ws.close_code is not None else default
 
 
 class BybitWsClient:
@@ -356,7 +364,7 @@ class BybitWsClient:
         except _Closed as exc:
             closed = exc
         except (aiohttp.ClientError, ConnectionError) as exc:
-            closed = _Closed(f"{type(exc).__name__}: {exc}"[:300], ws.close_code or 1006)
+            closed = sess.dead or _Closed(f"{type(exc).__name__}: {exc}"[:300], _code(ws, 1006))
         finally:
             self._current = None
             uptime = loop.time() - sess.opened
@@ -370,46 +378,76 @@ class BybitWsClient:
         return uptime >= self.stable_after_s
 
     async def _read(self, sess: _Session) -> None:
+        """Read frames until the connection ends. Deadlines live in :meth:`_watchdog`, so a
+        busy stream costs no timer per frame."""
         loop = asyncio.get_running_loop()
         ws = sess.ws
-        last_rx = loop.time()
-        next_ping = last_rx + self.ping_interval_s
-        ack_deadline = last_rx + self.ack_timeout_s
+        sess.last_rx = loop.time()
+        dog = asyncio.create_task(self._watchdog(sess))
+        try:
+            while True:
+                msg = await ws.receive()
+                if msg.type == aiohttp.WSMsgType.TEXT or msg.type == aiohttp.WSMsgType.BINARY:
+                    sess.last_rx = loop.time()
+                    had_pending = bool(sess.pending)
+                    self._frame(sess, msg.data, binary=msg.type == aiohttp.WSMsgType.BINARY)
+                    if sess.pending and not had_pending:
+                        sess.ack_deadline = sess.last_rx + self.ack_timeout_s
+                    continue
+                if sess.dead is not None:
+                    raise sess.dead
+                if self._stopping:
+                    raise _Closed("stopped", _code(ws, 1000))
+                if msg.type == aiohttp.WSMsgType.ERROR:
+                    raise _Closed(f"error: {ws.exception()}"[:300], _code(ws, 1006))
+                raise _Closed("closed by server", _code(ws, 1006))
+        finally:
+            dog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dog
+
+    async def _watchdog(self, sess: _Session) -> None:
+        """Ping on time; declare the socket dead when it stays silent (or a subscribe request
+        unanswered) too long, and cut it so the reader returns at once."""
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time() + self.ping_interval_s
+        sess.ack_deadline = loop.time() + self.ack_timeout_s
         looked = False
         while True:
+            dead_at = sess.last_rx + self.ping_interval_s + self.pong_timeout_s
+            due = min(dead_at, next_ping, sess.ack_deadline if sess.pending else dead_at)
+            await asyncio.sleep(max(0.0, due - loop.time()))
             now = loop.time()
-            dead_at = last_rx + self.ping_interval_s + self.pong_timeout_s
-            due = min(dead_at, next_ping, ack_deadline if sess.pending else dead_at)
-            wait = due - now
-            if wait <= 0 and now >= dead_at and not looked:
-                # We come late (the loop was busy, e.g. a first JIT compile): frames may sit unread
-                # in the socket. Look once more before calling it silent.
-                wait, looked = min(0.1, self.pong_timeout_s), True
-            try:
-                msg = await ws.receive(timeout=max(0.0, wait))
-            except TimeoutError:
-                now = loop.time()
-                if now >= dead_at and (looked or wait > 0):
-                    raise _Closed("silent", None, silent=True) from None
-                if sess.pending and now >= ack_deadline:
-                    raise _Closed(f"no answer to {len(sess.pending)} subscribe request(s)", None) from None
-                if now >= next_ping:
-                    self.stats.pings += 1
-                    await _send_text(ws, ping_frame(f"p{next(self._req_ids)}"))
-                    next_ping = now + self.ping_interval_s
-                continue
-            if msg.type == aiohttp.WSMsgType.TEXT or msg.type == aiohttp.WSMsgType.BINARY:
-                last_rx, looked = loop.time(), False
-                had_pending = bool(sess.pending)
-                self._frame(sess, msg.data, binary=msg.type == aiohttp.WSMsgType.BINARY)
-                if sess.pending and not had_pending:
-                    ack_deadline = last_rx + self.ack_timeout_s
-                continue
-            if self._stopping:
-                raise _Closed("stopped", ws.close_code or 1000)
-            if msg.type == aiohttp.WSMsgType.ERROR:
-                raise _Closed(f"error: {ws.exception()}"[:300], ws.close_code or 1006)
-            raise _Closed("closed by server", ws.close_code or 1006)
+            if now >= sess.last_rx + self.ping_interval_s + self.pong_timeout_s:
+                if now - due > 0.05 and not looked:
+                    # We woke late (the loop was busy, e.g. a first JIT compile): frames may sit
+                    # unread in the socket. Let the reader look once more before calling it silent.
+                    looked = True
+                    await asyncio.sleep(min(0.1, self.pong_timeout_s))
+                    continue
+                self._cut(sess, _Closed("silent", None, silent=True))
+                return
+            looked = False
+            if sess.pending and now >= sess.ack_deadline:
+                self._cut(sess, _Closed(f"no answer to {len(sess.pending)} subscribe request(s)", None))
+                return
+            if now >= next_ping:
+                self.stats.pings += 1
+                next_ping = now + self.ping_interval_s
+                try:
+                    await _send_text(sess.ws, ping_frame(f"p{next(self._req_ids)}"))
+                except (aiohttp.ClientError, ConnectionError, RuntimeError):
+                    return  # the reader sees the broken connection itself
+
+    @staticmethod
+    def _cut(sess: _Session, why: _Closed) -> None:
+        # No closing handshake with a peer that does not answer: shut the socket, which ends the
+        # reader's receive at once (a graceful close would wait for the silent peer).
+        sess.dead = why
+        sock = sess.ws.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     # ------------------------------------------------------------------ frames
 

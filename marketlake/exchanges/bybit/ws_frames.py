@@ -1,9 +1,11 @@
 """Fast typed decoding of Bybit v5 public WebSocket frames, and the client's request frames.
 
-The hot path of a stream is decoding ``kline`` and ``publicTrade`` pushes. One msgspec pass reads
-the envelope with its ``data`` left as raw bytes, a second decodes ``data`` straight into typed
-structs (decimal strings become floats in C), so no Python dict or str is built per field. Anything
-else (acks, pongs) goes through :func:`~marketlake.exchanges.bybit.parse_ws.decode_ws_message`.
+The hot path of a stream is decoding ``kline`` and ``publicTrade`` pushes. Bybit writes ``topic``
+first, so the frame's first bytes tell its kind and one typed msgspec pass decodes the whole push
+straight into structs (decimal strings become floats, and prices, sizes and sides are checked, in
+C); no Python dict or str is built per field, and trades come out as the live runner's records.
+Frames in another field order take a two-pass path (envelope with ``data`` left raw, then ``data``
+by topic); acks and pongs go through :func:`~marketlake.exchanges.bybit.parse_ws.decode_ws_message`.
 ``benchmarks/bench_ws_decode.py`` compares this with ``json.loads`` and dict access.
 """
 
@@ -144,17 +146,15 @@ def decode_frame(data: bytes | str) -> KlinePush | TradePush | WsCommandResponse
         ExchangeProtocolError: a shape no public frame has, an unsupported topic, a non-finite
             or negative number, a side other than Buy/Sell.
     """
-    raw = data.encode() if isinstance(data, str) else data
+    raw = data if isinstance(data, bytes) else data.encode()
     # Bybit writes "topic" first: then one typed pass decodes the whole push. Anything else (acks,
-    # other field orders) takes the general path below.
+    # other field orders) takes the general path.
     if raw.startswith(_TRADE_HEAD):
-        return _fast(raw, _TRADE_FRAME)
-    if raw.startswith(_KLINE_HEAD):
-        return _fast(raw, _KLINE_FRAME)
-    return _general(raw)
-
-
-def _fast(raw: bytes, decoder: msgspec.json.Decoder[Any]) -> KlinePush | TradePush:
+        decoder: msgspec.json.Decoder[Any] = _TRADE_FRAME
+    elif raw.startswith(_KLINE_HEAD):
+        decoder = _KLINE_FRAME
+    else:
+        return _general(raw)
     try:
         frame = decoder.decode(raw)
     except msgspec.ValidationError as exc:
@@ -164,19 +164,36 @@ def _fast(raw: bytes, decoder: msgspec.json.Decoder[Any]) -> KlinePush | TradePu
     return _push(frame.topic, frame.ts, frame.data)
 
 
+#: Parsed topics, ``topic -> (symbol, interval or None for trades)`` (a stream has few).
+_TOPICS: dict[str, tuple[str, str | None]] = {}
+
+
 def _push(topic: str, ts: int, rows: list[Any]) -> KlinePush | TradePush:
+    parsed = _TOPICS.get(topic)
+    if parsed is None:
+        parsed = _parse_topic(topic)
+        if len(_TOPICS) < 100_000:
+            _TOPICS[topic] = parsed
+    symbol, interval = parsed
+    if interval is None:
+        return TradePush(topic, symbol, ts, rows)
+    return KlinePush(topic, symbol, interval, ts, rows)
+
+
+def _parse_topic(topic: str) -> tuple[str, str | None]:
     if topic.startswith("publicTrade."):
         symbol = topic[len("publicTrade.") :]
-        if not symbol or "." in symbol:
-            raise ExchangeProtocolError(f"bybit ws: malformed topic {topic[:60]!r}")
-        return TradePush(topic, symbol, ts, rows)
-    parts = topic.split(".")
-    if len(parts) != 3 or not parts[1] or not parts[2]:
-        raise ExchangeProtocolError(f"bybit ws: malformed topic {topic[:60]!r}")
-    return KlinePush(topic, parts[2], parts[1], ts, rows)
+        if symbol and "." not in symbol:
+            return symbol, None
+    else:
+        parts = topic.split(".")
+        if len(parts) == 3 and parts[0] == "kline" and parts[1] and parts[2]:
+            return parts[2], parts[1]
+    raise ExchangeProtocolError(f"bybit ws: malformed topic {topic[:60]!r}")
 
 
 def _general(data: bytes) -> KlinePush | TradePush | WsCommandResponse:
+    # Any field order: the envelope first with ``data`` left raw, then ``data`` by its topic.
     try:
         env = _ENVELOPE.decode(data)
     except msgspec.ValidationError as exc:
