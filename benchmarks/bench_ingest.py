@@ -534,6 +534,8 @@ def report(
                 f"{_median([r.stats.requests / r.stats.elapsed for r in rs]):.1f}",
                 str(max(r.emu["max_in_window"] for r in rs)),
                 f"{sum(r.emu['http_403'] for r in rs)} {goal(all(r.emu['http_403'] == 0 for r in rs))}",
+                f"{_median([r.cpu / r.wall for r in rs]):.0%}",
+                ", ".join(f"{r.load:.1f}" for r in rs),
             ]
         )
     print_table(
@@ -548,6 +550,8 @@ def report(
             "req/s",
             "max req in any 5 s",
             "HTTP 403",
+            "client CPU",
+            "load",
         ],
         rows_tab,
     )
