@@ -12,7 +12,9 @@ from marketlake.core.timeframes import TIMEFRAMES, Timeframe, parse_timeframe
 from marketlake.errors import *  # noqa: F403  (the error tree is part of the public API)
 from marketlake.feeder import DataFeeder
 from marketlake.interop.csv import ImportReport, export_csv, import_csv
+from marketlake.interop.postgres import export_postgres
 from marketlake.settings import Settings
+from marketlake.state import StateStore, StateTTL, open_state_store
 from marketlake.store import FsckReport, Lake, WriteResult
 
 __version__ = "0.1.0"
@@ -32,13 +34,17 @@ __all__ = [
     "Lake",
     "ManualClock",
     "Settings",
+    "StateStore",
+    "StateTTL",
     "SystemClock",
     "Timeframe",
     "WriteResult",
     "errors",
     "export_csv",
+    "export_postgres",
     "get_clock",
     "import_csv",
+    "open_state_store",
     "parse_timeframe",
     "use_clock",
     *errors.__all__,
