@@ -83,21 +83,21 @@ class DataCollectionConfig:
 
     # Secrets: properties over masked holders, so vars()/repr() never carry the plain text.
     @property
-    def BYBIT_API_KEY(self) -> str:  # noqa: N802 - the old attribute name
+    def BYBIT_API_KEY(self) -> str:
         """Bybit API key (from ``BYBIT_API_KEY``)."""
         return self._api_key.value
 
     @BYBIT_API_KEY.setter
-    def BYBIT_API_KEY(self, value: str) -> None:  # noqa: N802
+    def BYBIT_API_KEY(self, value: str) -> None:
         self._api_key = _Secret(str(value))
 
     @property
-    def BYBIT_API_SECRET(self) -> str:  # noqa: N802
+    def BYBIT_API_SECRET(self) -> str:
         """Bybit API secret (from ``BYBIT_API_SECRET``)."""
         return self._api_secret.value
 
     @BYBIT_API_SECRET.setter
-    def BYBIT_API_SECRET(self, value: str) -> None:  # noqa: N802
+    def BYBIT_API_SECRET(self, value: str) -> None:
         self._api_secret = _Secret(str(value))
 
     def as_dict(self) -> dict[str, Any]:

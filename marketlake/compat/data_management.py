@@ -246,7 +246,7 @@ class StateManager:
         await self.redis.set_settings(component, config)
 
 
-from marketlake.compat.database import DatabaseManager  # noqa: E402  (re-exported with the others)
+from marketlake.compat.database import DatabaseManager
 
 _defaults: dict[int, tuple[asyncio.AbstractEventLoop, MarketDataManager]] = {}
 _configured: dict[str, Any] = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import polars as pl
 
@@ -62,7 +62,7 @@ class HybridTradingSystem:
             self.fetcher = OptimizedDataFetcher(self.config)
         await self.fetcher.initialize()
 
-    async def __aenter__(self) -> HybridTradingSystem:
+    async def __aenter__(self) -> Self:
         await self.initialize()
         return self
 

@@ -100,7 +100,7 @@ class DataIntegrityChecker:
 
     def fix_duplicates(self, filename: str) -> bool:
         """Keep one row per timestamp (the last), chronological. True when rows were removed."""
-        path, tf, frame = self._load(filename)
+        path, _, frame = self._load(filename)
         if frame.get_column("ts").n_unique() == frame.height:
             return False
         write_candle_file(path, frame)

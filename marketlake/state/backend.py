@@ -177,11 +177,11 @@ class SQLiteBackend:
 
     async def publish(self, channel: str, message: bytes) -> None:
         """SQLite carries no messages between processes: events stay in the process."""
-        return None
+        return
 
     async def listen(self, pattern: str, on_message: Callable[[bytes], None]) -> None:
         """Nothing to listen to (see :meth:`publish`)."""
-        return None
+        return
 
     async def close(self) -> None:
         with self._lock:

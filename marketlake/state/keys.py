@@ -31,8 +31,8 @@ from marketlake.errors import ConfigError, DataValidationError
 __all__ = [
     "StateTTL",
     "candle_key",
-    "price_key",
     "position_key",
+    "price_key",
     "settings_key",
     "strategy_key",
     "validate_key",

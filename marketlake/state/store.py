@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import msgspec
 import polars as pl
@@ -80,7 +80,7 @@ class StateStore:
     def __repr__(self) -> str:
         return f"StateStore({self.backend.kind}: {self.backend.location})"
 
-    async def __aenter__(self) -> StateStore:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -351,8 +351,7 @@ def open_state_store(
         backend = RedisBackend(text, **backend_options)
     elif text.startswith("sqlite:"):
         path = text[len("sqlite:"):]
-        if path.startswith("//"):
-            path = path[2:]
+        path = path.removeprefix("//")
         if not path:
             raise ConfigError(f"state URL {text!r} names no file")
         backend = SQLiteBackend(path, **backend_options)

@@ -162,7 +162,7 @@ def test_websocket_handler_and_live_mode(tmp_path: Path) -> None:
         from marketlake.store import Lake
 
         stored = Lake(config.LAKE_DIR).read_candles("BTCUSDT", "1")
-        assert set(c["timestamp"] for c in closed) <= set(stored["ts"].dt.epoch("ms").to_list())
+        assert {c["timestamp"] for c in closed} <= set(stored["ts"].dt.epoch("ms").to_list())
 
         config.ENABLE_WEBSOCKET = False
         async with HybridTradingSystem(config) as system:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from marketlake.clock import ManualClock, use_clock
-from marketlake.errors import ConfigError, DataValidationError, InvalidSymbolError, SinkError
+from marketlake.errors import ConfigError, DataValidationError, InvalidSymbolError
 from marketlake.state import EVENTS, StateEvent, StateStore, StateTTL, open_state_store
 from marketlake.store import Lake
 from tests.helpers import T0, candles
