@@ -73,8 +73,22 @@ def with_msgspec(frames: list[bytes]) -> list[Any]:
         m = decode_frame(f)
         if isinstance(m, KlinePush):
             for k in m.candles:  # as the runner builds them
-                out.append(LiveCandle(m.symbol, m.interval, k.start, k.open, k.high, k.low, k.close, k.volume,
-                                      k.turnover, None, None, k.confirm))
+                out.append(
+                    LiveCandle(
+                        m.symbol,
+                        m.interval,
+                        k.start,
+                        k.open,
+                        k.high,
+                        k.low,
+                        k.close,
+                        k.volume,
+                        k.turnover,
+                        None,
+                        None,
+                        k.confirm,
+                    )
+                )
         else:
             out += m.trades  # type: ignore[union-attr]  # already the runner's trade records
     return out
@@ -88,12 +102,36 @@ def with_json(frames: list[bytes]) -> list[Any]:
         if topic.startswith("kline."):
             _, interval, symbol = topic.split(".")
             for k in m["data"]:
-                out.append(LiveCandle(symbol, interval, int(k["start"]), float(k["open"]), float(k["high"]),
-                                      float(k["low"]), float(k["close"]), float(k["volume"]), float(k["turnover"]),
-                                      None, None, bool(k["confirm"])))
+                out.append(
+                    LiveCandle(
+                        symbol,
+                        interval,
+                        int(k["start"]),
+                        float(k["open"]),
+                        float(k["high"]),
+                        float(k["low"]),
+                        float(k["close"]),
+                        float(k["volume"]),
+                        float(k["turnover"]),
+                        None,
+                        None,
+                        bool(k["confirm"]),
+                    )
+                )
         else:
-            out += [LiveTrade(int(t["T"]), float(t["p"]), float(t["v"]), t["S"], t["i"], t.get("L"),
-                              bool(t.get("BT", False)), t.get("seq")) for t in m["data"]]
+            out += [
+                LiveTrade(
+                    int(t["T"]),
+                    float(t["p"]),
+                    float(t["v"]),
+                    t["S"],
+                    t["i"],
+                    t.get("L"),
+                    bool(t.get("BT", False)),
+                    t.get("seq"),
+                )
+                for t in m["data"]
+            ]
     return out
 
 
@@ -103,11 +141,29 @@ def with_parse_ws(frames: list[bytes]) -> list[Any]:
         m = decode_ws_message(f)
         if isinstance(m, WsKlinePush):
             for k in m.candles:
-                out.append(LiveCandle(m.symbol, m.interval, k.start_ms, k.open, k.high, k.low, k.close, k.volume,
-                                      k.turnover, None, None, k.confirm))
+                out.append(
+                    LiveCandle(
+                        m.symbol,
+                        m.interval,
+                        k.start_ms,
+                        k.open,
+                        k.high,
+                        k.low,
+                        k.close,
+                        k.volume,
+                        k.turnover,
+                        None,
+                        None,
+                        k.confirm,
+                    )
+                )
         else:
-            out += [LiveTrade(t.ts_ms, t.price, t.size, t.side, t.trade_id, t.tick_direction, t.is_block_trade, t.seq)
-                    for t in m.trades]  # type: ignore[union-attr]
+            out += [
+                LiveTrade(
+                    t.ts_ms, t.price, t.size, t.side, t.trade_id, t.tick_direction, t.is_block_trade, t.seq
+                )
+                for t in m.trades
+            ]  # type: ignore[union-attr]
     return out
 
 
@@ -129,20 +185,41 @@ def main(argv: list[str] | None = None) -> None:
     timings = measure_many(variants, repeat=args.repeat)
     base = timings["json.loads + dicts"].median
     rows = [
-        [name, fmt_s(t.median), fmt_rate(len(frames) / t.median) + " frames", fmt_rate(size / t.median / 2**20)
-         .replace("/s", " MiB/s"), f"{base / t.median:.2f}x"]
+        [
+            name,
+            fmt_s(t.median),
+            fmt_rate(len(frames) / t.median) + " frames",
+            fmt_rate(size / t.median / 2**20).replace("/s", " MiB/s"),
+            f"{base / t.median:.2f}x",
+        ]
         for name, t in timings.items()
     ]
-    print_table("decode + process (frames → LiveCandle / LiveTrade records)",
-                ["variant", "median", "frames/s", "MiB/s", "vs json"], rows)
+    print_table(
+        "decode + process (frames → LiveCandle / LiveTrade records)",
+        ["variant", "median", "frames/s", "MiB/s", "vs json"],
+        rows,
+    )
     kinds = []
-    for kind, part in (("kline pushes", [f for f in frames if b'"topic":"kline.' in f[:20]]),
-                       ("publicTrade pushes", [f for f in frames if b'"topic":"publicTrade.' in f[:30]])):
-        t = measure_many({"m": lambda part=part: with_msgspec(part), "j": lambda part=part: with_json(part)},
-                         repeat=args.repeat)
-        kinds.append([kind, f"{len(part):,}", f"{t['m'].median / len(part) * 1e6:.2f} us",
-                      f"{t['j'].median / len(part) * 1e6:.2f} us", f"{t['j'].median / t['m'].median:.2f}x"])
-    print_table("by kind (per frame)", ["frames", "count", "marketlake", "json.loads + dicts", "speed-up"], kinds)
+    for kind, part in (
+        ("kline pushes", [f for f in frames if b'"topic":"kline.' in f[:20]]),
+        ("publicTrade pushes", [f for f in frames if b'"topic":"publicTrade.' in f[:30]]),
+    ):
+        t = measure_many(
+            {"m": lambda part=part: with_msgspec(part), "j": lambda part=part: with_json(part)},
+            repeat=args.repeat,
+        )
+        kinds.append(
+            [
+                kind,
+                f"{len(part):,}",
+                f"{t['m'].median / len(part) * 1e6:.2f} us",
+                f"{t['j'].median / len(part) * 1e6:.2f} us",
+                f"{t['j'].median / t['m'].median:.2f}x",
+            ]
+        )
+    print_table(
+        "by kind (per frame)", ["frames", "count", "marketlake", "json.loads + dicts", "speed-up"], kinds
+    )
     ratio = base / timings["marketlake (msgspec typed)"].median
     print(f"\ngoal: marketlake >= 3x json.loads + dicts (the mix): {ratio:.2f}x {goal(ratio >= 3.0)}")
 

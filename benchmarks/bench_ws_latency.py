@@ -98,8 +98,14 @@ def run_rate(rate: int, symbols: int, seconds: float) -> list[str]:
     if not lat_ms:
         return [f"{rate:,}", "0", "-", "-", "-", "-"]
     q = statistics.quantiles(lat_ms, n=100)
-    return [f"{rate:,}", f"{delivered / seconds:,.0f}", f"{q[49]:.2f}", f"{q[98]:.2f}", f"{lat_ms[-1]:.1f}",
-            f"{speed:,.0f}x"]
+    return [
+        f"{rate:,}",
+        f"{delivered / seconds:,.0f}",
+        f"{q[49]:.2f}",
+        f"{q[98]:.2f}",
+        f"{lat_ms[-1]:.1f}",
+        f"{speed:,.0f}x",
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,8 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     mp.set_start_method("spawn", force=True)
     rows = [run_rate(int(r), args.symbols, args.seconds) for r in args.rates.split(",")]
     print(f"# bench_ws_latency: {args.symbols} symbols, publicTrade, one trade per push, pushes every 10 ms")
-    print_table("emulator push → async callback (wall clock, ms)",
-                ["target msg/s", "delivered msg/s", "p50 ms", "p99 ms", "max ms", "market speed"], rows)
+    print_table(
+        "emulator push → async callback (wall clock, ms)",
+        ["target msg/s", "delivered msg/s", "p50 ms", "p99 ms", "max ms", "market speed"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -95,7 +95,11 @@ def run_stream(
             cfg = config if isinstance(config, LiveConfig) else await config(rest)
             url = ws_url or ws_url_for(settings.base_url, cfg.category)
             runner = LiveRunner(
-                lake, rest, cfg, ws_url=url, on_status=status,
+                lake,
+                rest,
+                cfg,
+                ws_url=url,
+                on_status=status,
                 run_args={"symbols": list(cfg.symbols), "timeframes": [t.name for t in cfg.timeframes]},
             )
             loop = asyncio.get_running_loop()
@@ -133,18 +137,24 @@ def run_stream(
 @app.command()
 def stream(
     symbols: Annotated[
-        Optional[str], typer.Option("--symbols", help="Comma-separated symbols to stream.", show_default=False)
+        Optional[str],
+        typer.Option("--symbols", help="Comma-separated symbols to stream.", show_default=False),
     ] = None,
     timeframes: Annotated[
-        str, typer.Option("--timeframes", help="Comma-separated timeframes; 1s, 5s, 15s are built from trades.")
+        str,
+        typer.Option("--timeframes", help="Comma-separated timeframes; 1s, 5s, 15s are built from trades."),
     ] = "1",
     trades: Annotated[bool, typer.Option("--trades", help="Store trades (publicTrade) too.")] = False,
     category: CategoryOpt = None,
     base_url: Annotated[
-        Optional[str], typer.Option("--base-url", help="Bybit REST base URL (backfills; the WebSocket URL derives from it).")
+        Optional[str],
+        typer.Option(
+            "--base-url", help="Bybit REST base URL (backfills; the WebSocket URL derives from it)."
+        ),
     ] = None,
     ws_url: Annotated[
-        Optional[str], typer.Option("--ws-url", help="WebSocket URL (default: ws(s)://HOST/v5/public/<category>).")
+        Optional[str],
+        typer.Option("--ws-url", help="WebSocket URL (default: ws(s)://HOST/v5/public/<category>)."),
     ] = None,
     flush_interval: Annotated[
         float, typer.Option("--flush-interval", help="Seconds between micro-batch writes.")
@@ -162,7 +172,12 @@ def stream(
     if not symbols:
         raise DataValidationError("name the symbols to stream: --symbols BTCUSDT,ETHUSDT")
     cfg = LiveConfig.of(
-        symbols, timeframes, trades=trades, category=settings.category, exchange=settings.exchange,
-        flush_interval_s=flush_interval, status_interval_s=status_interval,
+        symbols,
+        timeframes,
+        trades=trades,
+        category=settings.category,
+        exchange=settings.exchange,
+        flush_interval_s=flush_interval,
+        status_interval_s=status_interval,
     )
     run_stream(Lake(settings=settings), settings, cfg, ws_url=ws_url, as_json=json_)

@@ -183,7 +183,10 @@ class CallbackHub:
         """Deliver what is queued (for at most ``drain_s`` seconds), then stop every consumer."""
         self._running = False
         deadline = asyncio.get_running_loop().time() + drain_s
-        while any(cb._queue or cb._busy for cb in self.callbacks) and asyncio.get_running_loop().time() < deadline:
+        while (
+            any(cb._queue or cb._busy for cb in self.callbacks)
+            and asyncio.get_running_loop().time() < deadline
+        ):
             await asyncio.sleep(0.01)
         for cb in self.callbacks:
             if cb._task is not None:

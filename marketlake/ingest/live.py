@@ -32,7 +32,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -60,9 +59,8 @@ from marketlake.ingest.live_types import (
     LiveTrade,
     Overflow,
     TradeBatch,
-    candles_frame,
-    trades_frame,
 )
+from marketlake.ingest.live_write import BatchWriter, WriteJob
 from marketlake.store import Lake
 from marketlake.store.layout import CANDLES, TRADES, SeriesId
 from marketlake.store.ledger import Status
@@ -71,12 +69,6 @@ __all__ = ["LiveRunner"]
 
 log = logging.getLogger(__name__)
 _FILL_CONCURRENCY = 8
-
-
-@dataclass(eq=False, slots=True)
-class _Job:
-    sid: SeriesId
-    batch: FlushBatch
 
 
 class LiveRunner:
@@ -113,13 +105,13 @@ class LiveRunner:
         self.hub = CallbackHub()
         self.stats = LiveStats()
         self.client: BybitWsClient | None = None
+        self.writer = BatchWriter(lake, self.stats, self.hub, lambda sym, tf: self._sid(CANDLES, sym, tf))
         self._klines: dict[tuple[str, str], KlineTrack] = {}
         self._trades: dict[str, TradeTrack] = {}
         self._built: dict[str, list[TradeCandles]] = {}
         self._epochs: dict[str, int] = {}
         self._prices: dict[str, tuple[int, float]] = {}
         self._to_sync: set[str] = set()
-        self._retry: list[_Job] = []
         self._quarantine: list[tuple[str, bytes, int]] = []
         self._stop: asyncio.Event | None = None
         self._stop_early = False
@@ -172,10 +164,19 @@ class LiveRunner:
         if not rows:
             return None
         return LiveCandle(
-            symbol=symbol, timeframe=built.tf.name, ts_ms=start, open=rows[0].price,
-            high=max(t.price for t in rows), low=min(t.price for t in rows), close=rows[-1].price,
-            volume=sum(t.size for t in rows), turnover=sum(t.price * t.size for t in rows), trades=len(rows),
-            buy_volume=sum(t.size for t in rows if t.side == "Buy"), confirm=False, source="trades",
+            symbol=symbol,
+            timeframe=built.tf.name,
+            ts_ms=start,
+            open=rows[0].price,
+            high=max(t.price for t in rows),
+            low=min(t.price for t in rows),
+            close=rows[-1].price,
+            volume=sum(t.size for t in rows),
+            turnover=sum(t.price * t.size for t in rows),
+            trades=len(rows),
+            buy_volume=sum(t.size for t in rows if t.side == "Buy"),
+            confirm=False,
+            source="trades",
         )
 
     def latest_price(self, symbol: str) -> float | None:
@@ -197,7 +198,7 @@ class LiveRunner:
             self._stop.set()
         self._started = time.monotonic()
         await self._init_tracks()
-        self._run_id = self.lake.ledger.start_run(
+        self._run_id = self.writer.run_id = self.lake.ledger.start_run(
             "stream", {**self.run_args, "topics": self.config.topics(), "ws_url": self.ws_url}
         )
         opts = {"category": self.config.category, **self.ws_options}
@@ -235,7 +236,9 @@ class LiveRunner:
 
     def _ledger_end(self, sid: SeriesId, lo: int) -> int | None:
         ends = [
-            r.end_ms for r in self.lake.ledger.ranges(sid, lo, None) if r.status in (Status.PRESENT, Status.EMPTY)
+            r.end_ms
+            for r in self.lake.ledger.ranges(sid, lo, None)
+            if r.status in (Status.PRESENT, Status.EMPTY)
         ]
         return max(ends) if ends else None
 
@@ -249,7 +252,9 @@ class LiveRunner:
                 frontier = self._ledger_end(sid, lo)
                 if frontier is None:
                     last = (
-                        self.lake.scan_candles(symbol, tf, start=lo, exchange=cfg.exchange, category=cfg.category)
+                        self.lake.scan_candles(
+                            symbol, tf, start=lo, exchange=cfg.exchange, category=cfg.category
+                        )
                         .select(pl.col("ts").max().dt.epoch("ms"))
                         .collect()
                         .item()
@@ -273,11 +278,19 @@ class LiveRunner:
             self._built[symbol] = built
 
     def _stored_trades(self, symbol: str, start: int, end: int) -> list[LiveTrade]:
-        df = self.lake.read_trades(symbol, start, end, exchange=self.config.exchange, category=self.config.category)
+        df = self.lake.read_trades(
+            symbol, start, end, exchange=self.config.exchange, category=self.config.category
+        )
         return [
             LiveTrade(ts, p, s, side, tid, tick, bool(bt))
             for ts, p, s, side, tid, tick, bt in df.select(
-                pl.col("ts").dt.epoch("ms"), "price", "size", "side", "trade_id", "tick_direction", "is_block_trade"
+                pl.col("ts").dt.epoch("ms"),
+                "price",
+                "size",
+                "side",
+                "trade_id",
+                "tick_direction",
+                "is_block_trade",
             ).iter_rows()
         ]
 
@@ -332,12 +345,24 @@ class LiveRunner:
             for k in msg.candles:
                 bad = track.check(k.start, k.end, k.interval)
                 if bad is not None:
-                    self._on_event(Malformed(ev.conn, f"{msg.topic}: {bad}".encode(), 0, "inconsistent kline"))
+                    self._on_event(
+                        Malformed(ev.conn, f"{msg.topic}: {bad}".encode(), 0, "inconsistent kline")
+                    )
                     continue
                 # Positional: the hot path (one per push); fields as LiveCandle declares them.
                 candle = LiveCandle(
-                    msg.symbol, msg.interval, k.start, k.open, k.high, k.low, k.close, k.volume, k.turnover,
-                    None, None, k.confirm,
+                    msg.symbol,
+                    msg.interval,
+                    k.start,
+                    k.open,
+                    k.high,
+                    k.low,
+                    k.close,
+                    k.volume,
+                    k.turnover,
+                    None,
+                    None,
+                    k.confirm,
                 )
                 if k.confirm:
                     st.candles_confirmed += 1
@@ -416,7 +441,11 @@ class LiveRunner:
                         self.stats.failed_ranges += 1
                         self._accepted(track.fail(track.frontier, end))
                         self.lake.ledger.event(
-                            "backfill_failed", sid=sid, start_ms=a, end_ms=end, detail=str(exc)[:300],
+                            "backfill_failed",
+                            sid=sid,
+                            start_ms=a,
+                            end_ms=end,
+                            detail=str(exc)[:300],
                             run_id=self._run_id,
                         )
                         break
@@ -440,8 +469,12 @@ class LiveRunner:
             self.stats.backfills += 1
             self.stats.candles_empty += max(0, empty)
             self.lake.ledger.event(
-                "backfill", sid=sid, start_ms=lo, end_ms=track.frontier,
-                detail=f"{reason}: {got} candles from REST", run_id=self._run_id,
+                "backfill",
+                sid=sid,
+                start_ms=lo,
+                end_ms=track.frontier,
+                detail=f"{reason}: {got} candles from REST",
+                run_id=self._run_id,
             )
 
     async def _sync_trades(self, symbol: str, gate: asyncio.Semaphore) -> None:
@@ -455,7 +488,10 @@ class LiveRunner:
                 await asyncio.sleep(1.0)
                 self._to_sync.add(symbol)
                 return
-            rows = [LiveTrade(t.ts_ms, t.price, t.size, t.side, t.trade_id, None, t.is_block_trade, t.seq) for t in got]
+            rows = [
+                LiveTrade(t.ts_ms, t.price, t.size, t.side, t.trade_id, None, t.is_block_trade, t.seq)
+                for t in got
+            ]
             rows.sort(key=lambda t: (t.ts_ms, t.seq if t.seq is not None else 0))
             if epoch != self._epochs[symbol]:
                 return  # the socket dropped meanwhile: the next subscription re-syncs
@@ -464,7 +500,10 @@ class LiveRunner:
             if gap is not None:
                 self.stats.trade_gaps += 1
                 self.lake.ledger.event(
-                    "trade_gap", sid=sid, start_ms=gap[0], end_ms=gap[1],
+                    "trade_gap",
+                    sid=sid,
+                    start_ms=gap[0],
+                    end_ms=gap[1],
                     detail=f"REST recent trades ({limit}) do not reach back to the last trade seen",
                     run_id=self._run_id,
                 )
@@ -487,99 +526,23 @@ class LiveRunner:
 
     async def flush(self, *, final: bool = False) -> None:
         """Write everything complete (with ``final``: everything in hand) and record it."""
-        jobs, self._retry = self._retry, []
+        jobs, self.writer.retry = self.writer.retry, []
         for track in self._klines.values():
             batch = track.take()
             if batch is not None:
-                jobs.append(_Job(self._sid(CANDLES, track.symbol, track.tf), batch))
+                jobs.append(WriteJob(self._sid(CANDLES, track.symbol, track.tf), batch))
         builds: list[tuple[TradeCandles, FlushBatch]] = []
         for symbol, tt in self._trades.items():
             batch = tt.take(final)
             if batch is None:
                 continue
-            jobs.append(_Job(self._sid(TRADES, symbol), batch))
+            jobs.append(WriteJob(self._sid(TRADES, symbol), batch))
             builds += [(built, batch) for built in self._built.get(symbol, [])]
         if jobs:
-            t0 = time.perf_counter()
-            # Candles from trades are built in the worker too: the kernel (and its first JIT
-            # compile) must not hold the loop, where the socket is read.
-            work = asyncio.ensure_future(asyncio.to_thread(self._build_and_write, jobs, builds))
-            try:
-                done, outcomes = await asyncio.shield(work)
-            except asyncio.CancelledError:
-                # The rows are being committed: wait for that and record it before giving up.
-                self._settle(*await work)
-                raise
-            self.stats.write_seconds += time.perf_counter() - t0
-            self._settle(done, outcomes)
+            await self.writer.write(jobs, builds)
         quarantine, self._quarantine = self._quarantine, []
-        for reason, data, size in quarantine:
-            self.stats.quarantined += 1
-            text = data.decode("utf-8", "backslashreplace")[:4096]
-            self.lake.ledger.event("quarantine", detail=f"{reason} ({size} bytes): {text}", run_id=self._run_id)
+        self.writer.quarantine(quarantine)
         self.stats.flushes += 1
-
-    def _build_and_write(
-        self, jobs: list[_Job], builds: list[tuple[TradeCandles, FlushBatch]]
-    ) -> tuple[list[_Job], list[BaseException | None]]:
-        """In the worker thread: candles from the final trades, then every write."""
-        for built, batch in builds:
-            built.feed(batch.rows, batch.failed)
-            made = built.build(batch.span[1])
-            if made is not None:
-                jobs.append(_Job(self._sid(CANDLES, built.symbol, built.tf), made))
-        return jobs, self._write(jobs)
-
-    def _settle(self, jobs: list[_Job], outcomes: list[BaseException | None]) -> None:
-        for job, error in zip(jobs, outcomes, strict=True):
-            if job.sid.dataset == CANDLES and job.batch.rows and job.batch.rows[0].source == "trades":
-                for c in job.batch.rows:
-                    self.hub.publish_candle(c)
-            if error is None:
-                self._record(job)
-            else:
-                self.stats.write_failures += 1
-                self._retry.append(job)
-                log.error("write of %s failed (kept for the next flush): %s", job.sid.label(), error)
-
-    def _write(self, jobs: list[_Job]) -> list[BaseException | None]:
-        out: list[BaseException | None] = []
-        for job in jobs:
-            try:
-                if job.batch.rows:
-                    sid = job.sid
-                    if sid.dataset == TRADES:
-                        result = self.lake.write_trades(
-                            trades_frame(job.batch.rows).drop("seq"),
-                            symbol=sid.symbol, exchange=sid.exchange, category=sid.category,
-                        )
-                    else:
-                        result = self.lake.write_candles(
-                            candles_frame(job.batch.rows), symbol=sid.symbol, timeframe=sid.timeframe,  # type: ignore[arg-type]
-                            exchange=sid.exchange, category=sid.category,
-                        )
-                    # Counted here (a worker thread, one flush at a time): every row should be new.
-                    self.stats.rows_replaced += result.rows_replaced
-                    self.stats.rows_unchanged += result.rows_unchanged
-                out.append(None)
-            except Exception as exc:  # reported per job; the rows are kept for the next flush
-                out.append(exc)
-        return out
-
-    def _record(self, job: _Job) -> None:
-        ledger, b, sid = self.lake.ledger, job.batch, job.sid
-        if sid.dataset == TRADES:
-            self.stats.trades_written += len(b.rows)
-        elif b.rows and b.rows[0].source == "trades":
-            self.stats.trade_candles_written += len(b.rows)
-        else:
-            self.stats.candles_written += len(b.rows)
-        for a, z in b.present:
-            ledger.record(sid, a, z, Status.PRESENT, run_id=self._run_id)
-        for a, z in b.empty:
-            ledger.record(sid, a, z, Status.EMPTY, detail="nothing at the exchange", run_id=self._run_id)
-        for a, z in b.failed:
-            ledger.record(sid, a, z, Status.FAILED, detail="not recoverable from REST", run_id=self._run_id)
 
     # ------------------------------------------------------------------ status and shutdown
 
@@ -587,7 +550,9 @@ class LiveRunner:
         """The current figures (callback and socket counters folded in)."""
         st = self.stats
         st.callback_delivered, st.callback_dropped, st.callback_errors = (
-            self.hub.delivered, self.hub.dropped, self.hub.errors,
+            self.hub.delivered,
+            self.hub.dropped,
+            self.hub.errors,
         )
         st.elapsed_s = time.monotonic() - self._started
         return st
@@ -608,7 +573,7 @@ class LiveRunner:
             await self.flush(final=True)
         finally:
             await self.hub.stop()
-            if self._retry:
+            if self.writer.retry:
                 status = "failed"
             if self._run_id is not None:
                 self.lake.ledger.finish_run(self._run_id, status, self.snapshot().to_dict())
@@ -617,8 +582,16 @@ class LiveRunner:
 def _page_candles(frame: pl.DataFrame, track: KlineTrack) -> list[LiveCandle]:
     return [
         LiveCandle(
-            symbol=track.symbol, timeframe=track.tf.name, ts_ms=ts, open=o, high=h, low=lw, close=c, volume=v,
-            turnover=t, source="rest",
+            symbol=track.symbol,
+            timeframe=track.tf.name,
+            ts_ms=ts,
+            open=o,
+            high=h,
+            low=lw,
+            close=c,
+            volume=v,
+            turnover=t,
+            source="rest",
         )
         for ts, o, h, lw, c, v, t in frame.select(
             pl.col("ts").dt.epoch("ms"), "open", "high", "low", "close", "volume", "turnover"

@@ -80,7 +80,9 @@ class KlineTrack:
             hole's REST fill fetches them instead).
     """
 
-    def __init__(self, symbol: str, tf: Timeframe, frontier: int | None, *, max_pending: int = 10_000) -> None:
+    def __init__(
+        self, symbol: str, tf: Timeframe, frontier: int | None, *, max_pending: int = 10_000
+    ) -> None:
         self.symbol = symbol
         self.tf = tf
         self.frontier = frontier
@@ -210,14 +212,18 @@ class KlineTrack:
         """What to write since the last take (None when nothing completed)."""
         if self.frontier is None or self.committed is None or self.frontier <= self.committed:
             return None
-        batch = FlushBatch(self._rows, (self.committed, self.frontier), merge(self._empty), merge(self._failed))
+        batch = FlushBatch(
+            self._rows, (self.committed, self.frontier), merge(self._empty), merge(self._failed)
+        )
         self._rows, self._empty, self._failed = [], [], []
         self.committed = self.frontier
         return batch
 
     def latest(self) -> LiveCandle | None:
         """The forming candle, or the newest closed one when nothing newer is forming."""
-        if self.forming is not None and (self.last_closed is None or self.forming.ts_ms > self.last_closed.ts_ms):
+        if self.forming is not None and (
+            self.last_closed is None or self.forming.ts_ms > self.last_closed.ts_ms
+        ):
             return self.forming
         return self.last_closed
 
@@ -296,7 +302,10 @@ class TradeTrack:
                 self._gaps.append(gap)
                 self.frontier = start
         out = self._take_new(trades)
-        newest = max([t.ts_ms for t in trades] + ([self._unsynced_max] if self._unsynced_max is not None else []), default=None)
+        newest = max(
+            [t.ts_ms for t in trades] + ([self._unsynced_max] if self._unsynced_max is not None else []),
+            default=None,
+        )
         if newest is not None:
             if self.frontier is None:
                 self.frontier = self.committed = newest  # nothing older known: cover from the first push on
@@ -326,7 +335,9 @@ class TradeTrack:
         keep = [t for t in self._buffer if t.ts_ms >= cut] if not final else []
         self._buffer = keep
         ready.sort(key=lambda t: (t.ts_ms, t.seq if t.seq is not None else 0))
-        failed = [(max(a, self.committed), min(b, cut)) for a, b in self._gaps if b > self.committed and a < cut]
+        failed = [
+            (max(a, self.committed), min(b, cut)) for a, b in self._gaps if b > self.committed and a < cut
+        ]
         self._gaps = [(a, b) for a, b in self._gaps if b > cut]
         batch = FlushBatch(ready, (self.committed, cut), [], merge(failed))
         self.committed = cut

@@ -15,7 +15,15 @@ from marketlake.core.timeframes import Timeframe, parse_timeframes
 from marketlake.errors import DataValidationError
 from marketlake.exchanges.bybit.ws_frames import PublicTrade
 
-__all__ = ["LiveCandle", "LiveConfig", "LiveStats", "LiveTrade", "TradeBatch", "candles_frame", "trades_frame"]
+__all__ = [
+    "LiveCandle",
+    "LiveConfig",
+    "LiveStats",
+    "LiveTrade",
+    "TradeBatch",
+    "candles_frame",
+    "trades_frame",
+]
 
 Overflow = Literal["drop_oldest", "drop_newest"]
 

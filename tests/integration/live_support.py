@@ -60,7 +60,9 @@ def sid_of(symbol: str, tf: str | None = None, category: str = "linear") -> Seri
     return SeriesId.of(ds, exchange="bybit", category=category, symbol=symbol, timeframe=tf)
 
 
-def assert_klines_exact(lake: Lake, emu: BybitEmulator, symbol: str, tf: str, category: str = "linear") -> int:
+def assert_klines_exact(
+    lake: Lake, emu: BybitEmulator, symbol: str, tf: str, category: str = "linear"
+) -> int:
     """Every candle of the covered span equals the ground truth, nothing more, nothing less."""
     lo, hi = coverage(lake, sid_of(symbol, tf, category))
     want = emu.market.candles(symbol, tf, lo, hi - 1, category=category)
@@ -79,7 +81,9 @@ def assert_trades_exact(lake: Lake, emu: BybitEmulator, symbol: str) -> int:
     got = lake.read_trades(symbol, lo, hi).sort("ts", "trade_id")
     assert got["trade_id"].n_unique() == got.height
     key = ["trade_id", "ts", "price", "size", "side"]
-    assert got.select(key).sort("trade_id").equals(want.select(key).sort("trade_id")), f"{symbol}: trades differ"
+    assert got.select(key).sort("trade_id").equals(want.select(key).sort("trade_id")), (
+        f"{symbol}: trades differ"
+    )
     return got.height
 
 

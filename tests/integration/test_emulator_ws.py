@@ -4,6 +4,7 @@ pushes consistent with REST and the ground truth, and every fault kind."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -90,7 +91,9 @@ def _load(shared_dir: Path, name: str) -> Frame:
 @pytest.mark.parametrize("category", ["linear", "inverse", "spot"])
 def test_acks_and_pongs_have_the_recorded_shape_of_each_market(shared_dir: Path, category: str) -> None:
     spot = category == "spot"
-    ack_fixture = _load(shared_dir, f"docs_ws_subscribe_ack_public_{'spot' if spot else 'linear_inverse'}.json")
+    ack_fixture = _load(
+        shared_dir, f"docs_ws_subscribe_ack_public_{'spot' if spot else 'linear_inverse'}.json"
+    )
     pong_fixture = _load(shared_dir, f"docs_ws_pong_public_{'spot' if spot else 'linear_inverse'}.json")
     symbol = "BTCUSD" if category == "inverse" else "BTCUSDT"
 
@@ -117,8 +120,13 @@ def test_an_unknown_topic_fails_the_whole_request_with_bybits_message() -> None:
         async with aiohttp.ClientSession() as s, s.ws_connect(emu.ws_url()) as ws:
             await send(ws, op="subscribe", args=["kline.1.BTCUSDT", "kline.7.BTCUSDT"], req_id="a")
             ack = await reply(ws)
-            assert ack == {"success": False, "ret_msg": "error:handler not found,topic:kline.7.BTCUSDT",
-                           "conn_id": ack["conn_id"], "req_id": "a", "op": "subscribe"}
+            assert ack == {
+                "success": False,
+                "ret_msg": "error:handler not found,topic:kline.7.BTCUSDT",
+                "conn_id": ack["conn_id"],
+                "req_id": "a",
+                "op": "subscribe",
+            }
             assert pushes(await frames(ws, 0.5)) == []  # the valid topic was not subscribed either
             for bad in ("publicTrade.NOPEUSDT", "kline.1.BTCUSD", "orderbook.50.BTCUSDT", "kline..BTCUSDT"):
                 await send(ws, op="subscribe", args=[bad])
@@ -135,9 +143,17 @@ def test_args_limits_spot_ten_topics_linear_21000_characters() -> None:
     async def t(emu: BybitEmulator) -> None:
         async with aiohttp.ClientSession() as s:
             async with s.ws_connect(emu.ws_url("spot")) as ws:
-                await send(ws, op="subscribe", args=[f"kline.{i}.BTCUSDT" for i in (1, 3, 5, 15, 30, 60, 120, 240, 360, 720, "D")])
+                await send(
+                    ws,
+                    op="subscribe",
+                    args=[f"kline.{i}.BTCUSDT" for i in (1, 3, 5, 15, 30, 60, 120, 240, 360, 720, "D")],
+                )
                 assert (await reply(ws))["ret_msg"] == "args size >10"
-                await send(ws, op="subscribe", args=[f"kline.{i}.BTCUSDT" for i in (1, 3, 5, 15, 30, 60, 120, 240, 360, 720)])
+                await send(
+                    ws,
+                    op="subscribe",
+                    args=[f"kline.{i}.BTCUSDT" for i in (1, 3, 5, 15, 30, 60, 120, 240, 360, 720)],
+                )
                 assert (await reply(ws))["success"] is True
             async with s.ws_connect(emu.ws_url("linear")) as ws:
                 await send(ws, op="subscribe", args=["kline.1.BTCUSDT"] * 1401)  # 21,015 characters
@@ -170,12 +186,19 @@ def test_klines_repeat_confirm_false_then_close_once_with_the_rest_and_truth_val
                 assert truth["ts"].dt.epoch("ms").to_list() == starts
                 assert truth["close"].to_list() == [float(d["close"]) for d in closed]
                 assert truth["volume"].to_list() == [float(d["volume"]) for d in closed]
-                q = {"category": "linear", "symbol": sym, "interval": topic.split(".")[1],
-                     "start": str(starts[0]), "end": str(starts[-1])}
+                q = {
+                    "category": "linear",
+                    "symbol": sym,
+                    "interval": topic.split(".")[1],
+                    "start": str(starts[0]),
+                    "end": str(starts[-1]),
+                }
                 async with s.get(emu.url + "/v5/market/kline", params=q) as resp:
                     rest = (await resp.json())["result"]["list"][::-1]
-                wire = [[str(d["start"]), d["open"], d["high"], d["low"], d["close"], d["volume"], d["turnover"]]
-                        for d in closed]
+                wire = [
+                    [str(d["start"]), d["open"], d["high"], d["low"], d["close"], d["volume"], d["turnover"]]
+                    for d in closed
+                ]
                 assert rest[: len(wire)] == wire  # the very strings REST serves
 
     run(t)
@@ -212,7 +235,11 @@ def test_close_1006_goaway_and_reset_end_the_connection_as_named() -> None:
                     assert emu.ws.inject(kind) == 1
                     while (msg := await ws.receive(timeout=5)).type in (aiohttp.WSMsgType.TEXT,):
                         pass
-                    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+                    assert msg.type in (
+                        aiohttp.WSMsgType.CLOSE,
+                        aiohttp.WSMsgType.CLOSED,
+                        aiohttp.WSMsgType.ERROR,
+                    )
                     assert ws.close_code in codes, (kind, ws.close_code)
         ends = [c.end for c in emu.ws.connections]
         assert ends == ["close1006", "goaway", "reset"]
@@ -250,7 +277,9 @@ def test_delay_holds_frames_then_sends_them_all_in_order() -> None:
         assert held == [] and len(after) >= 5
         times = [d["T"] for p in before + after for d in p["data"]]
         truth = emu.market.trades("BTCUSDT", times[0], times[-1] + 1)
-        assert truth["trade_id"].to_list() == [d["i"] for p in before + after for d in p["data"]]  # nothing lost
+        assert truth["trade_id"].to_list() == [
+            d["i"] for p in before + after for d in p["data"]
+        ]  # nothing lost
 
     run(t)
 
@@ -258,16 +287,21 @@ def test_delay_holds_frames_then_sends_them_all_in_order() -> None:
 def test_duplicate_reorder_malformed_and_oversized_frames_are_extra_or_moved_never_lost() -> None:
     async def t(emu: BybitEmulator) -> None:
         emu.ws.configure(push_interval_s=0.05, oversized_bytes=300_000)
-        async with aiohttp.ClientSession() as s, s.ws_connect(emu.ws_url(), max_msg_size=0, decode_text=False) as ws:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.ws_connect(emu.ws_url(), max_msg_size=0, decode_text=False) as ws,
+        ):
             await send(ws, op="subscribe", args=["kline.1.BTCUSDT", "kline.1.ETHUSDT"])
             await reply(ws)
             await frames(ws, 0.2)
             emu.ws.inject("duplicate")
             dup = await frames(ws, 0.2)
-            assert any(a == b for a, b in zip(dup, dup[1:]))
+            assert any(a == b for a, b in itertools.pairwise(dup))
             emu.ws.inject("reorder")
             order = [p["topic"] for p in pushes(await frames(ws, 0.2)) if not p["data"][0]["confirm"]]
-            assert any(a == "kline.1.ETHUSDT" and b == "kline.1.BTCUSDT" for a, b in zip(order, order[1:]))
+            assert any(
+                a == "kline.1.ETHUSDT" and b == "kline.1.BTCUSDT" for a, b in itertools.pairwise(order)
+            )
             emu.ws.inject(*["malformed"] * 6)
             junk = [f for f in await frames(ws, 0.3) if not decodes(f)]
             assert len(junk) == 6 and any(b"\xff" in j for j in junk)
@@ -306,7 +340,10 @@ def test_the_connection_limit_refuses_upgrades_and_the_admin_routes_inject() -> 
                 assert exc.value.status == 429
                 async with s.post(emu.url + "/_emulator/ws/inject", json={"faults": ["goaway"]}) as resp:
                     assert resp.status == 200
-                assert (await ws1.receive(timeout=5)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+                assert (await ws1.receive(timeout=5)).type in (
+                    aiohttp.WSMsgType.CLOSE,
+                    aiohttp.WSMsgType.CLOSED,
+                )
             async with s.post(emu.url + "/_emulator/ws/faults", json={"p_silent": 2}) as resp:
                 assert resp.status == 400
             async with s.post(emu.url + "/_emulator/ws/inject", json={"faults": "goaway"}) as resp:

@@ -47,8 +47,23 @@ def wait_covered(root: Path, sid, minimum: int, timeout: float = 60.0) -> None: 
 
 def stream_args(url: str, root: Path) -> list[str]:
     return [
-        sys.executable, "-m", "marketlake", "stream", "--symbols", "BTCUSDT,ETHUSDT", "--timeframes", "1,5s",
-        "--trades", "--base-url", url, "--lake", str(root), "--flush-interval", "0.3", "--status-interval", "0.5",
+        sys.executable,
+        "-m",
+        "marketlake",
+        "stream",
+        "--symbols",
+        "BTCUSDT,ETHUSDT",
+        "--timeframes",
+        "1,5s",
+        "--trades",
+        "--base-url",
+        url,
+        "--lake",
+        str(root),
+        "--flush-interval",
+        "0.3",
+        "--status-interval",
+        "0.5",
     ]
 
 
@@ -56,8 +71,9 @@ def test_sigkill_loses_at_most_the_unflushed_batch_and_sigterm_flushes_and_exits
     root = tmp_path / "lake"
     minute = sid_of("BTCUSDT", "1")
     with emulator_thread(speed=SPEED) as emu:
-        first = subprocess.Popen(stream_args(emu.url, root), cwd=ROOT, env=ENV,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        first = subprocess.Popen(
+            stream_args(emu.url, root), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         wait_covered(root, minute, 1)
         start = covered_until(root, minute)
         wait_covered(root, minute, start + 5 * 60_000)
@@ -67,8 +83,14 @@ def test_sigkill_loses_at_most_the_unflushed_batch_and_sigterm_flushes_and_exits
         # What the ledger vouches for reaches to within a flush and a candle of the kill.
         assert covered_until(root, minute) >= killed_at - 4 * 60_000
         time.sleep(1.0)  # five market minutes pass with nobody streaming
-        second = subprocess.Popen(stream_args(emu.url, root), cwd=ROOT, env=ENV,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        second = subprocess.Popen(
+            stream_args(emu.url, root),
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         wait_covered(root, minute, killed_at + 10 * 60_000)
         second.send_signal(signal.SIGTERM)
         out, err = second.communicate(timeout=60)
@@ -80,7 +102,10 @@ def test_sigkill_loses_at_most_the_unflushed_batch_and_sigterm_flushes_and_exits
             assert_trades_exact(lake, emu, symbol)
             assert_trade_candles_exact(lake, emu, symbol, "5s")
         runs = lake.ledger.runs()
-        assert runs.height == 2 and runs["status"].to_list() == ["ok", "running"]  # the killed one never closed
+        assert runs.height == 2 and runs["status"].to_list() == [
+            "ok",
+            "running",
+        ]  # the killed one never closed
         assert lake.fsck().ok or all(i.kind == "temp" for i in lake.fsck().issues)
 
 
@@ -89,10 +114,26 @@ def test_ingest_mode_live_backfills_history_then_streams_without_a_seam(tmp_path
     with emulator_thread(speed=SPEED) as emu:
         begin = emu.control.clock.now_ms()
         args = [
-            sys.executable, "-m", "marketlake", "ingest", "--symbols", "BTCUSDT", "--timeframes", "1,5",
-            "--days", "1", "--mode", "live", "--base-url", emu.url, "--lake", str(root),
+            sys.executable,
+            "-m",
+            "marketlake",
+            "ingest",
+            "--symbols",
+            "BTCUSDT",
+            "--timeframes",
+            "1,5",
+            "--days",
+            "1",
+            "--mode",
+            "live",
+            "--base-url",
+            emu.url,
+            "--lake",
+            str(root),
         ]
-        proc = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         wait_covered(root, sid_of("BTCUSDT", "5"), begin + 15 * 60_000)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)

@@ -6,7 +6,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -15,7 +15,6 @@ from marketlake.exchanges.bybit.emulator import BybitEmulator
 from marketlake.exchanges.bybit.ws import (
     QUARANTINE_BYTES,
     BybitWsClient,
-    Connected,
     Disconnected,
     Malformed,
     Push,
@@ -50,7 +49,7 @@ class Recorder:
     def __call__(self, ev: WsEvent) -> None:
         self.events.append((time.monotonic(), ev))
 
-    async def __aenter__(self) -> Recorder:
+    async def __aenter__(self) -> Self:
         self.task = asyncio.create_task(self.client.run(self))
         return self
 
@@ -87,8 +86,9 @@ def test_unknown_topics_are_rejected_once_and_every_resubscription_confirms_exac
     bad = ["kline.7.BTCUSDT", "publicTrade.NOPEUSDT"]
 
     async def t(emu: BybitEmulator) -> None:
-        client = BybitWsClient(emu.ws_url(), good[:2] + bad + good[2:], backoff=FAST,
-                               ping_interval_s=0.3, pong_timeout_s=0.3)
+        client = BybitWsClient(
+            emu.ws_url(), good[:2] + bad + good[2:], backoff=FAST, ping_interval_s=0.3, pong_timeout_s=0.3
+        )
         async with Recorder(client) as rec:
             await rec.until(lambda: bool(rec.of(Subscribed)))
             for kind in ("close1006", "reset", "goaway", "silent", "close1006"):
@@ -98,10 +98,18 @@ def test_unknown_topics_are_rejected_once_and_every_resubscription_confirms_exac
         subs = rec.of(Subscribed)
         assert len(subs) == 6 and all(s.topics == frozenset(good) for s in subs)
         assert set(subs[-1].rejected) == set(bad) and client.wanted == frozenset(good)
-        later = [r for r in emu.ws.requests if r.op == "subscribe" and r.conn_id != emu.ws.connections[0].conn_id]
+        later = [
+            r for r in emu.ws.requests if r.op == "subscribe" and r.conn_id != emu.ws.connections[0].conn_id
+        ]
         assert later and not any(set(r.args) & set(bad) for r in later)  # never asked for again
         assert list(client.stats.subscribed_sets) == [frozenset(good)] * 6
-        assert [c.end for c in emu.ws.connections][:5] == ["close1006", "reset", "goaway", "client", "close1006"]
+        assert [c.end for c in emu.ws.connections][:5] == [
+            "close1006",
+            "reset",
+            "goaway",
+            "client",
+            "close1006",
+        ]
 
     run(t)
 
@@ -122,8 +130,9 @@ def test_a_silent_socket_is_detected_within_ping_interval_plus_timeout_and_repla
     interval, timeout = 0.3, 0.3
 
     async def t(emu: BybitEmulator) -> None:
-        client = BybitWsClient(emu.ws_url(), ["kline.1.BTCUSDT"], backoff=FAST,
-                               ping_interval_s=interval, pong_timeout_s=timeout)
+        client = BybitWsClient(
+            emu.ws_url(), ["kline.1.BTCUSDT"], backoff=FAST, ping_interval_s=interval, pong_timeout_s=timeout
+        )
         async with Recorder(client) as rec:
             await rec.until(lambda: len(rec.of(Push)) > 5)
             emu.ws.inject("silent")
@@ -144,7 +153,9 @@ def test_a_silent_socket_is_detected_within_ping_interval_plus_timeout_and_repla
 def test_a_delay_shorter_than_the_bound_is_not_a_disconnect() -> None:
     async def t(emu: BybitEmulator) -> None:
         emu.ws.configure(delay_s=0.3)
-        client = BybitWsClient(emu.ws_url(), ["kline.1.BTCUSDT"], backoff=FAST, ping_interval_s=0.5, pong_timeout_s=0.5)
+        client = BybitWsClient(
+            emu.ws_url(), ["kline.1.BTCUSDT"], backoff=FAST, ping_interval_s=0.5, pong_timeout_s=0.5
+        )
         async with Recorder(client) as rec:
             await rec.until(lambda: len(rec.of(Push)) > 3)
             emu.ws.inject("delay")
@@ -191,8 +202,13 @@ def test_topics_can_be_added_and_dropped_while_connected() -> None:
 def test_the_connection_rate_stays_under_the_cap_while_the_server_keeps_dropping_it() -> None:
     async def t(emu: BybitEmulator) -> None:
         emu.ws.configure(p_close1006=1.0)
-        client = BybitWsClient(emu.ws_url(), ["kline.1.BTCUSDT"], backoff=Backoff(0.001, 0.002, 10**9),
-                               connect_limit=5, connect_window_s=1.0)
+        client = BybitWsClient(
+            emu.ws_url(),
+            ["kline.1.BTCUSDT"],
+            backoff=Backoff(0.001, 0.002, 10**9),
+            connect_limit=5,
+            connect_window_s=1.0,
+        )
         async with Recorder(client):
             await asyncio.sleep(2.5)
         assert len(emu.ws.connections) >= 8  # it keeps reconnecting ...
@@ -229,8 +245,11 @@ def test_reconnect_delays_are_jittered_capped_exponential_and_attempts_respect_t
         times: list[float] = []
         with use_clock(clock):
             client = BybitWsClient(
-                f"ws://127.0.0.1:{_dead_port()}/v5/public/linear", ["kline.1.BTCUSDT"], backoff=backoff,
-                connect_limit=5, connect_window_s=100.0,
+                f"ws://127.0.0.1:{_dead_port()}/v5/public/linear",
+                ["kline.1.BTCUSDT"],
+                backoff=backoff,
+                connect_limit=5,
+                connect_window_s=100.0,
             )
 
             def on(ev: WsEvent) -> None:

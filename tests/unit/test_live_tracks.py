@@ -20,8 +20,18 @@ TF = parse_timeframe("1")
 
 def candle(i: int, *, confirm: bool = True, source: str = "ws", close: float | None = None) -> LiveCandle:
     c = 100.0 + i if close is None else close
-    return LiveCandle(symbol="X", timeframe="1", ts_ms=i * M, open=c, high=c + 1, low=c - 1, close=c,
-                      volume=1.0, confirm=confirm, source=source)
+    return LiveCandle(
+        symbol="X",
+        timeframe="1",
+        ts_ms=i * M,
+        open=c,
+        high=c + 1,
+        low=c - 1,
+        close=c,
+        volume=1.0,
+        confirm=confirm,
+        source=source,
+    )
 
 
 def test_in_order_pushes_are_accepted_and_forming_ones_never() -> None:
@@ -33,7 +43,9 @@ def test_in_order_pushes_are_accepted_and_forming_ones_never() -> None:
     assert [c.ts_ms for c in tr.on_push(candle(6), 0)] == [6 * M]
     assert tr.on_push(candle(6), 0) == [] and tr.duplicates == 1
     batch = tr.take()
-    assert batch is not None and batch.span == (5 * M, 7 * M) and [c.ts_ms for c in batch.rows] == [5 * M, 6 * M]
+    assert (
+        batch is not None and batch.span == (5 * M, 7 * M) and [c.ts_ms for c in batch.rows] == [5 * M, 6 * M]
+    )
     assert batch.present == [(5 * M, 7 * M)] and tr.take() is None
 
 
@@ -53,7 +65,9 @@ def test_a_forming_candle_past_the_frontier_reveals_a_hole_rest_fills_it_then_pe
     tr.on_push(candle(15, confirm=False), 0)
     assert tr.hole() == (10 * M, 14 * M) and tr.hole_due(0, grace_s=100)
     # REST knows 10, 11 and 13; 12 was an exchange outage.
-    got = tr.fill(10 * M, 14 * M, [candle(10, source="rest"), candle(11, source="rest"), candle(13, source="rest")])
+    got = tr.fill(
+        10 * M, 14 * M, [candle(10, source="rest"), candle(11, source="rest"), candle(13, source="rest")]
+    )
     assert [c.ts_ms // M for c in got] == [10, 11, 13, 14]
     batch = tr.take()
     assert batch.empty == [(12 * M, 13 * M)] and batch.present == [(10 * M, 12 * M), (13 * M, 15 * M)]
@@ -138,7 +152,9 @@ def test_any_delivery_gives_every_closed_candle_exactly_once_in_order(case, rnd:
     assert all(c.confirm for c in accepted)
     # Flush spans tile the stream without overlap; their empty runs are exactly the absent opens.
     tiles = [b.span for b in spans]
-    assert merge(tiles) == [(start * M, tr.frontier)] and sum(b - a for a, b in tiles) == tr.frontier - start * M
+    assert (
+        merge(tiles) == [(start * M, tr.frontier)] and sum(b - a for a, b in tiles) == tr.frontier - start * M
+    )
     assert [c.ts_ms // M for b in spans for c in b.rows] == opens
     empty = merge(e for b in spans for e in b.empty)
     assert empty == absent_runs(TF, start * M, tr.frontier, [i * M for i in present])
@@ -152,7 +168,10 @@ def test_trades_are_deduplicated_and_written_only_once_final() -> None:
     tt = TradeTrack("X", None, lateness_ms=1_000)
     new, gap = tt.on_rest([trade(1_000, 1), trade(2_000, 2)], full=False)
     assert [t.trade_id for t in new] == ["id1", "id2"] and gap is None and tt.frontier == 2_000
-    assert [t.trade_id for t in tt.on_push([trade(2_000, 2), trade(3_000, 3), trade(5_000, 4)])] == ["id3", "id4"]
+    assert [t.trade_id for t in tt.on_push([trade(2_000, 2), trade(3_000, 3), trade(5_000, 4)])] == [
+        "id3",
+        "id4",
+    ]
     assert tt.duplicates == 1 and tt.frontier == 5_000
     batch = tt.take()
     assert batch.span == (1_000, 4_000) and [t.trade_id for t in batch.rows] == ["id1", "id2", "id3"]
@@ -166,7 +185,7 @@ def test_a_full_rest_list_that_does_not_reach_back_is_a_recorded_gap() -> None:
     assert tt.committed == 1_001  # trades sharing the oldest ms of a full list may be cut off
     tt.desync()
     assert tt.on_push([trade(9_000, 9)]) and tt.frontier == 2_000  # unsynced: frontier waits
-    new, gap = tt.on_rest([trade(6_000, 6), trade(7_000, 7)], full=True)
+    _, gap = tt.on_rest([trade(6_000, 6), trade(7_000, 7)], full=True)
     assert gap == (2_000, 6_001) and tt.frontier == 9_000
     batch = tt.take()
     assert batch.failed == [(2_000, 6_001)] and batch.present == [(1_001, 2_000), (6_001, 9_000)]
@@ -188,23 +207,24 @@ def test_after_a_restart_trades_before_the_resume_point_are_not_taken_again() ->
 
 def test_trade_candles_equal_the_kernel_over_all_trades_and_skip_gaps() -> None:
     rnd = random.Random(3)
-    trades = sorted((trade(rnd.randrange(0, 60_000), i, rnd.choice([9.5, 10.0, 10.5])) for i in range(400)),
-                    key=lambda t: (t.ts_ms, t.seq))
+    trades = sorted(
+        (trade(rnd.randrange(0, 60_000), i, rnd.choice([9.5, 10.0, 10.5])) for i in range(400)),
+        key=lambda t: (t.ts_ms, t.seq),
+    )
     tf = parse_timeframe("5s")
     tc = TradeCandles("X", tf, None)
     tc.start_at(1)
     assert tc.frontier == 5_000
     made = []
-    for cut in (17_000, 31_000, 60_000):
-        tc.feed([t for t in trades if cut - 17_000 <= t.ts_ms < cut] if cut == 17_000 else
-                [t for t in trades if prev <= t.ts_ms < cut], [(40_000, 41_000)] if cut == 60_000 else [])
-        batch = tc.build(cut)
-        made.append(batch)
-        prev = cut
+    for lo, cut in ((0, 17_000), (17_000, 31_000), (31_000, 60_000)):
+        tc.feed([t for t in trades if lo <= t.ts_ms < cut], [(40_000, 41_000)] if cut == 60_000 else [])
+        made.append(tc.build(cut))
     rows = [c for b in made for c in b.rows]
     want = candles_from_trades(trades_frame([t for t in trades if t.ts_ms >= 5_000]), tf)
     want = want.filter(~pl.col("ts").dt.epoch("ms").is_between(40_000, 44_999))
     assert [c.ts_ms for c in rows] == want["ts"].dt.epoch("ms").to_list()
-    assert [c.close for c in rows] == want["close"].to_list() and [c.trades for c in rows] == want["trades"].to_list()
+    assert [c.close for c in rows] == want["close"].to_list() and [c.trades for c in rows] == want[
+        "trades"
+    ].to_list()
     assert made[-1].failed == [(40_000, 45_000)]
     assert [b.span for b in made] == [(5_000, 15_000), (15_000, 30_000), (30_000, 60_000)]

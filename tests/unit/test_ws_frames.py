@@ -29,7 +29,12 @@ def _fixture(shared_dir: Path, name: str) -> bytes:
 def test_the_recorded_kline_push_decodes_to_typed_floats(shared_dir: Path) -> None:
     msg = decode_frame(_fixture(shared_dir, "docs_ws_push_kline.5.BTCUSDT.json"))
     assert isinstance(msg, KlinePush)
-    assert (msg.topic, msg.symbol, msg.interval, msg.ts_ms) == ("kline.5.BTCUSDT", "BTCUSDT", "5", 1672324988882)
+    assert (msg.topic, msg.symbol, msg.interval, msg.ts_ms) == (
+        "kline.5.BTCUSDT",
+        "BTCUSDT",
+        "5",
+        1672324988882,
+    )
     (k,) = msg.candles
     assert (k.start, k.end, k.confirm) == (1672324800000, 1672325099999, False)
     assert (k.open, k.close, k.high, k.low) == (16649.5, 16677.0, 16677.0, 16608.0)
@@ -42,7 +47,10 @@ def test_the_recorded_trade_push_decodes_with_every_field(shared_dir: Path) -> N
     (t,) = msg.trades
     assert (t.ts_ms, t.side, t.size, t.price) == (1672304486865, "Buy", 0.001, 16578.5)
     assert (t.trade_id, t.tick_direction, t.is_block_trade, t.seq) == (
-        "20f43950-d8dd-5b31-9112-a178eb6023af", "PlusTick", False, 1783284617,
+        "20f43950-d8dd-5b31-9112-a178eb6023af",
+        "PlusTick",
+        False,
+        1783284617,
     )
 
 
@@ -56,7 +64,9 @@ def test_the_recorded_trade_push_decodes_with_every_field(shared_dir: Path) -> N
         ("docs_ws_pong_public_option_spread.json", "pong", None),
     ],
 )
-def test_recorded_acks_and_pongs_are_command_responses(shared_dir: Path, name: str, op: str, ret_msg: str | None) -> None:
+def test_recorded_acks_and_pongs_are_command_responses(
+    shared_dir: Path, name: str, op: str, ret_msg: str | None
+) -> None:
     msg = decode_frame(_fixture(shared_dir, name))
     assert isinstance(msg, WsCommandResponse)
     assert (msg.op, msg.ret_msg) == (op, ret_msg)
@@ -65,11 +75,24 @@ def test_recorded_acks_and_pongs_are_command_responses(shared_dir: Path, name: s
 def test_the_option_ack_lists_its_success_topics(shared_dir: Path) -> None:
     msg = decode_frame(_fixture(shared_dir, "docs_ws_subscribe_ack_public_option_spread.json"))
     assert isinstance(msg, WsCommandResponse)
-    assert msg.success and msg.success_topics == ["orderbook.100.BTC-6JAN23-18000-C"] and msg.fail_topics == []
+    assert (
+        msg.success and msg.success_topics == ["orderbook.100.BTC-6JAN23-18000-C"] and msg.fail_topics == []
+    )
 
 
-KLINE = {"start": 60000, "end": 119999, "interval": "1", "open": "1", "close": "2", "high": "2", "low": "1",
-         "volume": "3", "turnover": "4", "confirm": True, "timestamp": 1}
+KLINE = {
+    "start": 60000,
+    "end": 119999,
+    "interval": "1",
+    "open": "1",
+    "close": "2",
+    "high": "2",
+    "low": "1",
+    "volume": "3",
+    "turnover": "4",
+    "confirm": True,
+    "timestamp": 1,
+}
 
 
 @pytest.mark.parametrize(
@@ -89,12 +112,27 @@ KLINE = {"start": 60000, "end": 119999, "interval": "1", "open": "1", "close": "
         json.dumps({"topic": "kline.1.X", "ts": 1, "data": [{**KLINE, "open": "abc"}]}).encode(),
         json.dumps({"topic": "kline.1.X", "ts": 1, "data": [{**KLINE, "start": "x"}]}).encode(),
         json.dumps({"topic": "kline.1.X", "ts": 1, "data": {"a": 1}}).encode(),
-        json.dumps({"topic": "publicTrade.X", "ts": 1, "data": [
-            {"T": 1, "s": "X", "S": "Hold", "v": "1", "p": "1", "i": "a"}]}).encode(),
-        json.dumps({"topic": "publicTrade.X", "ts": 1, "data": [
-            {"T": 1, "s": "X", "S": "Buy", "v": "1", "p": "0", "i": "a"}]}).encode(),
-        json.dumps({"topic": "publicTrade.X", "ts": 1, "data": [
-            {"T": 1, "s": "X", "S": "Buy", "v": "inf", "p": "1", "i": "a"}]}).encode(),
+        json.dumps(
+            {
+                "topic": "publicTrade.X",
+                "ts": 1,
+                "data": [{"T": 1, "s": "X", "S": "Hold", "v": "1", "p": "1", "i": "a"}],
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "topic": "publicTrade.X",
+                "ts": 1,
+                "data": [{"T": 1, "s": "X", "S": "Buy", "v": "1", "p": "0", "i": "a"}],
+            }
+        ).encode(),
+        json.dumps(
+            {
+                "topic": "publicTrade.X",
+                "ts": 1,
+                "data": [{"T": 1, "s": "X", "S": "Buy", "v": "inf", "p": "1", "i": "a"}],
+            }
+        ).encode(),
         json.dumps({"topic": "publicTrade.X", "ts": 1, "data": [{"T": 1, "s": "X"}]}).encode(),
         json.dumps({"op": "subscribe", "args": ["kline.1.X"]}).encode(),  # a client request
         json.dumps({"hello": "world"}).encode(),
@@ -107,7 +145,9 @@ def test_hostile_frames_raise_protocol_errors_never_anything_else(frame: bytes) 
 
 def test_request_and_ping_frames_are_the_documented_json() -> None:
     assert json.loads(request_frame("subscribe", ["kline.1.BTCUSDT"], "7")) == {
-        "op": "subscribe", "args": ["kline.1.BTCUSDT"], "req_id": "7",
+        "op": "subscribe",
+        "args": ["kline.1.BTCUSDT"],
+        "req_id": "7",
     }
     assert json.loads(request_frame("unsubscribe", ["a"])) == {"op": "unsubscribe", "args": ["a"]}
     assert json.loads(ping_frame("p1")) == {"op": "ping", "req_id": "p1"}
@@ -134,7 +174,9 @@ def test_linear_batches_stay_under_21000_characters() -> None:
     st.sampled_from(["spot", "linear", "inverse"]),
     st.one_of(st.none(), st.integers(1, 40)),
 )
-def test_batches_partition_the_topics_within_every_limit(topics: list[str], category: str, most: int | None) -> None:
+def test_batches_partition_the_topics_within_every_limit(
+    topics: list[str], category: str, most: int | None
+) -> None:
     batches = subscribe_batches(topics, category, max_args=most)
     assert [t for b in batches for t in b] == list(dict.fromkeys(topics))
     for b in batches:

@@ -346,7 +346,9 @@ class BybitWsClient:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self._connect_times.append(get_clock().monotonic())
             self.stats.connect_failures += 1
-            self._on_event(Disconnected(conn, f"connect failed: {type(exc).__name__}: {exc}"[:300], None, 0.0))
+            self._on_event(
+                Disconnected(conn, f"connect failed: {type(exc).__name__}: {exc}"[:300], None, 0.0)
+            )
             return False
         # An attempt counts from when it ended: the server saw it at some moment before that, so
         # spacing ends by the window keeps the server's count within the limit too.

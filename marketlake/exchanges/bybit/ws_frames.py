@@ -233,7 +233,9 @@ def ping_frame(req_id: str) -> bytes:
     return _ENCODER.encode({"op": "ping", "req_id": req_id})
 
 
-def subscribe_batches(topics: Iterable[str], category: str, *, max_args: int | None = None) -> list[list[str]]:
+def subscribe_batches(
+    topics: Iterable[str], category: str, *, max_args: int | None = None
+) -> list[list[str]]:
     """Split ``topics`` into subscribe requests within Bybit's per-request limits of ``category``
     (spot: 10 topics; linear/inverse: 21,000 characters of args), optionally also at most
     ``max_args`` each. Order is kept; duplicates are dropped.
