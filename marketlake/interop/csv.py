@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import numpy as np
 import polars as pl
 
 from marketlake.core.symbols import validate_symbol
@@ -222,13 +223,54 @@ def _parse_times(at: _Rows, df: pl.DataFrame) -> pl.Series:
     return ms
 
 
-def _header_names(data: bytes) -> list[str]:
+def _raw_header(data: bytes) -> list[str]:
+    """The header's names as written (BOM removed), read with the csv module."""
     first = data.split(b"\n", 1)[0].decode("utf-8", errors="replace").lstrip("\ufeff")
-    return [name.strip().lower() for name in next(_csv_module.reader([first.rstrip("\r")]), [])]
+    return next(_csv_module.reader([first.rstrip("\r")]), [])
+
+
+def _read_input(p: Path, data: bytes | None) -> bytes:
+    if data is not None:
+        return data
+    try:
+        if p.stat().st_size > _MAX_FILE_BYTES:
+            raise ImportRejectedError(p, f"file is larger than {_MAX_FILE_BYTES >> 30} GiB")
+        return p.read_bytes()
+    except OSError as exc:
+        raise ImportRejectedError(p, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _check_header(p: Path, data: bytes) -> list[str]:
+    """Reject what is wrong with the file as a whole; return the header names as written."""
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise ImportRejectedError(
+            p, "contains a NUL byte (binary or corrupt file)", data.count(b"\n", 0, nul) + 1
+        )
+    if not data.strip():
+        raise ImportRejectedError(p, "file is empty (a header line is required)")
+    raw = _raw_header(data)
+    names = [n.strip().lower() for n in raw]
+    # Polars renames repeated header names (``open_duplicated_0``): check them ourselves.
+    if len(set(names)) != len(names):
+        raise ImportRejectedError(p, f"duplicate column names in header {names}", 1)
+    if [c for c in names if c.replace(".", "", 1).lstrip("-").isdigit()]:
+        raise ImportRejectedError(p, "the first line is data, not a header (a header line is required)", 1)
+    missing = [c for c in _PRICE_COLUMNS if c not in names]
+    if "timestamp" not in names and "datetime" not in names:
+        missing.insert(0, "timestamp")
+    if missing:
+        raise ImportRejectedError(
+            p, f"missing column(s) {', '.join(missing)}; header is {', '.join(names)}", 1
+        )
+    return raw
 
 
 def parse_old_csv(path: str | Path, data: bytes | None = None) -> pl.DataFrame:
     """Parse one old-format CSV file into a candle frame (``ts`` epoch ms, open ... turnover).
+
+    A typed read handles a clean file in one pass; anything unexpected sends the file through a
+    second, string-by-string read whose only job is to name the first bad line precisely.
 
     Args:
         path: The file (named in errors; read unless ``data`` is given).
@@ -238,20 +280,56 @@ def parse_old_csv(path: str | Path, data: bytes | None = None) -> pl.DataFrame:
         ImportRejectedError: anything malformed, naming the line.
     """
     p = Path(path)
-    if data is None:
-        try:
-            if p.stat().st_size > _MAX_FILE_BYTES:
-                raise ImportRejectedError(p, f"file is larger than {_MAX_FILE_BYTES >> 30} GiB")
-            data = p.read_bytes()
-        except OSError as exc:
-            raise ImportRejectedError(p, f"cannot read: {exc.strerror or exc}") from None
-    nul = data.find(b"\x00")
-    if nul >= 0:
-        raise ImportRejectedError(
-            p, "contains a NUL byte (binary or corrupt file)", data.count(b"\n", 0, nul) + 1
+    data = _read_input(p, data)
+    raw = _check_header(p, data)
+    fast = _parse_typed(data, raw)
+    return fast if fast is not None else _parse_checked(p, data)
+
+
+def _parse_typed(data: bytes, raw: list[str]) -> pl.DataFrame | None:
+    """The common case: a clean file read with its final types. None when anything is off."""
+    # A number thousands of digits long parses (to inf); only the checked path sees the field.
+    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    bounds = np.concatenate(([-1], newlines, [len(data)]))
+    if np.diff(bounds).max() > _MAX_FIELD_BYTES * (len(raw) + 1):
+        return None
+    wanted = {"timestamp": pl.Int64(), "datetime": pl.String()}
+    wanted.update({c: pl.Float64() for c in (*_PRICE_COLUMNS, *_OPTIONAL_COLUMNS)})
+    overrides = {name: wanted.get(name.strip().lower(), pl.String()) for name in raw}
+    try:
+        df = pl.read_csv(
+            io.BytesIO(data), has_header=True, schema=overrides, encoding="utf8", infer_schema=False
         )
-    if not data.strip():
-        raise ImportRejectedError(p, "file is empty (a header line is required)")
+    except Exception:  # any failure at all: let the checked path explain it
+        return None
+    df = df.rename({c: c.strip().lower() for c in df.columns})
+    df = df.filter(~pl.all_horizontal(pl.all().is_null()))  # blank lines
+    if df.select(pl.any_horizontal(pl.col(*_PRICE_COLUMNS).is_null().any())).item():
+        return None
+    ms: pl.Series | None = None
+    if "timestamp" in df.columns:
+        ms = df.get_column("timestamp")
+        if ms.null_count() or ((ms < _MS_LO) | (ms > _MS_HI)).any():
+            return None
+    if "datetime" in df.columns:
+        text = df.get_column("datetime").str.strip_chars()
+        parsed = text.str.strptime(pl.Datetime("ms"), _DATETIME_FORMATS[0], strict=False)
+        if parsed.null_count():
+            return None
+        from_text = parsed.dt.epoch("ms")
+        if ms is None:
+            ms = from_text
+        elif ((ms - ms % 1000) != from_text).any():
+            return None
+    assert ms is not None
+    out = {"ts": ms, **{c: df.get_column(c) for c in _PRICE_COLUMNS}}
+    if "turnover" in df.columns:
+        out["turnover"] = df.get_column("turnover")
+    return pl.DataFrame(out)
+
+
+def _parse_checked(p: Path, data: bytes) -> pl.DataFrame:
+    """Read every field as text and check it, naming the first bad line; slow but exact."""
     try:
         df = pl.read_csv(io.BytesIO(data), infer_schema=False, has_header=True, encoding="utf8")
     except (
@@ -260,23 +338,7 @@ def parse_old_csv(path: str | Path, data: bytes | None = None) -> pl.DataFrame:
         pl.exceptions.DuplicateError,
     ) as exc:
         raise ImportRejectedError(p, f"not a well-formed CSV: {str(exc).splitlines()[0]}") from None
-    # Polars renames repeated header names (``open_duplicated_0``); read the header ourselves.
-    header = _header_names(data)
-    if len(set(header)) != len(header):
-        raise ImportRejectedError(p, f"duplicate column names in header {header}", 1)
     df = df.rename({c: c.strip().lower() for c in df.columns})
-    header_numeric = [c for c in df.columns if c.replace(".", "", 1).lstrip("-").isdigit()]
-    if header_numeric:
-        raise ImportRejectedError(
-            p, "the first line is data, not a header (a header line is required)", 1
-        )
-    missing = [c for c in _PRICE_COLUMNS if c not in df.columns]
-    if "timestamp" not in df.columns and "datetime" not in df.columns:
-        missing.insert(0, "timestamp")
-    if missing:
-        raise ImportRejectedError(
-            p, f"missing column(s) {', '.join(missing)}; header is {', '.join(df.columns)}", 1
-        )
     # Blank lines (common at the end of spreadsheet exports) read as all-null rows.
     df = df.with_row_index("__row").filter(~pl.all_horizontal(pl.exclude("__row").is_null()))
     rows = df.get_column("__row")

@@ -156,3 +156,17 @@ def test_the_real_month_of_candles_imports_through_the_foreign_layout(lake, shar
     cols = ["open", "high", "low", "close", "volume"]
     assert back.select(cols).equals(frame.select(cols))
     assert back["ts"].dt.epoch("ms").equals(frame["ts"])
+
+
+def test_the_fast_typed_read_and_the_checked_read_agree_on_valid_files(tmp_path, shared_dir):
+    from marketlake.interop.csv import _parse_checked
+
+    df = candles(5000, seed=3)
+    good = tmp_path / "BTCUSDT_1.csv"
+    text = df.with_columns(
+        pl.from_epoch("ts", time_unit="ms").dt.strftime("%Y-%m-%d %H:%M:%S").alias("datetime")
+    ).select(pl.col("ts").alias("timestamp"), "datetime", "open", "high", "low", "close", "volume", "turnover")
+    good.write_text(text.write_csv())
+    real = shared_dir / "fixtures" / "real" / "btc-perp-20211231-20220201_1m.csv"
+    for path in (good, real):
+        assert parse_old_csv(path).equals(_parse_checked(path, path.read_bytes()))
