@@ -58,6 +58,7 @@ from marketlake.store.layout import Period
 
 UTC = dt.UTC
 FLOATS = ("open", "high", "low", "close", "volume", "turnover", "buy_volume")
+OHLC = ("open", "high", "low", "close")
 
 
 @contextlib.contextmanager
@@ -222,13 +223,17 @@ class Bench:
             for lay, qs in plans:
                 with lay.active():
                     for name, fn in qs.items():
+                        c0 = time.process_time()
                         t0 = time.perf_counter()
                         out = fn()
                         elapsed = time.perf_counter() - t0
+                        cpu = time.process_time() - c0
                         if name == "full" and out != lay.rows:
                             raise AssertionError(f"{lay.name}: full scan read {out} rows, wrote {lay.rows}")
                         if rnd:
                             lay.times.setdefault(name, []).append(elapsed)
+                            if name == "full":  # CPU seconds (all threads): less at the mercy of load
+                                lay.times.setdefault("full_cpu", []).append(cpu)
 
     def drop(self, lays: list[Layout]) -> None:
         if not self.keep:
@@ -247,7 +252,7 @@ class Bench:
 
 def _table(title: str, lays: list[Layout], with_glob: bool = True, with_fix: bool = True) -> None:
     headers = ["layout", "files", "rows/file", "B/candle", "write", "write rows/s", "sym-month", "sym-year",
-               "all-sym day", "full scan", "full candles/s"]
+               "all-sym day", "full scan", "full candles/s", "full scan CPU"]
     if with_glob:
         headers.append("glob sym-month")
     if with_fix:
@@ -259,6 +264,7 @@ def _table(title: str, lays: list[Layout], with_glob: bool = True, with_fix: boo
             x.name, f"{x.files:,}", f"{x.rows / max(x.files, 1):,.0f}", f"{x.bytes / x.rows:.2f}",
             fmt_s(x.write_s), fmt_rate(x.rows / x.write_s),
             fmt_s(x.t("month")), fmt_s(x.t("year")), fmt_s(x.t("day")), fmt_s(full), fmt_rate(x.rows / full),
+            fmt_s(x.t("full_cpu")),
         ]
         if with_glob:
             row.append(fmt_s(x.t("glob")))
@@ -281,6 +287,8 @@ def encoding_variants() -> dict[str, dict]:
         "zstd3 defaults (dict on, plain ts)": opts(compression="zstd", compression_level=3),
         "zstd3 dict on, ts delta": opts(compression="zstd", compression_level=3,
                                         use_dictionary=list(FLOATS), column_encoding=delta),
+        "zstd3 dict on OHLC only, ts delta": opts(compression="zstd", compression_level=3,
+                                                  use_dictionary=list(OHLC), column_encoding=delta),
         "zstd3 no dict, ts delta": opts(compression="zstd", compression_level=3, use_dictionary=False,
                                         column_encoding=delta),
         "zstd3 BSS floats, ts delta": opts(compression="zstd", compression_level=3, use_dictionary=False,
