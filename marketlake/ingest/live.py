@@ -36,6 +36,7 @@ from typing import Any
 
 import polars as pl
 
+from marketlake.core.intervals import subtract
 from marketlake.core.timeframes import Timeframe
 from marketlake.errors import ExchangeError, ExchangeRequestError
 from marketlake.exchanges.bybit import constants as C
@@ -234,13 +235,22 @@ class LiveRunner:
             dataset, exchange=self.config.exchange, category=self.config.category, symbol=symbol, timeframe=tf
         )
 
-    def _ledger_end(self, sid: SeriesId, lo: int) -> int | None:
-        ends = [
-            r.end_ms
+    def _ledger_end(self, sid: SeriesId, lo: int, *, first_hole: bool = False) -> int | None:
+        """Where coverage of ``sid`` ends (ranges touching ``[lo, ...)``); with ``first_hole``,
+        where the first hole inside that coverage begins (refetched: REST can fill it)."""
+        done = [
+            (r.start_ms, r.end_ms)
             for r in self.lake.ledger.ranges(sid, lo, None)
             if r.status in (Status.PRESENT, Status.EMPTY)
         ]
-        return max(ends) if ends else None
+        if not done:
+            return None
+        end = max(b for _, b in done)
+        if first_hole:
+            holes = subtract([(max(lo, min(a for a, _ in done)), end)], done)
+            if holes:
+                return holes[0][0]
+        return end
 
     async def _init_tracks(self) -> None:
         cfg = self.config
@@ -249,7 +259,7 @@ class LiveRunner:
         for symbol in cfg.symbols:
             for tf in cfg.kline_timeframes:
                 sid = self._sid(CANDLES, symbol, tf)
-                frontier = self._ledger_end(sid, lo)
+                frontier = self._ledger_end(sid, lo, first_hole=True)
                 if frontier is None:
                     last = (
                         self.lake.scan_candles(

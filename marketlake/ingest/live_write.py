@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from marketlake.core.intervals import subtract
 from marketlake.core.timeframes import Timeframe
 from marketlake.ingest.callbacks import CallbackHub
 from marketlake.ingest.live_tracks import FlushBatch, TradeCandles
@@ -150,7 +151,10 @@ class BatchWriter:
             self.stats.trade_candles_written += len(b.rows)
         else:
             self.stats.candles_written += len(b.rows)
-        for a, z in b.present:
+        # The whole span (failed parts aside) first, then the empty runs over it: each record is
+        # its own transaction, and a kill between them must leave no hole in the coverage (at
+        # worst a few empty buckets claimed present, which they are: nothing is missing there).
+        for a, z in subtract([b.span], b.failed):
             ledger.record(sid, a, z, Status.PRESENT, run_id=self.run_id)
         for a, z in b.empty:
             ledger.record(sid, a, z, Status.EMPTY, detail="nothing at the exchange", run_id=self.run_id)

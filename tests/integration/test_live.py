@@ -300,3 +300,33 @@ def test_a_disconnect_longer_than_rest_can_reach_back_is_a_recorded_trade_gap(tm
         assert gap.height == st.trade_gaps >= 1 and (gap["end_ms"] - gap["start_ms"]).min() > 0
 
     run(t, speed=3000.0)
+
+
+def test_a_hole_a_kill_left_inside_the_coverage_is_fetched_again_at_start(tmp_path: Path) -> None:
+    from marketlake.store.ledger import Status
+    from tests.integration.emulated import NOW
+    from tests.integration.live_support import sid_of
+
+    lake = new_lake(tmp_path / "lake")
+    sid = sid_of("BTCUSDT", "1")
+    a, b, c, d = (NOW - k * 60_000 - NOW % 60_000 for k in (40, 30, 20, 10))
+    cfg = live_config(symbols="BTCUSDT", timeframes="1")
+
+    async def t(emu: BybitEmulator) -> None:
+        # A run killed between two ledger records: [b, c) neither stored nor claimed.
+        for lo, hi in ((a, b), (c, d)):
+            lake.write_candles(
+                emu.market.candles("BTCUSDT", "1", lo, hi - 1), symbol="BTCUSDT", timeframe="1"
+            )
+            lake.ledger.record(sid, lo, hi, Status.PRESENT)
+        async with rest_for(emu, lake) as rest:  # type: ignore[attr-defined]
+            runner = runner_for(emu, lake, rest, cfg)
+            task = asyncio.create_task(runner.run())
+            await wait_for(lambda: runner.stats.candles_confirmed > 2, task=task)
+            runner.stop()
+            await task
+        assert assert_klines_exact(lake, emu, "BTCUSDT", "1") > 40
+        fills = lake.ledger.events("backfill")
+        assert fills["start_ms"][0] == b
+
+    run(t)

@@ -19,6 +19,7 @@ from tests.integration.live_support import (
     assert_klines_exact,
     assert_trade_candles_exact,
     assert_trades_exact,
+    coverage,
     sid_of,
 )
 
@@ -141,6 +142,8 @@ def test_ingest_mode_live_backfills_history_then_streams_without_a_seam(tmp_path
         assert "no unexplained gaps" in out and "stream stopped" in out
         lake = lake_at(root)
         for tf in ("1", "5"):
-            assert assert_klines_exact(lake, emu, "BTCUSDT", tf) >= (1440 if tf == "1" else 288)
+            assert_klines_exact(lake, emu, "BTCUSDT", tf)
+            lo, hi = coverage(lake, sid_of("BTCUSDT", tf))  # one span: history, seam, stream
+            assert lo <= begin - 86_400_000 + 30 * 60_000 and hi >= begin + 15 * 60_000
         kinds = lake.ledger.runs()["kind"].to_list()
         assert sorted(kinds) == ["ingest", "stream"]
