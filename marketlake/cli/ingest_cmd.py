@@ -232,7 +232,7 @@ def _backfill_then_stream(
     """``--mode live`` (the old ``fetch_data_hybrid``): the historical ingest, then ``stream`` of the
     same series; the stream resumes where the ledger's coverage ends, so the seam is backfilled."""
     from marketlake.cli.stream_cmd import run_stream
-    from marketlake.ingest.live_types import LiveConfig  # noqa: F811 - the runtime import
+    from marketlake.ingest.live_types import LiveConfig
 
     async def backfill(client: BybitRestClient) -> LiveConfig:
         try:

@@ -90,30 +90,43 @@ def run_stream(
     status = StatusLine(as_json)
 
     async def main() -> LiveStats:
-        budget = RateBudget(settings.rate_limit_per_5s, state_dir=lake.root / "_meta")
-        async with BybitRestClient(settings.base_url, budget=budget) as rest:
-            cfg = config if isinstance(config, LiveConfig) else await config(rest)
-            url = ws_url or ws_url_for(settings.base_url, cfg.category)
-            runner = LiveRunner(
-                lake,
-                rest,
-                cfg,
-                ws_url=url,
-                on_status=status,
-                run_args={"symbols": list(cfg.symbols), "timeframes": [t.name for t in cfg.timeframes]},
-            )
-            loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        runner: LiveRunner | None = None
+
+        def on_signal() -> None:
+            # Streaming: flush and return. Before that (the backfill of ingest --mode live):
+            # cancel it like Ctrl-C; the historical runner writes what it fetched first.
+            if runner is not None:
+                runner.stop()
+            elif me is not None:
+                me.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, on_signal)
+        try:
+            budget = RateBudget(settings.rate_limit_per_5s, state_dir=lake.root / "_meta")
+            async with BybitRestClient(settings.base_url, budget=budget) as rest:
+                cfg = config if isinstance(config, LiveConfig) else await config(rest)
+                url = ws_url or ws_url_for(settings.base_url, cfg.category)
+                runner = LiveRunner(
+                    lake,
+                    rest,
+                    cfg,
+                    ws_url=url,
+                    on_status=status,
+                    run_args={"symbols": list(cfg.symbols), "timeframes": [t.name for t in cfg.timeframes]},
+                )
+                if not as_json:
+                    console.print(f"streaming {len(cfg.topics())} topics from {url} (Ctrl-C stops)")
+                return await runner.run()
+        except asyncio.CancelledError:
+            raise KeyboardInterrupt from None
+        finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, runner.stop)
-            if not as_json:
-                console.print(f"streaming {len(cfg.topics())} topics from {url} (Ctrl-C stops)")
-            try:
-                return await runner.run()
-            finally:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    with contextlib.suppress(NotImplementedError, RuntimeError):
-                        loop.remove_signal_handler(sig)
+                    loop.remove_signal_handler(sig)
 
     stats = asyncio.run(main())
     if as_json:
