@@ -330,3 +330,47 @@ def test_a_hole_a_kill_left_inside_the_coverage_is_fetched_again_at_start(tmp_pa
         assert fills["start_ms"][0] == b
 
     run(t)
+
+
+def test_well_formed_but_inconsistent_pushes_are_quarantined_and_never_stored(tmp_path: Path) -> None:
+    import json
+
+    lake = new_lake(tmp_path / "lake")
+    cfg = live_config(symbols="BTCUSDT", timeframes="1", trades=True)
+    kline = {
+        "start": 1_720_000_030_000,
+        "end": 1_720_000_089_999,
+        "interval": "1",
+        "open": "1",
+        "close": "1",
+        "high": "1",
+        "low": "1",
+        "volume": "1",
+        "turnover": "1",
+        "confirm": True,
+        "timestamp": 1,
+    }
+    bad = [
+        {"topic": "kline.1.BTCUSDT", "type": "snapshot", "ts": 1, "data": [kline]},  # off the grid
+        {"topic": "kline.1.BTCUSDT", "type": "snapshot", "ts": 1, "data": [{**kline, "interval": "5"}]},
+        {"topic": "kline.5.BTCUSDT", "type": "snapshot", "ts": 1, "data": [kline]},  # not subscribed
+        {"topic": "publicTrade.SOLUSDT", "type": "snapshot", "ts": 1, "data": []},  # not subscribed
+    ]
+
+    async def t(emu: BybitEmulator) -> None:
+        async with rest_for(emu, lake) as rest:  # type: ignore[attr-defined]
+            runner = runner_for(emu, lake, rest, cfg)
+            task = asyncio.create_task(runner.run())
+            await wait_for(lambda: runner.stats.candles_confirmed > 1, task=task)
+            for frame in bad:
+                emu.ws.inject_frame(json.dumps(frame).encode())
+            await wait_for(lambda: runner.stats.malformed >= 2, task=task)
+            await wait_for(lambda: runner.stats.candles_written > 4, task=task)
+            runner.stop()
+            st = await task
+        assert st.malformed == 2 and st.connects == 1  # the two off-grid candles; the rest ignored
+        assert lake.ledger.events("quarantine")["detail"].str.contains("inconsistent kline").all()
+        assert_klines_exact(lake, emu, "BTCUSDT", "1")
+        assert_trades_exact(lake, emu, "BTCUSDT")
+
+    run(t)

@@ -102,6 +102,7 @@ class _Conn:
     reorder_next: int = 0
     held: bytes | None = None
     closed: bool = False
+    extra: deque[bytes] = field(default_factory=deque)
 
 
 class EmulatorWs:
@@ -168,6 +169,16 @@ class EmulatorWs:
         for conn in list(self._live):
             if conn_id is None or conn.record.conn_id == conn_id:
                 conn.faults.extend(kinds)
+                hit += 1
+        return hit
+
+    def inject_frame(self, frame: bytes, conn_id: str | None = None) -> int:
+        """Send ``frame`` (any bytes, as a text frame) to every open connection (or one) at its
+        next push tick, before its pushes; return how many connections get it."""
+        hit = 0
+        for conn in list(self._live):
+            if conn_id is None or conn.record.conn_id == conn_id:
+                conn.extra.append(bytes(frame))
                 hit += 1
         return hit
 
@@ -355,6 +366,8 @@ class EmulatorWs:
                     return
             if conn.silent:
                 continue
+            while conn.extra:
+                await self._send(conn, conn.extra.popleft())
             now = self.emu.control.clock.now_ms()
             for topic, state in list(conn.topics.items()):
                 frames = (
