@@ -11,8 +11,12 @@ from marketlake.core.integrity import CheckResult, check_candles, integrity_repo
 from marketlake.core.timeframes import TIMEFRAMES, Timeframe, parse_timeframe
 from marketlake.errors import *  # noqa: F403  (the error tree is part of the public API)
 from marketlake.feeder import DataFeeder
+from marketlake.ingest.live import LiveRunner
+from marketlake.ingest.live_types import LiveConfig
+from marketlake.ingest.service import IngestRequest, run_ingest
 from marketlake.interop.csv import ImportReport, export_csv, import_csv
 from marketlake.interop.postgres import export_postgres
+from marketlake.quality import check_lake, repair_lake
 from marketlake.settings import Settings
 from marketlake.state import StateStore, StateTTL, open_state_store
 from marketlake.store import FsckReport, Lake, WriteResult
@@ -24,11 +28,17 @@ __all__ = [
     "candles_from_trades",
     "check_candles",
     "check_consistency",
+    "check_lake",
+    "repair_lake",
+    "run_ingest",
     "integrity_report",
     "resample",
     "TIMEFRAMES",
     "Clock",
     "DataFeeder",
+    "IngestRequest",
+    "LiveConfig",
+    "LiveRunner",
     "FsckReport",
     "ImportReport",
     "Lake",
