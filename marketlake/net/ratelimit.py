@@ -63,8 +63,18 @@ class _State(Protocol):
         ...
 
 
+# While the sliding window is full, the pacing bucket must not fill up. If it did, the slots
+# freed when a burst of grants leaves the window would be granted again as a burst of the same
+# size one window later, and again every window: "echo bursts" (the initial burst of ``burst``
+# requests recurring forever). A burst is where a little delay between grant and arrival at the
+# server (a busy event loop, a new connection, network jitter) crowds more than ``limit`` requests
+# into one server-side window; with 590 of Bybit's 600 the headroom is 10 requests. So a refusal
+# by the window moves the bucket's clock to the moment the window frees a slot, without minting
+# for the time in between: grants then resume at the paced rate. The long-run rate is unchanged.
+
+
 def _bucket(tokens: float, last: int, now: int, rate: float, burst: int) -> float:
-    if now < last:  # the clock went back: keep the tokens, do not mint new ones
+    if now < last:  # paused while the window is full (or the clock went back): mint nothing
         return tokens
     return min(float(burst), tokens + (now - last) * rate)
 
@@ -87,14 +97,17 @@ class _MemoryState:
             while g and (g[0] <= now - window or g[0] > now + window):
                 g.popleft()
             if len(g) >= limit:
-                return max(1, g[len(g) - limit] + window - now)
+                free_at = g[len(g) - limit] + window
+                if self._tokens is not None:  # the bucket mints nothing before then (see above)
+                    self._last = max(self._last, free_at)
+                return max(1, free_at - now)
             rate = limit / window
             tokens = (
                 float(burst) if self._tokens is None else _bucket(self._tokens, self._last, now, rate, burst)
             )
             if tokens < 1.0:
                 self._tokens, self._last = tokens, max(self._last, now)
-                return max(1, math.ceil((1.0 - tokens) / rate))
+                return max(1, self._last - now + math.ceil((1.0 - tokens) / rate))
             self._tokens, self._last = tokens - 1.0, max(self._last, now)
             g.append(now)
             return 0
@@ -164,14 +177,18 @@ class _SqliteState:
             (oldest,) = db.execute(
                 "SELECT t FROM grants ORDER BY t LIMIT 1 OFFSET ?", (count - limit,)
             ).fetchone()
-            return max(1, int(oldest) + window - now)
+            free_at = int(oldest) + window
+            last = self._meta(db, "bucket_t", -1)
+            if last >= 0:  # the bucket mints nothing before then (see above)
+                self._set(db, "bucket_t", max(last, free_at))
+            return max(1, free_at - now)
         rate = limit / window
         last = int(self._meta(db, "bucket_t", now))
         tokens = _bucket(self._meta(db, "bucket_tokens", float(burst)), last, now, rate, burst)
         if tokens < 1.0:
             self._set(db, "bucket_tokens", tokens)
             self._set(db, "bucket_t", max(last, now))
-            return max(1, math.ceil((1.0 - tokens) / rate))
+            return max(1, max(last, now) - now + math.ceil((1.0 - tokens) / rate))
         self._set(db, "bucket_tokens", tokens - 1.0)
         self._set(db, "bucket_t", max(last, now))
         db.execute("INSERT INTO grants (t) VALUES (?)", (now,))
