@@ -25,9 +25,9 @@ Reported per budget:
 * rows/s achieved (rows fetched and written / wall time of ``run_ingest``, planning and the
   final gap verification included; the runner alone also shown) vs the rows/s the budget allows
   (``budget / 5 s x 1000`` candles per request). Goal >= 90 %;
-* the most requests the client was granted in any 5 s window (grant times, taken right where
-  the request is sent) and the most the emulator logged in any 5 s window, and the number of HTTP
-  403 answers (must be 0). A ban lasts ``--ban-seconds`` (default 60 s instead of Bybit's 10
+* the most requests in any 5 s window: granted by the budget, sent (request headers written to
+  the socket, aiohttp's trace hook) and logged by the emulator; and the number of HTTP 403
+  answers (must be 0). A ban lasts ``--ban-seconds`` (default 60 s instead of Bybit's 10
   minutes: a banned run fails the goal either way and need not stall the benchmark);
 * the event loop's lag (how late a 10 ms sleep wakes), which shows CPU contention;
 * the lake write: wall seconds inside the write threads (``IngestStats.write_seconds``), their
@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+import aiohttp
 import numpy as np
 import polars as pl
 
@@ -345,9 +346,12 @@ def replay_writes(frames: list[tuple[pl.DataFrame, dict[str, Any]]], root: Path)
     return time.process_time() - c0, time.perf_counter() - w0, rows
 
 
-def _client(url: str, budget: RateBudget, ban_s: float = 600.0) -> BybitRestClient:
+def _client(
+    url: str, budget: RateBudget, ban_s: float = 600.0, session: aiohttp.ClientSession | None = None
+) -> BybitRestClient:
     return BybitRestClient(
         url,
+        session=session,
         budget=budget,
         ban_latch=BanLatch(),
         ban_seconds=ban_s,
@@ -402,6 +406,7 @@ class IngestRun:
     load: float
     budget_waits: int
     grants_max_in_window: int
+    sent_max_in_window: int
     lag: LoopLag
 
     @property
@@ -463,8 +468,21 @@ async def one_ingest(
         return out
 
     budget.acquire = timed_acquire  # type: ignore[method-assign]
+    # When each request's headers were written to the socket (aiohttp's trace hook).
+    sent: list[float] = []
+    trace = aiohttp.TraceConfig()
+
+    async def on_sent(*_: Any) -> None:
+        sent.append(time.monotonic())
+
+    trace.on_request_headers_sent.append(on_sent)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=64),
+        headers={"User-Agent": "marketlake/0.1"},
+        trace_configs=[trace],
+    )
     lag = LoopLag()
-    async with _client(emu.url, budget, ban_s) as client:
+    async with session, _client(emu.url, budget, ban_s, session) as client:
         lag.start()
         c0, w0 = _cpu(), time.perf_counter()
         outcome = await run_ingest(lake, client, request, concurrency=concurrency, on_progress=progress)
@@ -485,6 +503,7 @@ async def one_ingest(
         load,
         budget.waits,
         max_in_window(grants),
+        max_in_window(sent),
         lag,
     )
 
@@ -604,8 +623,9 @@ async def amain(args: argparse.Namespace) -> int:
                     runs.setdefault(b, []).append(run)
                     print(
                         f"  -> {run.rows:,} rows in {run.wall:.1f} s = {run.rows_per_s:,.0f} rows/s "
-                        f"({run.rows_per_s / run.allowed_rows_per_s:.1%} of budget), max/5s "
-                        f"{run.emu['max_in_window']}, 403s {run.emu['http_403']}, budget waits {run.budget_waits:,}, "
+                        f"({run.rows_per_s / run.allowed_rows_per_s:.1%} of budget), max/5s granted/sent/server "
+                        f"{run.grants_max_in_window}/{run.sent_max_in_window}/{run.emu['max_in_window']}, "
+                        f"loop lag max {max(run.lag.lags, default=0) * 1e3:.0f} ms, 403s {run.emu['http_403']}, budget waits {run.budget_waits:,}, "
                         f"runner {run.stats.elapsed:.1f} s, cpu {run.cpu:.1f} s, emulator memo hits {run.emu['memo_hits']:,}",
                         file=sys.stderr,
                         flush=True,
@@ -670,7 +690,14 @@ def report(
                 f"{rows / runner:,.0f} ({rows / runner / allowed:.1%})",
                 f"{wall:.1f} s" + (f" ({', '.join(f'{r.wall:.1f}' for r in rs)})" if len(rs) > 1 else ""),
                 f"{_median([r.stats.requests / r.stats.elapsed for r in rs]):.1f}",
-                f"{max(r.grants_max_in_window for r in rs)} / {max(r.emu['max_in_window'] for r in rs)}",
+                " / ".join(
+                    str(max(x for x in xs))
+                    for xs in (
+                        [r.grants_max_in_window for r in rs],
+                        [r.sent_max_in_window for r in rs],
+                        [r.emu["max_in_window"] for r in rs],
+                    )
+                ),
                 f"{sum(r.emu['http_403'] for r in rs)} {goal(all(r.emu['http_403'] == 0 for r in rs))}",
                 f"{_median([r.cpu / r.wall for r in rs]):.0%}",
                 ", ".join(f"{r.load:.1f}" for r in rs),
@@ -686,7 +713,7 @@ def report(
             "runner only rows/s",
             "wall",
             "req/s",
-            "max in any 5 s: granted / at server",
+            "max in any 5 s: granted / sent / at server",
             "HTTP 403",
             "client CPU",
             "load",
