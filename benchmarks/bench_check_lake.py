@@ -16,7 +16,9 @@ Measured (median of ``--repeat`` runs after one untimed warm-up; warm page cache
    on each file, nothing else on the machine is touched), median of 3;
 4. the CLI end to end: ``marketlake check --lake DIR --no-consistency --json > /dev/null`` in a
    subprocess, wall time with ``time.perf_counter`` around it; and the same command on an empty
-   lake: the interpreter + imports + CLI floor that every command pays.
+   lake: the interpreter + imports + CLI floor that every command pays; and the first
+   ``check_candles`` call in a fresh process (numba loading its cached kernels), which the CLI
+   pays once on top of the floor.
 
 Usage::
 
@@ -137,6 +139,36 @@ def time_cmd(cmd: list[str], repeat: int) -> tuple[list[float], int]:
     return runs, rc
 
 
+_FIRST_CALL = """
+import sys, time
+import numpy as np, polars as pl
+from marketlake.core.integrity import check_candles
+from marketlake.core.timeframes import parse_timeframe
+ts = 1_700_000_000_000 + np.arange(1000, dtype=np.int64) * 60_000
+one = np.ones(1000)
+frame = pl.DataFrame({"ts": ts, "open": one, "high": one, "low": one, "close": one, "volume": one,
+                      "turnover": one}).with_columns(pl.from_epoch("ts", time_unit="ms").dt.replace_time_zone("UTC"))
+t0 = time.perf_counter()
+check_candles(frame, parse_timeframe("1"))
+t1 = time.perf_counter()
+check_candles(frame, parse_timeframe("1"))
+print(t1 - t0, time.perf_counter() - t1)
+"""
+
+
+def first_call(repeat: int) -> list[float]:
+    """Seconds of the first ``check_candles`` call in a fresh process (numba loads its cached
+    kernels then), after imports; one untimed run first (it may compile and fill the cache)."""
+    runs = []
+    for i in range(repeat + 1):
+        out = subprocess.run(
+            [sys.executable, "-c", _FIRST_CALL], capture_output=True, text=True, check=True
+        ).stdout.split()
+        if i:
+            runs.append(float(out[0]))
+    return runs
+
+
 def _med(runs: list[float]) -> float:
     return statistics.median(runs)
 
@@ -186,9 +218,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. CLI
     cli = helpr = None
+    first: list[float] = []
     rc = None
     if not args.no_cli:
         cli, rc = time_cmd(cli_cmd(root), args.repeat)
+        first = first_call(args.repeat)
         empty = BENCH_DATA / "check-lake" / f"empty-{os.getpid()}"
         empty.mkdir(parents=True, exist_ok=True)
         try:
@@ -243,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
             ],
             ["same on an empty lake (interpreter, imports, CLI)", fmt_s(_med(helpr)), "-", "-"],
             ["CLI minus floor", fmt_s(_med(cli) - _med(helpr)), fmt_rate(n / (_med(cli) - _med(helpr))), "-"],
+            [
+                "  of which: first check_candles call in a fresh process (numba cache load)",
+                fmt_s(_med(first)),
+                "-",
+                "-",
+            ],
         ]
     print_table(
         f"check on {ds.n_symbols} series, {n:,} rows ({issues} series with issues); "
