@@ -40,6 +40,7 @@ from marketlake.exchanges.bybit.emulator_control import (
     RequestRecord,
 )
 from marketlake.exchanges.bybit.emulator_ws import EmulatorWs, WsFaultConfig
+from marketlake.exchanges.bybit.emulator_ws_config import read_admin_json
 from marketlake.exchanges.bybit.market import InstrumentSpec, SyntheticMarket
 
 __all__ = ["BybitEmulator", "run_emulator"]
@@ -421,13 +422,7 @@ class BybitEmulator:
         return web.json_response(state)
 
     async def _read_json(self, request: web.Request) -> dict[str, Any]:
-        try:
-            data = msgspec.json.decode(await request.read())
-        except msgspec.DecodeError as exc:
-            raise web.HTTPBadRequest(text=f"body is not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise web.HTTPBadRequest(text="body must be a JSON object")
-        return data
+        return await read_admin_json(request)
 
     async def _admin_faults(self, request: web.Request) -> web.Response:
         data = await self._read_json(request)

@@ -55,6 +55,7 @@ from marketlake.exchanges.bybit.emulator_ws_config import (
     WsFaultConfig,
     WsRequestRecord,
     push_shape,
+    read_admin_json,
 )
 from marketlake.exchanges.bybit.market_types import InstrumentSpec, format_decimal
 
@@ -530,13 +531,7 @@ class EmulatorWs:
         )
 
     async def _admin_body(self, request: web.Request) -> dict[str, Any]:
-        try:
-            data = msgspec.json.decode(await request.read())
-        except msgspec.DecodeError as exc:
-            raise web.HTTPBadRequest(text=f"body is not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise web.HTTPBadRequest(text="body must be a JSON object")
-        return data
+        return await read_admin_json(request)
 
     async def _admin_faults(self, request: web.Request) -> web.Response:
         try:

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
+import msgspec
+from aiohttp import web
+
 from marketlake.exchanges.bybit import constants as C
 
 __all__ = [
@@ -158,3 +161,14 @@ def push_shape(rows: list[dict[str, object]]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+async def read_admin_json(request: web.Request) -> dict[str, Any]:
+    """The JSON object body of an emulator admin request (REST or WebSocket side), else HTTP 400."""
+    try:
+        data = msgspec.json.decode(await request.read())
+    except msgspec.DecodeError as exc:
+        raise web.HTTPBadRequest(text=f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text="body must be a JSON object")
+    return data
