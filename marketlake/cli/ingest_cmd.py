@@ -7,6 +7,7 @@ import contextlib
 import signal
 import sys
 import time
+from pathlib import Path
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
@@ -257,20 +258,30 @@ def _backfill_then_stream(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port (0: any free one).")] = 8765,
-    symbols: Annotated[
-        str, typer.Option("--symbols", help="How many linear symbols (N), or a comma-separated list.")
-    ] = "10",
+    symbols: Annotated[str, typer.Option("--symbols", help="How many linear symbols (N), or a comma-separated list.")] = "10",
     seed: Annotated[int, typer.Option(help="Market seed.")] = 0,
     speed: Annotated[float, typer.Option(help="Market-time speed-up (market ms per real ms).")] = 1.0,
+    lake: Annotated[Optional[Path], typer.Option("--lake", help="Replay this lake instead of a synthetic market.")] = None,
+    start: Annotated[Optional[str], typer.Option("--start", help="Market time at start (default: now; with --lake: after its last candle).")] = None,
 ) -> None:
-    """Run the Bybit emulator (REST) for tests, demos and bots: a deterministic synthetic market."""
+    """Run the Bybit emulator (REST and WebSocket on one port): a deterministic synthetic market,
+    or an existing lake replayed (``--lake``), for tests, demos and bots."""
     from marketlake.exchanges.bybit.emulator import run_emulator
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"warning: serving on {host}: reachable from other machines")
     names: int | list[str] = int(symbols) if symbols.isdigit() else symbols.split(",")
+    start_ms = None if start is None else to_ms(start, what="--start")
+    market = None
+    if lake is not None:
+        from marketlake.exchanges.bybit.replay import LakeMarket
+
+        market = LakeMarket(Lake(lake, settings=load_settings(lake, None)))
+        if start_ms is None:
+            start_ms = market.last_ms + 86_400_000  # every stored candle closed, even D
 
     def ready(url: str) -> None:
-        console.print(f"bybit emulator listening on {url} (Ctrl-C stops it)")
+        what = f"replaying {lake}" if lake is not None else "synthetic market"
+        console.print(f"bybit emulator ({what}) listening on {url} (Ctrl-C stops it)")
 
-    run_emulator(host, port, names, seed, speed, on_ready=ready)
+    run_emulator(host, port, names, seed, speed, start_ms=start_ms, on_ready=ready, market=market)

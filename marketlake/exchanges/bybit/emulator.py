@@ -565,6 +565,7 @@ def run_emulator(
     start_ms: int | None = None,
     faults: FaultConfig | None = None,
     on_ready: Callable[[str], None] | None = None,
+    market: SyntheticMarket | None = None,
 ) -> None:
     """Serve the emulator until interrupted (Ctrl-C / SIGTERM); for ``marketlake serve``.
 
@@ -577,11 +578,12 @@ def run_emulator(
         start_ms: Market time at start (default: now).
         faults: Initial faults.
         on_ready: Called with the base URL once the server listens.
+        market: The market to serve instead of a generated one (e.g. a lake replay).
     """
 
     async def main() -> None:
         emu = BybitEmulator(
-            symbols=symbols, seed=seed, start_ms=start_ms, speed=speed, faults=faults, host=host, port=port
+            market, symbols=symbols, seed=seed, start_ms=start_ms, speed=speed, faults=faults, host=host, port=port
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
