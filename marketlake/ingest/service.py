@@ -204,7 +204,10 @@ def unexplained_gaps(lake: Lake, sid: SeriesId, start_ms: int, end_ms: int) -> l
         .to_numpy()
     )
     opens = tf.opens_between(start_ms, end_ms)
-    missing = np.flatnonzero(~np.isin(opens, stored))
+    # Stored ts come sorted: a binary search per open is ~10x cheaper than np.isin here.
+    pos = np.minimum(np.searchsorted(stored, opens), max(stored.size - 1, 0))
+    have = stored[pos] == opens if stored.size else np.zeros(opens.size, dtype=bool)
+    missing = np.flatnonzero(~have)
     if missing.size == 0:
         return []
     # Runs of consecutive missing positions in the grid of opens → [start, end) ranges.
