@@ -17,7 +17,7 @@ from marketlake.core.schemas import normalize_candles, normalize_trades
 from marketlake.core.symbols import parse_symbols
 from marketlake.core.timeframes import Timeframe, parse_timeframes
 from marketlake.clock import get_clock
-from marketlake.core.timeutil import TimeLike, to_ms
+from marketlake.core.timeutil import TimeLike, ms_to_text, to_ms
 from marketlake.errors import DataValidationError, LakeError
 from marketlake.settings import Settings
 from marketlake.store.catalog import series_table
@@ -140,6 +140,58 @@ class Lake:
             symbol=symbol,
         )
         return self._write(sid, normalize_trades(frame), "trade_id")
+
+    def replace_trades(
+        self,
+        frame: pl.DataFrame | Any,
+        *,
+        symbol: str,
+        start: TimeLike,
+        end: TimeLike,
+        exchange: str | None = None,
+        category: str | None = None,
+    ) -> WriteResult:
+        """Make ``frame`` the complete set of stored trades in ``[start, end)``.
+
+        For a source that is complete over a range (a day of Bybit's trade archive): its rows
+        are merged by ``trade_id`` as :meth:`write_trades` does, then stored rows of the range
+        whose id the frame lacks are deleted (e.g. streamed spot trades, whose ids the spot
+        archive does not carry). Each step is atomic per partition; a crash between them leaves
+        a superset of the range, never a loss, and a re-run completes it.
+
+        Raises:
+            DataValidationError: a row of ``frame`` lies outside ``[start, end)``.
+            As :meth:`write_trades` otherwise.
+        """
+        sid = SeriesId.of(
+            TRADES,
+            exchange=exchange or self.settings.exchange,
+            category=category or self.settings.category,
+            symbol=symbol,
+        )
+        lo, hi = to_ms(start, what="start"), to_ms(end, what="end")
+        df = normalize_trades(frame)
+        if df.height:
+            t = df.get_column("ts").dt.epoch("ms")
+            if int(t.min()) < lo or int(t.max()) >= hi:  # type: ignore[arg-type]
+                raise DataValidationError(
+                    f"replace_trades of {symbol}: rows outside [{ms_to_text(lo)}, {ms_to_text(hi)})"
+                )
+        result = self._write(sid, df, "trade_id")
+        ids = df.get_column("trade_id")
+
+        def drop_absent(stored: pl.DataFrame) -> pl.DataFrame:
+            t = pl.col("ts").dt.epoch("ms")
+            return stored.filter((t < lo) | (t >= hi) | pl.col("trade_id").is_in(ids))
+
+        changed = False
+        for part in plan_files(self.root, [sid], lo, hi):
+            step = rewrite_partition(self.root, sid, part.key, drop_absent)
+            changed = changed or step.changed
+            result += step
+        if changed:
+            self._bump_generation()
+        return result
 
     def _write(self, sid: SeriesId, df: pl.DataFrame, key: str) -> WriteResult:
         result = WriteResult()

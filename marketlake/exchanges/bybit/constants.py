@@ -27,6 +27,9 @@ __all__ = [
     "KLINE_CATEGORIES",
     "KLINE_LIMIT_DEFAULT",
     "KLINE_LIMIT_MAX",
+    "ARCHIVE_CATEGORIES",
+    "ARCHIVE_DIRS",
+    "ARCHIVE_URL",
     "MAINNET_URL",
     "MSG_ILLEGAL_CATEGORY",
     "MSG_NOT_SUPPORTED_SYMBOLS",
@@ -54,6 +57,14 @@ __all__ = [
 
 MAINNET_URL: Final = "https://api.bybit.com"
 TESTNET_URL: Final = "https://api-testnet.bybit.com"
+
+#: Bybit's daily public trade archives: ``{ARCHIVE_URL}/{dir}/{SYMBOL}/`` is an HTML index of
+#: gzip'd CSV files, one per UTC day, published after the day ends. Derivatives (linear and
+#: inverse share ``trading``) are named ``{SYMBOL}{YYYY-MM-DD}.csv.gz``; spot
+#: ``{SYMBOL}_{YYYY-MM-DD}.csv.gz``. A static host: no rate-limit headers, no envelope.
+ARCHIVE_URL: Final = "https://public.bybit.com"
+ARCHIVE_DIRS: Final = {"linear": "trading", "inverse": "trading", "spot": "spot"}
+ARCHIVE_CATEGORIES: Final = tuple(ARCHIVE_DIRS)
 
 PATH_KLINE: Final = "/v5/market/kline"
 PATH_INSTRUMENTS: Final = "/v5/market/instruments-info"

@@ -39,6 +39,7 @@ from marketlake.exchanges.bybit.emulator_control import (
     FaultConfig,
     RequestRecord,
 )
+from marketlake.exchanges.bybit.emulator_archive import EmulatorArchive
 from marketlake.exchanges.bybit.emulator_ws import EmulatorWs, WsFaultConfig
 from marketlake.exchanges.bybit.emulator_ws_config import read_admin_json
 from marketlake.exchanges.bybit.market import InstrumentSpec, SyntheticMarket
@@ -110,6 +111,7 @@ class BybitEmulator:
         self.market = market if market is not None else SyntheticMarket.generate(seed, symbols)
         self.control = EmulatorControl(faults or FaultConfig(), EmulatorClock(start_ms, speed), seed)
         self.ws = EmulatorWs(self, ws_faults)
+        self.archive = EmulatorArchive(self)
         self.host = host
         self.port = port
         self.app = self._build_app()
@@ -181,6 +183,7 @@ class BybitEmulator:
         app.router.add_post(f"{_ADMIN}/ban", self._admin_ban)
         app.router.add_get(f"{_ADMIN}/requests", self._admin_requests)
         self.ws.install(app)
+        self.archive.install(app)
         return app
 
     def _record(

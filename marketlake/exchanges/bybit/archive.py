@@ -1,0 +1,249 @@
+"""Client of Bybit's daily public trade archives (``public.bybit.com``).
+
+The archive is a static file host: an HTML index per symbol and one gzip'd CSV per UTC day,
+published after the day ends. It has no envelope and no rate-limit headers, so the client keeps
+it simple and polite: few concurrent downloads (the caller bounds them), retries of passing
+failures (connection drops, timeouts, HTTP 429/5xx, a body cut short in transit) with capped
+full-jitter backoff, and typed errors for the rest:
+
+================================  ============================================================
+HTTP 404 on a symbol's index       :class:`ExchangeRequestError`: the archive has no such symbol
+HTTP 404 on a day file              ``None`` from :meth:`BybitArchiveClient.fetch_day`
+HTTP 429, 5xx, timeouts, drops,     :class:`TransientExchangeError`, retried; after
+truncated or corrupt gzip           ``backoff.max_attempts`` raised with the last cause
+other 4xx                           :class:`ExchangeRequestError`, not retried
+a body over ``max_bytes``           :class:`ExchangeProtocolError`, not retried
+================================  ============================================================
+
+Decompression runs in a worker thread (zlib releases the GIL), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+from typing import Self
+
+import aiohttp
+
+from marketlake.clock import get_clock
+from marketlake.core.symbols import validate_symbol
+from marketlake.errors import (
+    DataValidationError,
+    ExchangeProtocolError,
+    ExchangeRequestError,
+    TransientExchangeError,
+)
+from marketlake.exchanges.bybit import constants as C
+from marketlake.exchanges.bybit.parse_archive import (
+    ARCHIVE_MAX_BYTES,
+    archive_file_name,
+    gunzip_bounded,
+    parse_archive_index,
+)
+from marketlake.net.backoff import Backoff
+
+__all__ = ["ArchiveStats", "BybitArchiveClient"]
+
+
+@dataclass(slots=True)
+class ArchiveStats:
+    """What the client sent and received."""
+
+    requests: int = 0
+    retries: int = 0
+    bytes_downloaded: int = 0
+    not_found: int = 0
+
+
+class _Gone(Exception):
+    """HTTP 404 (internal: the callers decide what a missing page means)."""
+
+
+class BybitArchiveClient:
+    """Downloads archive indexes and day files.
+
+    Args:
+        base_url: The archive host (default ``https://public.bybit.com``; tests pass the
+            emulator's URL, which serves the same paths).
+        session: An aiohttp session to use (the client closes only one it created).
+        backoff: Retry policy for passing failures.
+        timeout_s: Total time allowed for one download (a busy day's file is tens of MB).
+        max_bytes: Largest accepted file, compressed or decompressed.
+    """
+
+    def __init__(
+        self,
+        base_url: str = C.ARCHIVE_URL,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        backoff: Backoff | None = None,
+        timeout_s: float = 300.0,
+        max_bytes: int = ARCHIVE_MAX_BYTES,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise DataValidationError(f"archive base_url must be an http(s) URL, got {base_url[:60]!r}")
+        if timeout_s <= 0 or max_bytes <= 0:
+            raise DataValidationError("timeout_s and max_bytes must be > 0")
+        self.base_url = base_url.rstrip("/")
+        self._session = session
+        self._own_session = session is None
+        self.backoff = backoff if backoff is not None else Backoff(base=1.0, cap=60.0, max_attempts=6)
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_read=min(timeout_s, 60.0))
+        self.max_bytes = max_bytes
+        self.stats = ArchiveStats()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the session if the client created it."""
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=16),
+                headers={"User-Agent": "marketlake/0.1"},
+                auto_decompress=False,  # the files are .csv.gz bodies, not Content-Encoding: gzip
+            )
+            self._own_session = True
+        return self._session
+
+    # ------------------------------------------------------------------ URLs
+
+    def index_url(self, symbol: str, category: str) -> str:
+        """URL of ``symbol``'s index page."""
+        return f"{self.base_url}/{_dir(category)}/{validate_symbol(symbol)}/"
+
+    def day_url(self, symbol: str, category: str, day: dt.date) -> str:
+        """URL of ``symbol``'s file for ``day``."""
+        return self.index_url(symbol, category) + archive_file_name(symbol, category, day)
+
+    # ------------------------------------------------------------------ calls
+
+    async def days(self, symbol: str, category: str) -> list[dt.date]:
+        """The days the archive lists for ``symbol``, ascending.
+
+        Raises:
+            ExchangeRequestError: the archive has no directory for ``symbol`` (HTTP 404).
+            TransientExchangeError: retries exhausted.
+            ExchangeProtocolError: the index is not a readable listing.
+        """
+        url = self.index_url(symbol, category)
+        context = f"bybit archive index {symbol} ({category})"
+        try:
+            body = await self._get(url, context)
+        except _Gone:
+            raise ExchangeRequestError(
+                f"{context}: HTTP 404: the archive has no trades of {symbol} in {category} ({url})"
+            ) from None
+        return parse_archive_index(body, symbol, category)
+
+    async def fetch_day(self, symbol: str, category: str, day: dt.date) -> bytes | None:
+        """The decompressed CSV of ``symbol``'s trades on ``day``; ``None`` if there is no file.
+
+        A body that is cut short or corrupt in transit (the gzip stream does not verify) is
+        fetched again, like any passing failure.
+
+        Raises:
+            TransientExchangeError: retries exhausted.
+            ExchangeProtocolError: the file is larger than ``max_bytes`` or not gzip at all.
+            ExchangeRequestError: an HTTP error that retrying will not fix.
+        """
+        url = self.day_url(symbol, category, day)
+        context = f"bybit archive {archive_file_name(symbol, category, day)}"
+        clock = get_clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                body = await self._get(url, context, retry=False)
+                return await asyncio.to_thread(gunzip_bounded, body, what=context, max_bytes=self.max_bytes)
+            except _Gone:
+                self.stats.not_found += 1
+                return None
+            except (TransientExchangeError, ExchangeProtocolError) as exc:
+                in_transit = isinstance(exc, TransientExchangeError) or any(
+                    word in str(exc) for word in ("truncated", "corrupt", "garbage")
+                )
+                if not in_transit:
+                    raise
+                if self.backoff.gives_up_after(attempt):
+                    raise TransientExchangeError(
+                        f"{context}: gave up after {attempt} attempts; last error: {exc}"
+                    ) from exc
+                self.stats.retries += 1
+                await clock.sleep(self.backoff.delay(attempt, getattr(exc, "retry_after_s", 0.0)))
+
+    # ------------------------------------------------------------------ transport
+
+    async def _get(self, url: str, context: str, *, retry: bool = True) -> bytes:
+        clock = get_clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._send(url, context)
+            except TransientExchangeError as exc:
+                if not retry:
+                    raise
+                if self.backoff.gives_up_after(attempt):
+                    raise TransientExchangeError(
+                        f"{context}: gave up after {attempt} attempts; last error: {exc}"
+                    ) from exc
+                self.stats.retries += 1
+                await clock.sleep(self.backoff.delay(attempt, getattr(exc, "retry_after_s", 0.0)))
+
+    async def _send(self, url: str, context: str) -> bytes:
+        self.stats.requests += 1
+        try:
+            async with self._get_session().get(url, timeout=self.timeout) as resp:
+                status = resp.status
+                if status == 200:
+                    if (resp.content_length or 0) > self.max_bytes:
+                        raise ExchangeProtocolError(
+                            f"{context}: {resp.content_length:,} bytes is over the {self.max_bytes:,} limit"
+                        )
+                    body = await _read_bounded(resp, self.max_bytes, context)
+                    self.stats.bytes_downloaded += len(body)
+                    return body
+                detail = (await resp.content.read(200)).decode("utf-8", "replace")
+                retry_after = resp.headers.get("Retry-After", "")
+        except TimeoutError:
+            raise TransientExchangeError(f"{context}: no complete answer within {self.timeout.total:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise TransientExchangeError(f"{context}: {type(exc).__name__}: {exc}") from None
+        if status == 404:
+            raise _Gone
+        if status == 429 or status >= 500:
+            err = TransientExchangeError(f"{context}: HTTP {status}")
+            err.retry_after_s = float(retry_after) if retry_after.isdigit() else 0.0  # type: ignore[attr-defined]
+            raise err
+        raise ExchangeRequestError(f"{context}: HTTP {status}: {' '.join(detail.split())[:120]!r}")
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, max_bytes: int, context: str) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 20):
+        size += len(chunk)
+        if size > max_bytes:
+            raise ExchangeProtocolError(f"{context}: body over the {max_bytes:,}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _dir(category: str) -> str:
+    try:
+        return C.ARCHIVE_DIRS[category]
+    except KeyError:
+        raise DataValidationError(
+            f"bybit publishes trade archives for {', '.join(C.ARCHIVE_CATEGORIES)}, not {category!r}"
+        ) from None
