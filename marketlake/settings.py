@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         exchange: Default exchange of series.
         category: Default Bybit market category (``linear``, ``spot``, ``inverse``).
         base_url: Bybit REST base URL; the emulator's URL in tests.
+        archive_url: Host of Bybit's daily trade archives (``marketlake archive``); the
+            emulator serves them too, at its own URL.
         api_key: Bybit API key (public data needs none); masked in repr.
         api_secret: Bybit API secret; masked in repr.
         rate_limit_per_5s: Share of Bybit's 600 requests / 5 s this machine may use.
@@ -47,6 +49,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     exchange: str = "bybit"
     category: str = "linear"
     base_url: str = "https://api.bybit.com"
+    archive_url: str = "https://public.bybit.com"
     api_key: str = ""
     api_secret: str = ""
     rate_limit_per_5s: int = 500

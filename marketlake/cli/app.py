@@ -212,7 +212,7 @@ def compact(lake: LakeOpt = None, config: ConfigOpt = None) -> None:
 
 
 # Commands defined in sibling modules register themselves on ``app`` when imported.
-from marketlake.cli import ingest_cmd, quality_cmd  # noqa: E402,F401
+from marketlake.cli import archive_cmd, ingest_cmd, quality_cmd  # noqa: E402,F401
 from marketlake.cli import stream_cmd  # noqa: E402,F401
 from marketlake.cli import compat_cmd  # noqa: E402,F401
 

@@ -182,7 +182,7 @@ class Lake:
 
         def drop_absent(stored: pl.DataFrame) -> pl.DataFrame:
             t = pl.col("ts").dt.epoch("ms")
-            return stored.filter((t < lo) | (t >= hi) | pl.col("trade_id").is_in(ids))
+            return stored.filter((t < lo) | (t >= hi) | pl.col("trade_id").is_in(ids.implode()))
 
         changed = False
         for part in plan_files(self.root, [sid], lo, hi):

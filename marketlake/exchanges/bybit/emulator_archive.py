@@ -87,10 +87,9 @@ class EmulatorArchive:
 
     # ------------------------------------------------------------------ handlers
 
-    async def _faulted(self, request: web.Request) -> web.StreamResponse | None:
-        """Apply a drawn fault; returns the response to send, or None to answer normally."""
+    async def _faulted(self, request: web.Request) -> tuple[web.StreamResponse | None, str | None]:
+        """Draw and apply a fault: the response to send instead (or None), and the fault."""
         fault = self._emu.control.draw_fault(ARCHIVE_FAULT_PATH)
-        request["archive_fault"] = fault
         if fault == "disconnect":
             self._log(request, 0, fault)
             if request.transport is not None:
@@ -99,34 +98,35 @@ class EmulatorArchive:
         if fault == "slow":
             await asyncio.sleep(self._emu.faults.slow_seconds)
         if fault == "429":
-            return self._reply(request, 429, b"429 Too Many Requests", "text/plain", fault)
+            return self._reply(request, 429, b"429 Too Many Requests", "text/plain", fault), fault
         if fault in ("5xx", "403", "10006", "10016"):
             status = self._emu.faults.status_5xx if fault == "5xx" else 503
-            return self._reply(request, status, b"<html><body>Service Unavailable</body></html>", "text/html", fault)
-        return None
+            body = b"<html><body>Service Unavailable</body></html>"
+            return self._reply(request, status, body, "text/html", fault), fault
+        return None, fault
 
     def _index(self, directory: str):  # noqa: ANN202 - an aiohttp handler factory
         async def handler(request: web.Request) -> web.StreamResponse:
-            early = await self._faulted(request)
+            early, fault = await self._faulted(request)
             if early is not None:
                 return early
             symbol = request.match_info["symbol"]
             spec = self._spec(directory, symbol)
             if spec is None:
-                return self._reply(request, 404, b"<html><body>404 Not Found</body></html>", "text/html")
+                return self._reply(request, 404, b"<html><body>404 Not Found</body></html>", "text/html", fault)
             names = [archive_file_name(symbol, spec.category, d) for d in self.published_days(spec)]
             rows = "\n".join(f'<li><a href="{html.escape(n)}">{html.escape(n)}</a></li>' for n in names)
             page = (
                 f"<html><head><title>Index of /{directory}/{symbol}/</title></head><body>"
                 f'<ul><li><a href="../">../</a></li>\n{rows}\n</ul></body></html>'
             )
-            return self._reply(request, 200, page.encode(), "text/html")
+            return self._reply(request, 200, page.encode(), "text/html", fault)
 
         return handler
 
     def _file(self, directory: str):  # noqa: ANN202 - an aiohttp handler factory
         async def handler(request: web.Request) -> web.StreamResponse:
-            early = await self._faulted(request)
+            early, fault = await self._faulted(request)
             if early is not None:
                 return early
             symbol, name = request.match_info["symbol"], request.match_info["name"]
@@ -135,18 +135,18 @@ class EmulatorArchive:
             if spec is not None:
                 day = next((d for d in self.published_days(spec) if archive_file_name(symbol, spec.category, d) == name), None)
             if spec is None or day is None:
-                return self._reply(request, 404, b"<html><body>404 Not Found</body></html>", "text/html")
+                return self._reply(request, 404, b"<html><body>404 Not Found</body></html>", "text/html", fault)
             body = await asyncio.to_thread(self.day_file, spec, day)
-            if request.get("archive_fault") == "truncated":
+            if fault == "truncated":
                 body = body[: max(1, len(body) // 2)]
-            return self._reply(request, 200, body, "application/gzip")
+            return self._reply(request, 200, body, "application/gzip", fault)
 
         return handler
 
     def _reply(
         self, request: web.Request, status: int, body: bytes, content_type: str, fault: str | None = None
     ) -> web.Response:
-        self._log(request, status, fault or request.get("archive_fault"))
+        self._log(request, status, fault)
         resp = web.Response(status=status, body=body)
         resp.content_type = content_type
         return resp

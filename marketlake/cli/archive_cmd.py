@@ -1,0 +1,127 @@
+"""``marketlake archive``: flags in, the archive ingest, rendered results out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from marketlake.cli.app import CategoryOpt, ConfigOpt, JsonOpt, LakeOpt, app, load_settings
+from marketlake.cli.ingest_cmd import run_async
+from marketlake.cli.render import console, err_console, human_bytes, print_json
+from marketlake.clock import get_clock
+from marketlake.core.symbols import parse_symbols
+from marketlake.errors import DataValidationError
+from marketlake.ingest.archive import ArchiveStats, SymbolPlan, run_archive_ingest
+from marketlake.store import Lake
+
+
+def _date(text: str | None, what: str) -> dt.date | None:
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text.strip())
+    except ValueError:
+        raise DataValidationError(f"{what} must be a date YYYY-MM-DD, got {text[:40]!r}") from None
+
+
+def _range(start: str | None, end: str | None, days: int | None, today: dt.date) -> tuple[dt.date, dt.date]:
+    first, stop = _date(start, "--start"), _date(end, "--end")
+    if days is not None:
+        if days < 1:
+            raise DataValidationError(f"--days must be >= 1, got {days}")
+        if first is not None:
+            raise DataValidationError("give --days or --start, not both")
+        stop = stop or today
+        first = stop - dt.timedelta(days=days)
+    if first is None:
+        raise DataValidationError("say which days: --start YYYY-MM-DD [--end YYYY-MM-DD] or --days N")
+    return first, stop or today
+
+
+def _render_plan(plans: list[SymbolPlan], as_json: bool) -> None:
+    if as_json:
+        print_json({p.sid.symbol: [d.isoformat() for d in p.days] for p in plans})
+        return
+    for p in plans:
+        span = f"{p.days[0]} .. {p.days[-1]}" if p.days else "nothing to fetch"
+        console.print(f"{p.sid.label():<40} {len(p.days):>5} day(s)  {span}")
+    console.print(f"plan: {sum(len(p.days) for p in plans)} day file(s) for {len(plans)} symbol(s)")
+
+
+def _render_stats(st: ArchiveStats, as_json: bool) -> None:
+    if as_json:
+        print_json(st.to_dict())
+        return
+    for note in st.notices[:20]:
+        err_console.print(f"note: {note}", markup=False)
+    for note in st.failures[:20]:
+        err_console.print(f"failed: {note}", markup=False)
+    console.print(
+        f"archive {'interrupted' if st.interrupted else 'done'} in {st.elapsed:.1f} s: "
+        f"{st.days_fetched} day(s) stored, {st.days_empty} verified empty, {st.days_unpublished} not published yet, "
+        f"{st.days_failed} failed; trades {st.trades_new:,} new, {st.trades_replaced:,} replaced, "
+        f"{st.trades_unchanged:,} unchanged, {st.trades_deleted:,} dropped; "
+        f"{human_bytes(st.bytes_downloaded)} in {st.requests} requests, {st.retries} retries"
+    )
+
+
+@app.command()
+def archive(
+    symbols: Annotated[str, typer.Option("--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")],
+    start: Annotated[Optional[str], typer.Option("--start", help="First day, YYYY-MM-DD (UTC).")] = None,
+    end: Annotated[Optional[str], typer.Option("--end", help="Day after the last, YYYY-MM-DD (default: today).")] = None,
+    days: Annotated[Optional[int], typer.Option("--days", help="The last N completed days.")] = None,
+    category: CategoryOpt = None,
+    archive_url: Annotated[
+        Optional[str], typer.Option("--archive-url", help="Archive host (default: https://public.bybit.com).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="Day files downloaded at once.")] = 3,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the days to fetch and stop.")] = False,
+    lake: LakeOpt = None,
+    config: ConfigOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Fetch whole days of trades from Bybit's public daily archives: the complete trade history,
+    and the way trade gaps of the live stream are recovered. Only days the ledger does not cover
+    are fetched; a re-run resumes."""
+    settings = load_settings(lake, config, category=category, archive_url=archive_url)
+    today = dt.datetime.fromtimestamp(get_clock().now_ms() / 1000, dt.UTC).date()
+    first, stop = _range(start, end, days, today)
+    names = parse_symbols(symbols)
+    if not names:
+        raise DataValidationError("--symbols names no symbol")
+    the_lake = Lake(settings=settings)
+    last_line = [0.0]
+
+    def progress(st: ArchiveStats) -> None:
+        if json_ or time.monotonic() - last_line[0] < 5.0:
+            return
+        last_line[0] = time.monotonic()
+        console.print(
+            f"archive: {st.days_done}/{st.days_planned} days, {st.trades_new:,} new trades, "
+            f"{human_bytes(st.bytes_downloaded)}"
+        )
+
+    plans, stats = run_async(
+        run_archive_ingest(
+            the_lake,
+            names,
+            category=settings.category,
+            start=first,
+            end=stop,
+            base_url=settings.archive_url,
+            concurrency=concurrency,
+            today=today,
+            dry_run=dry_run,
+            on_progress=progress,
+        )
+    )
+    if stats is None:
+        _render_plan(plans, json_)
+        return
+    _render_stats(stats, json_)
+    if stats.failures or stats.days_failed:
+        raise typer.Exit(1)
