@@ -39,6 +39,7 @@ from marketlake.store.writer import (
     commit_rows,
     compact_partition,
     partition_slices,
+    replace_range,
     rewrite_partition,
 )
 
@@ -154,10 +155,10 @@ class Lake:
         """Make ``frame`` the complete set of stored trades in ``[start, end)``.
 
         For a source that is complete over a range (a day of Bybit's trade archive): its rows
-        are merged by ``trade_id`` as :meth:`write_trades` does, then stored rows of the range
-        whose id the frame lacks are deleted (e.g. streamed spot trades, whose ids the spot
-        archive does not carry). Each step is atomic per partition; a crash between them leaves
-        a superset of the range, never a loss, and a re-run completes it.
+        replace the range's stored rows in one atomic step per partition: rows with the same
+        ``trade_id`` are replaced or kept, stored rows of the range whose id the frame lacks are
+        deleted (e.g. streamed spot trades, whose ids the spot archive does not carry), rows
+        outside the range stay.
 
         Raises:
             DataValidationError: a row of ``frame`` lies outside ``[start, end)``.
@@ -177,20 +178,22 @@ class Lake:
                 raise DataValidationError(
                     f"replace_trades of {symbol}: rows outside [{ms_to_text(lo)}, {ms_to_text(hi)})"
                 )
-        result = self._write(sid, df, "trade_id")
-        ids = df.get_column("trade_id")
+            df = df.unique(subset="trade_id", keep="last", maintain_order=True).sort("ts", maintain_order=True)
+        slices = {pkey: (a, b) for pkey, a, b in partition_slices(df.get_column("ts").dt.epoch("ms").to_numpy(), sid)}
+        keys = sorted(set(slices) | {p.key for p in plan_files(self.root, [sid], lo, hi)})
 
-        def drop_absent(stored: pl.DataFrame) -> pl.DataFrame:
-            t = pl.col("ts").dt.epoch("ms")
-            return stored.filter((t < lo) | (t >= hi) | pl.col("trade_id").is_in(ids.implode()))
+        def commit(pkey: str) -> WriteResult:
+            a, b = slices.get(pkey, (0, 0))
+            p_lo, p_hi = sid.period.bounds(pkey)
+            return replace_range(self.root, sid, pkey, max(lo, p_lo), min(hi, p_hi), df.slice(a, b - a))
 
-        changed = False
-        for part in plan_files(self.root, [sid], lo, hi):
-            step = rewrite_partition(self.root, sid, part.key, drop_absent)
-            changed = changed or step.changed
-            result += step
-        if changed:
+        result = WriteResult()
+        with ThreadPoolExecutor(max_workers=max(1, min(len(keys), _WRITE_THREADS))) as pool:
+            for part in pool.map(commit, keys):
+                result += part
+        if result.changed:
             self._bump_generation()
+            self._maybe_purge()
         return result
 
     def _write(self, sid: SeriesId, df: pl.DataFrame, key: str) -> WriteResult:

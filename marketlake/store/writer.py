@@ -195,6 +195,54 @@ def commit_rows(
     return result
 
 
+def replace_range(
+    root: Path,
+    sid: SeriesId,
+    key: str,
+    lo: int,
+    hi: int,
+    rows: pl.DataFrame,
+) -> WriteResult:
+    """Make ``rows`` the partition's complete content within ``[lo, hi)`` (epoch ms), in one
+    atomic step; stored rows outside the range stay.
+
+    ``rows`` are normalised, unique by key, sorted by ts and inside both the partition and the
+    range. Stored rows of the range are replaced, kept (equal) or deleted (absent from ``rows``);
+    nothing is written when the partition would not change.
+
+    Raises:
+        LakeWriteError: the partition could not be written; it keeps its previous state.
+        CorruptLakeError: a stored file of the partition cannot be read.
+    """
+    pdir = sid.partition_dir(root, key)
+    key_col = _key_column(sid)
+    result = WriteResult()
+    with partition_lock(root, pdir):
+        files = list_data_files(pdir)
+        live = live_files(files)
+        next_seq = max((f.seq for f in files), default=0) + 1
+        if not live:
+            if rows.height:
+                _publish(rows, sid, pdir, "part", next_seq)
+                result.rows_new, result.partitions, result.files_written = rows.height, [key], 1
+            return result
+        old = read_files(live, sid.dataset)
+        t = pl.col("ts").dt.epoch("ms")
+        in_range = (t >= lo) & (t < hi)
+        inside, outside = old.filter(in_range), old.filter(~in_range)
+        n_new, n_replaced, n_same = _diff_counts(inside, rows, key_col)
+        deleted = inside.height - n_replaced - n_same
+        result.rows_new, result.rows_replaced, result.rows_unchanged = n_new, n_replaced, n_same
+        result.rows_deleted = deleted
+        if n_new or n_replaced or deleted:
+            outside = outside.join(rows.select(key_col), on=key_col, how="anti")  # one row per key
+            merged = pl.concat([outside, rows], how="vertical").sort("ts", maintain_order=True)
+            _publish(merged, sid, pdir, "part", next_seq)
+            result.partitions, result.files_written = [key], 1
+            to_trash(root, [f.path for f in files])
+    return result
+
+
 def rewrite_partition(
     root: Path,
     sid: SeriesId,
