@@ -214,7 +214,11 @@ def normalize_trades(frame: object) -> pl.DataFrame:
     df = _as_polars(frame)
     if "trade_id" in df.columns and df.schema["trade_id"] != pl.String:
         df = df.with_columns(pl.col("trade_id").cast(pl.String))
-    if "side" in df.columns and df.schema["side"] in (pl.String, pl.Categorical):
+    if (
+        "side" in df.columns
+        and df.schema["side"] in (pl.String, pl.Categorical)
+        and not (df.schema["side"] == pl.String and df.get_column("side").is_in(["Buy", "Sell"]).all())
+    ):
         side = pl.col("side").cast(pl.String).str.to_lowercase()
         df = df.with_columns(
             pl.when(side == "buy").then(pl.lit("Buy"))

