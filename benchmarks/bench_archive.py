@@ -157,7 +157,7 @@ def main() -> None:
     t = measure_many(variants, repeat=args.repeat)
     exact = np.sort(exact_micros(plain))
     ours = t["marketlake"].result["ts"].dt.epoch("us").to_numpy()
-    pand = t["pandas"].result["timestamp"].to_numpy().astype("datetime64[us]").astype(np.int64)
+    pand = t["pandas"].result["timestamp"].dt.tz_localize(None).to_numpy().astype("datetime64[us]").astype(np.int64)
     naive = t["polars naive"].result["ts"].dt.epoch("us").to_numpy()
     off = {
         "marketlake": float(np.mean(ours != exact)),
@@ -183,6 +183,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
         ours_s: list[float] = []
         script_s: list[float] = []
+        size: dict[str, int] = {}
         try:
             for _ in range(args.repeat):
                 for name in ("marketlake", "script"):
@@ -200,6 +201,7 @@ def main() -> None:
                         rows = await script_loop(url, days, tmp)
                         assert rows == args.trades * args.days
                         script_s.append(time.perf_counter() - t0)
+                    size[name] = sum(p.stat().st_size for p in tmp.rglob("*.parquet"))
                     shutil.rmtree(tmp)
         finally:
             await runner.cleanup()
@@ -207,10 +209,12 @@ def main() -> None:
         m_ours, m_script = float(np.median(ours_s)), float(np.median(script_s))
         print_table(
             f"archive ingest: {args.days} day files x {args.trades:,} trades from a local server",
-            ["variant", "median", "trades/s", "vs script"],
+            ["variant", "median", "trades/s", "vs script", "bytes/trade"],
             [
-                ["marketlake (ledger, validation, exact times, merge)", fmt_s(m_ours), fmt_rate(total / m_ours), f"{m_script / m_ours:.2f}x"],
-                ["script (aiohttp + pandas + to_parquet, sequential)", fmt_s(m_script), fmt_rate(total / m_script), "1.00x"],
+                ["marketlake (ledger, validation, exact times, merge)", fmt_s(m_ours), fmt_rate(total / m_ours),
+                 f"{m_script / m_ours:.2f}x", f"{size['marketlake'] / total:.1f}"],
+                ["script (aiohttp + pandas + to_parquet, sequential)", fmt_s(m_script), fmt_rate(total / m_script),
+                 "1.00x", f"{size['script'] / total:.1f}"],
             ],
         )
 
