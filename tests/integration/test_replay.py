@@ -81,3 +81,33 @@ def test_serve_lake_command_replays_over_http(tmp_path, shared_dir):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_replayed_lake_serves_its_stored_trades_as_daily_archive_files(tmp_path, shared_dir):
+    import datetime as dt
+
+    from marketlake.ingest.archive import run_archive_ingest
+
+    source = Lake(tmp_path / "source", settings=Settings.load(environ={}))
+    real = shared_dir / "fixtures" / "real" / "btc-perp-20211231-20220201_1m.csv"
+    assert import_csv(source, [real], symbol="BTCPERP", timeframe="1").ok
+    # Trades for two days, times on whole ms (the wire and the archive carry ms from a replay).
+    ts = [1_641_081_600_000 + i * 7_001 for i in range(20_000)]  # 2022-01-02 00:00 + ~39 h
+    trades = pl.DataFrame(
+        {"ts": ts, "price": [47000.0 + (i % 50) / 2 for i in range(len(ts))], "size": [0.001 * (1 + i % 7) for i in range(len(ts))],
+         "side": ["Buy" if i % 3 else "Sell" for i in range(len(ts))], "trade_id": [f"t{i}" for i in range(len(ts))]}
+    )
+    source.write_trades(trades, symbol="BTCPERP")
+    market = LakeMarket(source)
+    copy = Lake(tmp_path / "copy", settings=Settings.load(environ={}))
+
+    async def main() -> None:
+        async with BybitEmulator(market, start_ms=market.last_ms + 86_400_000, speed=0.0) as emu:
+            _, st = await run_archive_ingest(
+                copy, ["BTCPERP"], category="linear", start=dt.date(2022, 1, 1), end=dt.date(2022, 1, 5), base_url=emu.url
+            )
+            assert st is not None and not st.failures and st.days_fetched == 2 and st.days_empty == 2
+
+    asyncio.run(main())
+    keys = ["ts", "price", "size", "side", "trade_id"]
+    assert copy.read_trades("BTCPERP").select(keys).equals(source.read_trades("BTCPERP").select(keys))
