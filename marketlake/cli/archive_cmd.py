@@ -14,7 +14,7 @@ from marketlake.cli.render import console, err_console, human_bytes, print_json
 from marketlake.clock import get_clock
 from marketlake.core.symbols import parse_symbols
 from marketlake.errors import DataValidationError
-from marketlake.ingest.archive import ArchiveStats, SymbolPlan, run_archive_ingest
+from marketlake.ingest.archive import ArchiveStats, SymbolPlan, candle_timeframes, run_archive_ingest
 from marketlake.store import Lake
 
 
@@ -59,11 +59,12 @@ def _render_stats(st: ArchiveStats, as_json: bool) -> None:
         err_console.print(f"note: {note}", markup=False)
     for note in st.failures[:20]:
         err_console.print(f"failed: {note}", markup=False)
+    built = f"{st.candles_written:,} candles built; " if st.candles_written else ""
     console.print(
         f"archive {'interrupted' if st.interrupted else 'done'} in {st.elapsed:.1f} s: "
         f"{st.days_fetched} day(s) stored, {st.days_empty} verified empty, {st.days_unpublished} not published yet, "
         f"{st.days_failed} failed; trades {st.trades_new:,} new, {st.trades_replaced:,} replaced, "
-        f"{st.trades_unchanged:,} unchanged, {st.trades_deleted:,} dropped; "
+        f"{st.trades_unchanged:,} unchanged, {st.trades_deleted:,} dropped; {built}"
         f"{human_bytes(st.bytes_downloaded)} in {st.requests} requests, {st.retries} retries"
     )
 
@@ -75,6 +76,10 @@ def archive(
     end: Annotated[Optional[str], typer.Option("--end", help="Day after the last, YYYY-MM-DD (default: today).")] = None,
     days: Annotated[Optional[int], typer.Option("--days", help="The last N completed days.")] = None,
     category: CategoryOpt = None,
+    candles: Annotated[
+        Optional[str],
+        typer.Option("--candles", help="Also build sub-minute candles from the trades, e.g. 1s,5s."),
+    ] = None,
     archive_url: Annotated[
         Optional[str], typer.Option("--archive-url", help="Archive host (default: https://public.bybit.com).")
     ] = None,
@@ -91,6 +96,7 @@ def archive(
     today = dt.datetime.fromtimestamp(get_clock().now_ms() / 1000, dt.UTC).date()
     first, stop = _range(start, end, days, today)
     names = parse_symbols(symbols)
+    tfs = candle_timeframes(candles)
     if not names:
         raise DataValidationError("--symbols names no symbol")
     the_lake = Lake(settings=settings)
@@ -117,6 +123,7 @@ def archive(
             today=today,
             dry_run=dry_run,
             on_progress=progress,
+            candles=tfs,
         )
     )
     if stats is None:

@@ -35,16 +35,27 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from marketlake.core.candles import candles_from_trades
 from marketlake.core.symbols import validate_symbol
+from marketlake.core.timeframes import Timeframe, parse_timeframes
 from marketlake.errors import DataValidationError, ExchangeError, LakeError
 from marketlake.exchanges.bybit import constants as C
 from marketlake.exchanges.bybit.archive import BybitArchiveClient
 from marketlake.exchanges.bybit.parse_archive import parse_trade_dump
 from marketlake.store import Lake
-from marketlake.store.layout import TRADES, SeriesId
+from marketlake.ingest.live_tracks import absent_runs
+from marketlake.store.layout import CANDLES, TRADES, SeriesId
 from marketlake.store.ledger import Status
 
-__all__ = ["ArchiveIngest", "ArchiveStats", "SymbolPlan", "day_bounds", "plan_archive", "run_archive_ingest"]
+__all__ = [
+    "ArchiveIngest",
+    "ArchiveStats",
+    "SymbolPlan",
+    "candle_timeframes",
+    "day_bounds",
+    "plan_archive",
+    "run_archive_ingest",
+]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +83,7 @@ class ArchiveStats:
     trades_replaced: int = 0
     trades_unchanged: int = 0
     trades_deleted: int = 0
+    candles_written: int = 0
     bytes_downloaded: int = 0
     requests: int = 0
     retries: int = 0
@@ -100,6 +112,25 @@ class SymbolPlan:
     days: tuple[dt.date, ...]
 
 
+def candle_timeframes(names: str | Sequence[str] | None) -> tuple[Timeframe, ...]:
+    """The timeframes ``--candles`` may build from archive trades: sub-minute ones only.
+
+    Raises:
+        DataValidationError: a timeframe Bybit serves as klines (those come from
+            ``marketlake ingest``; one series must not mix two sources).
+    """
+    if not names:
+        return ()
+    tfs = tuple(parse_timeframes(names if isinstance(names, str) else list(names)))
+    served = [t.name for t in tfs if t.is_bybit]
+    if served:
+        raise DataValidationError(
+            f"candles of {', '.join(served)} come from Bybit's klines (marketlake ingest); "
+            "archive trades build sub-minute candles only: 1s, 5s, 15s"
+        )
+    return tfs
+
+
 def plan_archive(
     lake: Lake,
     symbols: Sequence[str],
@@ -109,8 +140,10 @@ def plan_archive(
     end: dt.date,
     today: dt.date,
     exchange: str = "bybit",
+    candles: Sequence[Timeframe] = (),
 ) -> list[SymbolPlan]:
-    """Per symbol, the days of ``[start, end)`` before ``today`` whose trades are not fully covered.
+    """Per symbol, the days of ``[start, end)`` before ``today`` whose trades (or candles of a
+    ``candles`` timeframe) are not fully covered.
 
     Raises:
         DataValidationError: an empty range or a category without archives.
@@ -126,11 +159,14 @@ def plan_archive(
     plans = []
     for symbol in symbols:
         sid = SeriesId.of(TRADES, exchange=exchange, category=category, symbol=validate_symbol(symbol))
+        candle_sids = [
+            SeriesId.of(CANDLES, exchange=exchange, category=category, symbol=symbol, timeframe=tf) for tf in candles
+        ]
         days: list[dt.date] = []
         day = start
         while day < last:
             a, b = day_bounds(day)
-            if lake.ledger.missing(sid, a, b):
+            if any(lake.ledger.missing(s, a, b) for s in (sid, *candle_sids)):
                 days.append(day)
             day += dt.timedelta(days=1)
         plans.append(SymbolPlan(sid, tuple(days)))
@@ -146,6 +182,8 @@ class ArchiveIngest:
         concurrency: Days downloaded at once (each holds one decompressed file in memory).
         on_progress: Called with the stats after every settled day.
         run_args: Stored with the run in the ledger.
+        candles: Sub-minute timeframes to build from each stored day's trades (see
+            :func:`candle_timeframes`); seconds without a trade are recorded verified empty.
     """
 
     def __init__(
@@ -156,6 +194,7 @@ class ArchiveIngest:
         concurrency: int = 3,
         on_progress: Callable[[ArchiveStats], None] | None = None,
         run_args: dict | None = None,
+        candles: Sequence[Timeframe] = (),
     ) -> None:
         if not 1 <= concurrency <= 32:
             raise DataValidationError("archive concurrency must be within 1..32")
@@ -164,6 +203,7 @@ class ArchiveIngest:
         self.concurrency = concurrency
         self.on_progress = on_progress
         self.run_args = run_args or {}
+        self.candles = tuple(candles)
         self.stats = ArchiveStats()
         self.run_id: str | None = None
         self._t0 = time.monotonic()
@@ -257,9 +297,9 @@ class ArchiveIngest:
             del data
             st.parse_seconds += time.monotonic() - t
             t = time.monotonic()
-            outside = await asyncio.to_thread(self._write_day, sid, day, frame)
+            outside, built_candles = await asyncio.to_thread(self._write_day, sid, day, frame)
             st.write_seconds += time.monotonic() - t
-        except (ExchangeError, LakeError, _ListedButMissing) as exc:
+        except (ExchangeError, LakeError, DataValidationError, _ListedButMissing) as exc:
             st.days_failed += 1
             st.failures.append(str(exc)[:300])
             with contextlib.suppress(LakeError):
@@ -267,6 +307,13 @@ class ArchiveIngest:
             return
         if outside:
             st.notices.append(f"{sid.symbol} {day}: {outside} trade(s) timed outside the day, merged into their own day")
+        for tf, built in built_candles:
+            csid = SeriesId.of(CANDLES, exchange=sid.exchange, category=sid.category, symbol=sid.symbol, timeframe=tf)
+            empty = absent_runs(tf, a, b, built)
+            # The whole day first, then its empty runs (each record is a transaction: a kill
+            # between them leaves empty buckets claimed present, never a hole).
+            ledger.record(csid, a, b, Status.PRESENT, run_id=self.run_id)
+            ledger.record_many(csid, empty, Status.EMPTY, detail="no trade in the archive", run_id=self.run_id)
         if frame.height:
             ledger.record(sid, a, b, Status.PRESENT, run_id=self.run_id)
             st.days_fetched += 1
@@ -274,9 +321,12 @@ class ArchiveIngest:
             ledger.record(sid, a, b, Status.EMPTY, detail="archive file without trades", run_id=self.run_id)
             st.days_empty += 1
 
-    def _write_day(self, sid: SeriesId, day: dt.date, frame: pl.DataFrame) -> int:
-        """Replace the day's trades with ``frame`` (rows outside the day are merged); return how
-        many rows were outside."""
+    def _write_day(
+        self, sid: SeriesId, day: dt.date, frame: pl.DataFrame
+    ) -> tuple[int, list[tuple[Timeframe, list[int]]]]:
+        """Replace the day's trades with ``frame`` (rows outside the day are merged) and write the
+        candles built from them; return how many rows were outside the day, and per candle
+        timeframe the bucket opens written."""
         a, b = day_bounds(day)
         t = pl.col("ts").dt.epoch("ms")
         inside = frame.filter((t >= a) & (t < b))
@@ -290,7 +340,14 @@ class ArchiveIngest:
         st.trades_replaced += res.rows_replaced
         st.trades_unchanged += res.rows_unchanged
         st.trades_deleted += res.rows_deleted
-        return outside
+        built: list[tuple[Timeframe, list[int]]] = []
+        for tf in self.candles:
+            candles = candles_from_trades(inside, tf)
+            if candles.height:
+                self.lake.write_candles(candles, timeframe=tf, **kw)
+            st.candles_written += candles.height
+            built.append((tf, candles.get_column("ts").dt.epoch("ms").to_list()))
+        return outside, built
 
     def _progress(self) -> None:
         if self.on_progress is not None:
@@ -318,6 +375,7 @@ async def run_archive_ingest(
     on_plan: Callable[[list[SymbolPlan]], None] | None = None,
     on_progress: Callable[[ArchiveStats], None] | None = None,
     client: BybitArchiveClient | None = None,
+    candles: Sequence[Timeframe] = (),
 ) -> tuple[list[SymbolPlan], ArchiveStats | None]:
     """Plan and (unless ``dry_run``) run an archive ingest; return the plan and the stats.
 
@@ -328,7 +386,7 @@ async def run_archive_ingest(
 
     if today is None:
         today = dt.datetime.fromtimestamp(get_clock().now_ms() / 1000, dt.UTC).date()
-    plans = plan_archive(lake, symbols, category=category, start=start, end=end, today=today)
+    plans = plan_archive(lake, symbols, category=category, start=start, end=end, today=today, candles=candles)
     if on_plan is not None:
         on_plan(plans)
     if dry_run:
@@ -341,8 +399,10 @@ async def run_archive_ingest(
             client,
             concurrency=concurrency,
             on_progress=on_progress,
+            candles=candles,
             run_args={
                 "symbols": list(symbols),
+                "candles": [t.name for t in candles],
                 "category": category,
                 "start": start.isoformat(),
                 "end": end.isoformat(),

@@ -156,7 +156,5 @@ class BatchWriter:
         # worst a few empty buckets claimed present, which they are: nothing is missing there).
         for a, z in subtract([b.span], b.failed):
             ledger.record(sid, a, z, Status.PRESENT, run_id=self.run_id)
-        for a, z in b.empty:
-            ledger.record(sid, a, z, Status.EMPTY, detail="nothing at the exchange", run_id=self.run_id)
-        for a, z in b.failed:
-            ledger.record(sid, a, z, Status.FAILED, detail="not recoverable from REST", run_id=self.run_id)
+        ledger.record_many(sid, b.empty, Status.EMPTY, detail="nothing at the exchange", run_id=self.run_id)
+        ledger.record_many(sid, b.failed, Status.FAILED, detail="not recoverable from REST", run_id=self.run_id)

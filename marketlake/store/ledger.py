@@ -20,6 +20,7 @@ Arrow table (no DuckDB extension needed).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import sqlite3
@@ -137,29 +138,34 @@ class Ledger:
         The newest knowledge wins over the range, except that ``failed`` never overrides
         ``present`` or ``empty`` (a failed re-fetch does not un-store data).
         """
+        self.record_many(sid, [(start_ms, end_ms)], status, detail=detail, run_id=run_id)
+
+    def record_many(
+        self,
+        sid: SeriesId,
+        ranges: list[tuple[int, int]],
+        status: Status | str,
+        *,
+        detail: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        """:meth:`record` for many ranges of one series in one transaction and one pass (the
+        thousands of empty runs of a day of 1s candles cost one commit, not thousands)."""
         status = Status(status)
-        if end_ms <= start_ms:
+        pieces = merge(ranges)
+        if not pieces:
             return
         now = get_clock().now_ms()
         key = _key(sid)
+        lo, hi = pieces[0][0], pieces[-1][1]
         with self._tx() as db:
-            rows = db.execute(
-                f"SELECT start_ms, end_ms, status, updated_ms, run_id, detail FROM coverage "
-                f"WHERE {_WHERE} AND end_ms > ? AND start_ms < ? ORDER BY start_ms",
-                (*key, start_ms - 1, end_ms + 1),  # touching ranges too, to coalesce them
-            ).fetchall()
-            pieces: list[Interval] = [(start_ms, end_ms)]
+            rows = _touching(db, key, lo, hi)
             if status is Status.FAILED:
                 pieces = subtract(pieces, [(s, e) for s, e, st, *_ in rows if st in _DONE])
-            keep: list[tuple] = []
-            for s, e, st, up, run, det in rows:
-                for rs, re_ in subtract([(s, e)], pieces):
-                    keep.append((rs, re_, st, up, run, det))
+            keep = [(s, e, *rest) for (s0, e0, *rest) in rows for s, e in _minus_sorted(s0, e0, pieces)]
             new = keep + [(s, e, status.value, now, run_id, detail) for s, e in pieces]
-            db.execute(
-                f"DELETE FROM coverage WHERE {_WHERE} AND end_ms > ? AND start_ms < ?",
-                (*key, start_ms - 1, end_ms + 1),
-            )
+            first = rows[0][0] if rows else lo
+            db.execute(f"DELETE FROM coverage WHERE {_WHERE} AND start_ms >= ? AND start_ms <= ?", (*key, first, hi))
             db.executemany(
                 "INSERT INTO coverage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(*key, *row) for row in _coalesce(new)],
@@ -186,11 +192,7 @@ class Ledger:
         """Recorded ranges of ``sid`` overlapping ``[start_ms, end_ms)``, in time order."""
         lo = -(2**62) if start_ms is None else start_ms
         hi = 2**62 if end_ms is None else end_ms
-        rows = self._db.execute(
-            f"SELECT start_ms, end_ms, status, updated_ms, run_id, detail FROM coverage "
-            f"WHERE {_WHERE} AND end_ms > ? AND start_ms < ? ORDER BY start_ms",
-            (*_key(sid), lo, hi),
-        ).fetchall()
+        rows = [r for r in _touching(self._db, _key(sid), lo, hi) if r[1] > lo and r[0] < hi]
         return [Coverage(s, e, Status(st), up, run, det) for s, e, st, up, run, det in rows]
 
     def missing(self, sid: SeriesId, start_ms: int, end_ms: int) -> list[Interval]:
@@ -277,6 +279,40 @@ class Ledger:
                     "start_ms": pl.Int64, "end_ms": pl.Int64, "detail": pl.String},
             orient="row",
         )
+
+
+def _touching(db: sqlite3.Connection, key: tuple[str, ...], lo: int, hi: int) -> list[tuple]:
+    """Rows of a series overlapping or touching ``[lo, hi]``, in time order.
+
+    Ranges of a series never overlap, so at most one starts before ``lo`` and reaches it: two
+    index seeks instead of a scan of every earlier range.
+    """
+    cols = "start_ms, end_ms, status, updated_ms, run_id, detail"
+    prev = db.execute(
+        f"SELECT {cols} FROM coverage WHERE {_WHERE} AND start_ms < ? ORDER BY start_ms DESC LIMIT 1", (*key, lo)
+    ).fetchone()
+    rest = db.execute(
+        f"SELECT {cols} FROM coverage WHERE {_WHERE} AND start_ms >= ? AND start_ms <= ? ORDER BY start_ms",
+        (*key, lo, hi),
+    ).fetchall()
+    return ([prev] if prev is not None and prev[1] >= lo else []) + rest
+
+
+def _minus_sorted(s: int, e: int, cut: list[Interval]) -> list[Interval]:
+    """``[s, e)`` minus ``cut`` (sorted, disjoint), finding the overlapping cuts by bisection."""
+    i = max(bisect.bisect_right(cut, (s, 2**63)) - 1, 0)
+    out: list[Interval] = []
+    cur = s
+    while i < len(cut) and cut[i][0] < e:
+        cs, ce = cut[i]
+        if ce > cur:
+            if cs > cur:
+                out.append((cur, cs))
+            cur = ce
+        i += 1
+    if cur < e:
+        out.append((cur, e))
+    return out
 
 
 def _coalesce(rows: list[tuple]) -> list[tuple]:

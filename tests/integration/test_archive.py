@@ -325,3 +325,44 @@ def test_an_archive_run_killed_with_sigkill_resumes_to_the_exact_lake(tmp_path):
         for sym in ("BTCUSDT", "ETHUSDT"):
             assert stored(lake, sym, "linear").equals(truth(emu, sym, "linear", start, end))
         assert lake.fsck().ok
+
+
+def test_sub_minute_candles_built_from_archive_days_equal_the_kernel_on_the_truth_and_leave_no_gap(tmp_path):
+    from marketlake.core.candles import candles_from_trades
+    from marketlake.ingest.archive import candle_timeframes
+    from marketlake.quality.check import check_lake
+
+    async def scenario(emu: BybitEmulator) -> None:
+        lake = Lake(tmp_path / "lake")
+        tfs = candle_timeframes("1s,15s")
+        async with quick_client(emu.url) as client:
+            _, st = await run_archive_ingest(
+                lake, ["ETHUSDT"], category="linear", start=DAYS[0], end=DAYS[0] + dt.timedelta(days=1),
+                client=client, candles=tfs,
+            )
+        assert st is not None and st.candles_written > 0
+        want = truth(emu, "ETHUSDT", "linear", DAYS[0], DAYS[0] + dt.timedelta(days=1))
+        for tf in ("1s", "15s"):
+            got = lake.read_candles("ETHUSDT", tf).drop("symbol", "timeframe", "filled")
+            assert got.equals(candles_from_trades(want, tf).select(got.columns))
+        # Seconds without a trade are verified empty, so check finds no gap in them.
+        report = check_lake(lake, symbols=["ETHUSDT"], timeframes=["1s", "15s"], consistency=False)
+        assert len(report.series) == 2
+        assert not report.has_issues, report.report()
+        # A second run plans nothing: trades and both candle series are covered.
+        async with quick_client(emu.url) as client:
+            plans, _ = await run_archive_ingest(
+                lake, ["ETHUSDT"], category="linear", start=DAYS[0], end=DAYS[0] + dt.timedelta(days=1),
+                client=client, candles=tfs,
+            )
+        assert plans[0].days == ()
+
+    run_with_emulator(scenario)
+
+
+def test_candles_bybit_serves_as_klines_are_refused_for_archive_building():
+    from marketlake.errors import DataValidationError
+    from marketlake.ingest.archive import candle_timeframes
+
+    with pytest.raises(DataValidationError, match="1, 60 come from Bybit's klines"):
+        candle_timeframes("1s,1,60")

@@ -1,5 +1,7 @@
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from marketlake.store.layout import SeriesId
 from marketlake.store.ledger import Ledger, Status
@@ -86,3 +88,40 @@ def test_lake_sql_sees_ledger_changes_made_after_the_first_query(lake):
     assert lake.sql("select count(*) from coverage").item() == 1
     lake.ledger.record(ETH1, 1_704_067_200_000, 1_704_067_260_000, Status.FAILED)
     assert lake.sql("select count(*) from coverage").item() == 2
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["present", "empty", "failed"]),
+        st.lists(st.tuples(st.integers(0, 60), st.integers(1, 15)), min_size=1, max_size=6),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_OPS)
+def test_record_and_record_many_match_a_point_by_point_model(tmp_path_factory, ops):
+    """Every unit of time holds the newest status recorded over it, except that failed never
+    replaces present/empty; ranges stay disjoint and touching equal statuses coalesce."""
+    model: dict[int, str] = {}
+    with Ledger(tmp_path_factory.mktemp("ledger")) as led:
+        for status, spans, batched in ops:
+            ranges = [(a, a + n) for a, n in spans]
+            if batched:
+                led.record_many(BTC1, ranges, status)
+            else:
+                for a, b in ranges:
+                    led.record(BTC1, a, b, status)
+            for a, b in ranges:
+                for t in range(a, b):
+                    if not (status == "failed" and model.get(t) in ("present", "empty")):
+                        model[t] = status
+        got = led.ranges(BTC1)
+    points = {t: c.status.value for c in got for t in range(c.start_ms, c.end_ms)}
+    assert points == model
+    for prev, cur in zip(got, got[1:]):
+        assert prev.end_ms <= cur.start_ms
+        assert not (prev.end_ms == cur.start_ms and prev.status == cur.status)
