@@ -4,7 +4,8 @@ Run: ``python -m benchmarks.bench_sinks [--rows 300000] [--baseline-rows 20000] 
 
 * PostgreSQL: a lake of ``--rows`` 1m candles (5 symbols) is exported into an empty database with
   :func:`marketlake.interop.postgres.export_postgres` (COPY into a staging table, then
-  ``INSERT ... ON CONFLICT DO NOTHING``), then exported again (every row already there). Baselines,
+  ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` values differ), then exported again (every row
+  already there, unchanged). Baselines,
   on ``--baseline-rows`` of the same rows: one ``INSERT ... ON CONFLICT DO NOTHING`` per row in
   one transaction (the generous row-by-row loop), and per row with a commit each (autocommit:
   how the old scripts wrote). Rates are rows per second; each figure is the median of

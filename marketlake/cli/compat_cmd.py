@@ -70,12 +70,13 @@ def export_postgres_cmd(
     for s in report.series:
         console.print(
             f"{s.dataset} {s.series}: {s.rows_read:,} rows, {s.rows_inserted:,} inserted, "
-            f"{s.rows_present:,} already there",
+            f"{s.rows_updated:,} updated, {s.rows_present:,} already there",
             markup=False,
         )
     rate = report.rows_read / report.seconds if report.seconds > 0 else 0.0
     console.print(
-        f"{report.target}: {report.rows_read:,} rows read, {report.rows_inserted:,} inserted "
+        f"{report.target}: {report.rows_read:,} rows read, {report.rows_inserted:,} inserted, "
+        f"{report.rows_updated:,} updated "
         f"in {report.seconds:,.1f} s ({rate:,.0f} rows/s); {report.retries} retried batch(es)",
         markup=False,
     )

@@ -20,15 +20,16 @@ per skipped row, so re-runs over millions of rows would exhaust a 32-bit SERIAL)
 is VARCHAR(40) (marketlake accepts symbols up to 40 characters; dated options exceed 20).
 
 How rows go in (:func:`export_postgres`): per batch, in one transaction, COPY into a session's
-temporary staging table, then ``INSERT INTO ... SELECT ... ON CONFLICT DO NOTHING`` into the
-target. A re-run, or a batch holding rows already there, inserts only what is missing: nothing is
-lost and nothing doubled. A broken connection (server restart, ``pg_terminate_backend``, network)
+temporary staging table, then ``INSERT INTO ... SELECT ... ON CONFLICT (key) DO UPDATE ... WHERE
+the values differ`` into the target. A re-run, or a batch holding rows already there, inserts what
+is missing and updates what the lake changed since (``repair`` re-fetched a candle): nothing is
+lost, nothing doubled, and unchanged rows are not rewritten (no dead tuples from re-runs). A broken connection (server restart, ``pg_terminate_backend``, network)
 rolls the batch back; the batch is sent again on a new connection, up to ``retries`` times.
 Other PostgreSQL errors, and exhausted retries, raise :class:`~marketlake.errors.SinkError`.
 The lake is only read, so no PostgreSQL failure can affect it.
 
-First write wins: a row already in PostgreSQL is not updated when the lake's copy changed later
-(``repair`` re-fetched it); delete the range in PostgreSQL and export it again for that.
+The lake wins: PostgreSQL mirrors it, so a later export corrects rows changed in the lake. Rows
+deleted from the lake (quarantined by ``repair``) are not deleted from PostgreSQL.
 """
 
 from __future__ import annotations
@@ -210,12 +211,13 @@ class SeriesExport:
     dataset: str
     rows_read: int = 0
     rows_inserted: int = 0
+    rows_updated: int = 0
     batches: int = 0
 
     @property
     def rows_present(self) -> int:
-        """Rows PostgreSQL already held (skipped by ``ON CONFLICT DO NOTHING``)."""
-        return self.rows_read - self.rows_inserted
+        """Rows PostgreSQL already held with the lake's values (left untouched)."""
+        return self.rows_read - self.rows_inserted - self.rows_updated
 
 
 @dataclass(slots=True)
@@ -237,18 +239,24 @@ class ExportReport:
         """Rows PostgreSQL did not have before."""
         return sum(s.rows_inserted for s in self.series)
 
+    @property
+    def rows_updated(self) -> int:
+        """Rows PostgreSQL held with other values than the lake's now (corrected)."""
+        return sum(s.rows_updated for s in self.series)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
         return {
             "target": self.target,
             "rows_read": self.rows_read,
             "rows_inserted": self.rows_inserted,
-            "rows_present": self.rows_read - self.rows_inserted,
+            "rows_updated": self.rows_updated,
+            "rows_present": self.rows_read - self.rows_inserted - self.rows_updated,
             "retries": self.retries,
             "seconds": round(self.seconds, 3),
             "series": [
                 {"series": s.series, "dataset": s.dataset, "rows_read": s.rows_read,
-                 "rows_inserted": s.rows_inserted, "batches": s.batches}
+                 "rows_inserted": s.rows_inserted, "rows_updated": s.rows_updated, "batches": s.batches}
                 for s in self.series
             ],
         }
@@ -295,12 +303,13 @@ class _Sender:
                     self.con.execute(f"CREATE TEMP TABLE IF NOT EXISTS ml_stage_{ds} ({typed}) ON COMMIT DELETE ROWS")
         return self.con
 
-    def send(self, label: str, dataset: str, rows: int, payload: bytes) -> int:
-        """COPY ``payload`` (CSV rows) into the stage, insert what is new; returns rows inserted."""
+    def send(self, label: str, dataset: str, rows: int, payload: bytes) -> tuple[int, int]:
+        """COPY ``payload`` (CSV rows) into the stage, insert what is new, update what differs;
+        returns (rows inserted, rows updated)."""
         cols = ", ".join(COLUMNS[dataset])
-        insert = (
-            f"INSERT INTO {dataset} ({cols}) SELECT {cols} FROM ml_stage_{dataset} "
-            f"ON CONFLICT ({', '.join(KEYS[dataset])}) DO NOTHING"
+        insert = f"WITH written AS ({upsert_sql(dataset, f'SELECT {cols} FROM ml_stage_{dataset}')} " + (
+            "RETURNING (xmax = 0) AS inserted) "  # xmax = 0: a fresh tuple, not an updated one
+            "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"
         )
         attempt = 0
         while True:
@@ -314,7 +323,8 @@ class _Sender:
                             copy.write(payload[i : i + (1 << 20)])
                         self._hook(label, dataset, rows, attempt, con, "copied")
                     cur.execute(insert)
-                    return max(cur.rowcount, 0)
+                    inserted, updated = cur.fetchone()
+                    return int(inserted), int(updated)
             except (self.psycopg.OperationalError, SinkError) as exc:
                 # The connection broke (or could not be made): the transaction is gone with it.
                 self.close()
@@ -332,6 +342,21 @@ class _Sender:
     def _hook(self, label: str, dataset: str, rows: int, attempt: int, con: Any, stage: str) -> None:
         if self.on_batch is not None:
             self.on_batch(BatchInfo(label, dataset, rows, attempt, con.info.backend_pid, stage))
+
+
+def upsert_sql(dataset: str, source: str) -> str:
+    """``INSERT INTO dataset ... source ON CONFLICT (key) DO UPDATE`` of the value columns, only
+    where a value differs (``IS DISTINCT FROM``: nulls compare equal), so re-runs write nothing."""
+    cols = COLUMNS[dataset]
+    values = [c for c in cols if c not in KEYS[dataset]]
+    mine = ", ".join(f"{dataset}.{c}" for c in values)
+    theirs = ", ".join(f"EXCLUDED.{c}" for c in values)
+    return (
+        f"INSERT INTO {dataset} ({', '.join(cols)}) {source} "
+        f"ON CONFLICT ({', '.join(KEYS[dataset])}) DO UPDATE SET "
+        + ", ".join(f"{c} = EXCLUDED.{c}" for c in values)
+        + f" WHERE ({mine}) IS DISTINCT FROM ({theirs})"
+    )
 
 
 def _windows(first_ms: int, last_ms: int, step_ms: int) -> Iterator[tuple[int, int]]:
@@ -447,7 +472,9 @@ def export_postgres(
                 )
                 for part in _rebatch(frames, batch_rows):
                     payload = _to_csv(part, dataset, exchange, category, sym, tf if dataset == "candles" else None)
-                    item.rows_inserted += sender.send(label, dataset, part.height, payload)
+                    inserted, updated = sender.send(label, dataset, part.height, payload)
+                    item.rows_inserted += inserted
+                    item.rows_updated += updated
                     item.rows_read += part.height
                     item.batches += 1
     finally:

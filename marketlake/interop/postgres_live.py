@@ -2,7 +2,7 @@
 
 ``PostgresMirror(dsn).attach(runner)`` registers an async callback on a
 :class:`~marketlake.ingest.live.LiveRunner`. Each closed candle is inserted into ``candles``
-(``ON CONFLICT DO NOTHING``, the same rows and key as :func:`~marketlake.interop.postgres.export_postgres`)
+(an upsert: the same rows, key and rule as :func:`~marketlake.interop.postgres.export_postgres`)
 on one async connection. The runner hands callbacks their candles from a bounded queue, off the
 socket's path, so PostgreSQL being slow or down holds up neither the stream nor the lake.
 
@@ -22,7 +22,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from marketlake.errors import SinkError
-from marketlake.interop.postgres import COLUMNS, KEYS, SCHEMA_SQL, _first_line, _psycopg, mask_dsn
+from marketlake.interop.postgres import COLUMNS, SCHEMA_SQL, _first_line, _psycopg, mask_dsn, upsert_sql
 
 if TYPE_CHECKING:
     from marketlake.ingest.live_types import LiveCandle
@@ -78,10 +78,7 @@ class PostgresMirror:
         self.dropped = 0
         self._con: Any = None
         cols = COLUMNS["candles"]
-        self._sql = (
-            f"INSERT INTO candles ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))}) "
-            f"ON CONFLICT ({', '.join(KEYS['candles'])}) DO NOTHING"
-        )
+        self._sql = upsert_sql("candles", f"VALUES ({', '.join(['%s'] * len(cols))})")
 
     def attach(self, runner: Any) -> PostgresMirror:
         """Register on ``runner`` for closed candles (its ``add_callback``)."""

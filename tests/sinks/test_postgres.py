@@ -58,7 +58,7 @@ def test_export_then_rerun_adds_nothing(filled: Lake, pg_dsn: str) -> None:
         ("bybit/linear/BTCUSDT", 2),
     ]
     again = export_postgres(filled, pg_dsn, trades=True, batch_rows=700)
-    assert (again.rows_read, again.rows_inserted) == (4700, 0)
+    assert (again.rows_read, again.rows_inserted, again.rows_updated) == (4700, 0, 0)
     assert count(pg_dsn, "candles") == 3500 and count(pg_dsn, "trades") == 1200
     # Values and times survive exactly (DECIMAL holds the float's shortest text).
     src = candles(2500).row(1234, named=True)
@@ -78,7 +78,8 @@ def test_export_then_rerun_adds_nothing(filled: Lake, pg_dsn: str) -> None:
 
 
 def test_batch_holding_existing_rows(filled: Lake, pg_dsn: str) -> None:
-    """Rows already in PostgreSQL are skipped (first write wins), every new row lands."""
+    """Rows PostgreSQL holds with other values are corrected to the lake's (the lake wins), every
+    new row lands."""
     with psycopg.connect(pg_dsn) as con:
         ensure_schema(con)
         first = dt.datetime.fromtimestamp(T0 / 1000, dt.UTC)
@@ -91,8 +92,28 @@ def test_batch_holding_existing_rows(filled: Lake, pg_dsn: str) -> None:
         con.commit()
     report = export_postgres(filled, pg_dsn, symbols="BTCUSDT", timeframes="1m", trades=True)
     assert report.rows_read == 2500 + 1200 and report.rows_inserted == 2500 + 1200 - 2
+    assert report.rows_updated == 2
     assert count(pg_dsn, "candles") == 2500 and count(pg_dsn, "trades") == 1200
-    assert count(pg_dsn, "candles", "open = 1 AND timeframe = '1'") == 1
+    assert count(pg_dsn, "candles", "open = 1 AND timeframe = '1'") == 0
+    assert count(pg_dsn, "trades", "price = 1") == 0
+
+
+def test_a_candle_corrected_in_the_lake_is_corrected_by_the_next_export_and_nothing_else_is_rewritten(
+    filled: Lake, pg_dsn: str
+) -> None:
+    export_postgres(filled, pg_dsn, symbols="BTCUSDT", timeframes="1")
+    with psycopg.connect(pg_dsn) as con:
+        before = dict(con.execute("SELECT timestamp, xmin::text FROM candles").fetchall())
+    fixed = filled.read_candles("BTCUSDT", "1").slice(100, 1).with_columns(pl.col("close") + 0.5)
+    filled.write_candles(fixed.drop("symbol", "timeframe"), symbol="BTCUSDT", timeframe="1")  # as repair does
+    report = export_postgres(filled, pg_dsn, symbols="BTCUSDT", timeframes="1")
+    assert (report.rows_inserted, report.rows_updated, report.series[0].rows_present) == (0, 1, 2499)
+    with psycopg.connect(pg_dsn) as con:
+        after = dict(con.execute("SELECT timestamp, xmin::text FROM candles").fetchall())
+        close = con.execute("SELECT close FROM candles WHERE timestamp = %s", (fixed["ts"][0],)).fetchone()[0]
+    assert close == Decimal(repr(fixed["close"][0]))
+    changed = [t for t in before if before[t] != after[t]]
+    assert changed == [fixed["ts"][0]]  # only the corrected row got a new tuple
 
 
 def test_connection_killed_mid_copy_is_retried(filled: Lake, pg_dsn: str) -> None:
