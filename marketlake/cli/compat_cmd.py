@@ -49,8 +49,8 @@ def export_postgres_cmd(
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Copy candles (and trades) into PostgreSQL tables `candles` / `trades`; a re-run adds only
-    what is missing (COPY into a staging table, INSERT ... ON CONFLICT DO NOTHING)."""
+    """Copy candles (and trades) into PostgreSQL tables `candles` / `trades`; a re-run adds what is
+    missing and corrects what the lake changed (COPY into a staging table, then an upsert)."""
     from marketlake.interop.postgres import export_postgres
 
     if not dsn.strip():

@@ -15,7 +15,7 @@ system created them):
   ``category``, ``trade_id``; unique key ``(exchange, category, symbol, trade_id)``: several
   trades share a time, price and size, only the exchange's id tells them apart.
 
-Also changed from the seed: ``id`` is BIGSERIAL (``ON CONFLICT DO NOTHING`` spends a sequence value
+Also changed from the seed: ``id`` is BIGSERIAL (an ``ON CONFLICT`` insert spends a sequence value
 per skipped row, so re-runs over millions of rows would exhaust a 32-bit SERIAL) and ``symbol``
 is VARCHAR(40) (marketlake accepts symbols up to 40 characters; dated options exceed 20).
 
