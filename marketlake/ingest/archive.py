@@ -218,11 +218,12 @@ class ArchiveIngest:
         queue: asyncio.Queue[tuple[SeriesId, dt.date]] = asyncio.Queue()
         status = "ok"
         try:
-            for plan in plans:
-                if plan.days:
-                    await self._triage(plan, queue)
+            # Workers start first: the first symbol's days download while later indexes are read.
             workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.concurrency)]
             try:
+                for plan in plans:
+                    if plan.days:
+                        await self._triage(plan, queue)
                 await queue.join()
             finally:
                 for w in workers:
@@ -279,6 +280,10 @@ class ArchiveIngest:
             sid, day = await queue.get()
             try:
                 await self._day(sid, day)
+            except Exception as exc:  # noqa: BLE001 - an unforeseen failure fails its day, not the run
+                log.exception("archive %s %s", sid.label(), day)
+                self.stats.days_failed += 1
+                self.stats.failures.append(f"{sid.symbol} {day}: {type(exc).__name__}: {str(exc)[:200]}")
             finally:
                 queue.task_done()
                 self._progress()
