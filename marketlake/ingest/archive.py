@@ -26,6 +26,7 @@ a day that is not stored, and a re-run fetches exactly the days still missing. D
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import datetime as dt
 import logging
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from marketlake.core.candles import candles_from_trades
+from marketlake.core.intervals import merge
 from marketlake.core.symbols import validate_symbol
 from marketlake.core.timeframes import Timeframe, parse_timeframes
 from marketlake.errors import DataValidationError, ExchangeError, LakeError
@@ -162,15 +164,31 @@ def plan_archive(
         candle_sids = [
             SeriesId.of(CANDLES, exchange=exchange, category=category, symbol=symbol, timeframe=tf) for tf in candles
         ]
+        lo, hi = day_bounds(start)[0], day_bounds(last)[0]
+        # One ledger read per series for the whole range (a 1s series holds thousands of empty
+        # runs a day), then a bisection per day over the merged done ranges.
+        done = [_done_ranges(lake, s, lo, hi) for s in (sid, *candle_sids)]
         days: list[dt.date] = []
         day = start
         while day < last:
             a, b = day_bounds(day)
-            if any(lake.ledger.missing(s, a, b) for s in (sid, *candle_sids)):
+            if not all(_covers(d, a, b) for d in done):
                 days.append(day)
             day += dt.timedelta(days=1)
         plans.append(SymbolPlan(sid, tuple(days)))
     return plans
+
+
+def _done_ranges(lake: Lake, sid: SeriesId, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Present or verified-empty ranges of ``sid`` over ``[lo, hi)``, merged (sorted, disjoint)."""
+    if hi <= lo:
+        return []
+    return merge((c.start_ms, c.end_ms) for c in lake.ledger.ranges(sid, lo, hi) if c.status is not Status.FAILED)
+
+
+def _covers(done: list[tuple[int, int]], a: int, b: int) -> bool:
+    i = bisect.bisect_right(done, (a, 2**63)) - 1
+    return i >= 0 and done[i][0] <= a and done[i][1] >= b
 
 
 class ArchiveIngest:
