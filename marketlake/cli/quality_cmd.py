@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -22,7 +23,7 @@ from marketlake.cli.app import (
     open_lake,
 )
 from marketlake.cli.ingest_cmd import BaseUrlOpt, run_async
-from marketlake.cli.render import console, err_console, print_frame, print_json, to_jsonable
+from marketlake.cli.render import console, err_console, human_bytes, print_frame, print_json, to_jsonable
 from marketlake.quality.check import LakeCheck, check_lake, describe_gap
 from marketlake.quality.repair import RepairReport, repair_lake
 from marketlake.store import Lake
@@ -147,6 +148,7 @@ def demo(
     """Offline demo: start the Bybit emulator on 127.0.0.1, ingest from it, check, list, query."""
     from marketlake.exchanges.bybit.emulator import BybitEmulator
     from marketlake.exchanges.bybit.rest import BybitRestClient
+    from marketlake.ingest.archive import candle_timeframes, run_archive_ingest
     from marketlake.ingest.service import IngestRequest, run_ingest
     from marketlake.net.ratelimit import RateBudget
     from marketlake.settings import Settings
@@ -161,12 +163,23 @@ def demo(
             budget = RateBudget(500, state_dir=the_lake.root / "_meta")
             async with BybitRestClient(emu.url, budget=budget) as client:
                 out = await run_ingest(the_lake, client, request)
-        st = out.stats
-        assert st is not None
-        console.print(
-            f"2. ingest: {st.series} series, {st.pages} requests, {st.rows_new:,} new candles in {st.elapsed:.1f} s"
-            f" ({st.empty_candles:,} candles verified empty: the emulator's outages)"
-        )
+            st = out.stats
+            assert st is not None
+            console.print(
+                f"2. ingest: {st.series} series, {st.pages} requests, {st.rows_new:,} new candles in {st.elapsed:.1f} s"
+                f" ({st.empty_candles:,} candles verified empty: the emulator's outages)"
+            )
+            # Yesterday's trade archive, with 5s candles built from it (Bybit serves none below 1m).
+            today = dt.datetime.fromtimestamp(emu.clock.now_ms() / 1000, dt.UTC).date()
+            _, arch = await run_archive_ingest(
+                the_lake, ["BTCUSDT"], category="linear", start=today - dt.timedelta(days=1), end=today,
+                today=today, base_url=emu.url, candles=candle_timeframes("5s"),
+            )
+            assert arch is not None
+            console.print(
+                f"   archive: {arch.days_fetched} day of BTCUSDT trades ({arch.trades_new:,} trades, "
+                f"{human_bytes(arch.bytes_downloaded)} gzip'd), {arch.candles_written:,} 5s candles built from them"
+            )
 
     run_async(main())
     result = check_lake(the_lake)

@@ -156,4 +156,6 @@ def test_demo_runs_offline_end_to_end(tmp_path, capsys, monkeypatch):
     assert main(["demo", "--days", "2"]) == 0
     out = capsys.readouterr().out
     assert "no issues" in out and "BTCUSDT" in out
+    assert "5s candles built" in out
     assert (tmp_path / "demo-lake" / "candles").is_dir()
+    assert (tmp_path / "demo-lake" / "trades").is_dir()
