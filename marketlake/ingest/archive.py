@@ -44,8 +44,8 @@ from marketlake.errors import DataValidationError, ExchangeError, LakeError
 from marketlake.exchanges.bybit import constants as C
 from marketlake.exchanges.bybit.archive import BybitArchiveClient
 from marketlake.exchanges.bybit.parse_archive import parse_trade_dump
-from marketlake.store import Lake
 from marketlake.ingest.live_tracks import absent_runs
+from marketlake.store import Lake
 from marketlake.store.layout import CANDLES, TRADES, SeriesId
 from marketlake.store.ledger import Status
 
@@ -298,7 +298,7 @@ class ArchiveIngest:
             sid, day = await queue.get()
             try:
                 await self._day(sid, day)
-            except Exception as exc:  # noqa: BLE001 - an unforeseen failure fails its day, not the run
+            except Exception as exc:
                 log.exception("archive %s %s", sid.label(), day)
                 self.stats.days_failed += 1
                 self.stats.failures.append(f"{sid.symbol} {day}: {type(exc).__name__}: {str(exc)[:200]}")

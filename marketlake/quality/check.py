@@ -10,7 +10,6 @@ a stored 1-minute series beside them are compared with its resample (cross-timef
 from __future__ import annotations
 
 import bisect
-
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field

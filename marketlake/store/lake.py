@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
 import polars as pl
 
+from marketlake.clock import get_clock
 from marketlake.core.schemas import normalize_candles, normalize_trades
 from marketlake.core.symbols import parse_symbols
 from marketlake.core.timeframes import Timeframe, parse_timeframes
-from marketlake.clock import get_clock
 from marketlake.core.timeutil import TimeLike, ms_to_text, to_ms
 from marketlake.errors import DataValidationError, LakeError
 from marketlake.settings import Settings

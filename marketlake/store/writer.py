@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from marketlake.core.schemas import CANDLE_ARROW_SCHEMA, TRADE_ARROW_SCHEMA
 from marketlake.errors import CorruptLakeError, LakeWriteError
 from marketlake.store.files import list_data_files, partition_lock, publish_table, to_trash
-from marketlake.store.reader import scan_data_files
 from marketlake.store.layout import CANDLES, DataFile, SeriesId, data_file_name, live_files
+from marketlake.store.reader import scan_data_files
 
 __all__ = ["WriteResult", "commit_rows", "compact_partition", "rewrite_partition"]
 

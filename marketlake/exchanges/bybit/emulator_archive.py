@@ -105,7 +105,7 @@ class EmulatorArchive:
             return self._reply(request, status, body, "text/html", fault), fault
         return None, fault
 
-    def _index(self, directory: str):  # noqa: ANN202 - an aiohttp handler factory
+    def _index(self, directory: str):
         async def handler(request: web.Request) -> web.StreamResponse:
             early, fault = await self._faulted(request)
             if early is not None:
@@ -124,7 +124,7 @@ class EmulatorArchive:
 
         return handler
 
-    def _file(self, directory: str):  # noqa: ANN202 - an aiohttp handler factory
+    def _file(self, directory: str):
         async def handler(request: web.Request) -> web.StreamResponse:
             early, fault = await self._faulted(request)
             if early is not None:
@@ -152,7 +152,7 @@ class EmulatorArchive:
         return resp
 
     def _log(self, request: web.Request, status: int, fault: str | None) -> None:
-        self._emu._record(  # noqa: SLF001 - one request log for every route of the emulator
+        self._emu._record(
             time.monotonic(), time.time_ns() / 1e6, self._emu.clock.now_ms(), request, status, None, fault
         )
 
