@@ -11,6 +11,7 @@ from marketlake.core.integrity import CheckResult, check_candles, integrity_repo
 from marketlake.core.timeframes import TIMEFRAMES, Timeframe, parse_timeframe
 from marketlake.errors import *  # noqa: F403  (the error tree is part of the public API)
 from marketlake.feeder import DataFeeder
+from marketlake.ingest.archive import ArchiveStats, run_archive_ingest
 from marketlake.ingest.live import LiveRunner
 from marketlake.ingest.live_types import LiveConfig
 from marketlake.ingest.service import IngestRequest, run_ingest
@@ -24,12 +25,14 @@ from marketlake.store import FsckReport, Lake, WriteResult
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveStats",
     "CheckResult",
     "candles_from_trades",
     "check_candles",
     "check_consistency",
     "check_lake",
     "repair_lake",
+    "run_archive_ingest",
     "run_ingest",
     "integrity_report",
     "resample",

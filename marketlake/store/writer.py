@@ -28,7 +28,7 @@ from marketlake.store.files import list_data_files, partition_lock, publish_tabl
 from marketlake.store.layout import CANDLES, DataFile, SeriesId, data_file_name, live_files
 from marketlake.store.reader import scan_data_files
 
-__all__ = ["WriteResult", "commit_rows", "compact_partition", "rewrite_partition"]
+__all__ = ["WriteResult", "commit_rows", "compact_partition", "replace_range", "rewrite_partition"]
 
 
 @dataclass(slots=True)
