@@ -24,6 +24,7 @@ from marketlake.cli.app import (
 )
 from marketlake.cli.ingest_cmd import BaseUrlOpt, run_async
 from marketlake.cli.render import console, err_console, human_bytes, print_frame, print_json, to_jsonable
+from marketlake.core.timeutil import ms_to_datetime
 from marketlake.quality.check import LakeCheck, check_lake, describe_gap
 from marketlake.quality.repair import RepairReport, repair_lake
 from marketlake.store import Lake
@@ -54,7 +55,16 @@ def _render_check(result: LakeCheck) -> None:
             console.print(f"  gap in {s.sid.label()}: {describe_gap(g)}")
         if len(s.unexplained) > 5:
             console.print(f"  ... {len(s.unexplained) - 5} more gaps in {s.sid.label()}")
-    bad = sum(1 for s in result.series if s.has_issues)
+    for label, ranges in result.trade_gaps.items():
+        lost = sum(b - a for a, b in ranges) / 60_000
+        symbol, category = label.rsplit("/", 1)[-1], label.split("/")[1]
+        first = ms_to_datetime(ranges[0][0]).date()
+        last = ms_to_datetime(ranges[-1][1] - 1).date() + dt.timedelta(days=1)
+        console.print(
+            f"  trades {label}: {len(ranges)} range(s), {lost:,.1f} min, lost while streaming; recover with "
+            f"`marketlake archive --symbols {symbol} --category {category} --start {first} --end {last}`"
+        )
+    bad = sum(1 for s in result.series if s.has_issues) + len(result.trade_gaps)
     console.print(
         f"{len(result.series)} series, {result.rows:,} candles checked in {result.seconds:.2f} s "
         f"({result.rows / max(result.seconds, 1e-9) / 1e6:.1f} M/s); {bad} with issues"

@@ -22,7 +22,7 @@ from marketlake.core.integrity import CheckResult, Gap, check_candles, format_ts
 from marketlake.core.symbols import parse_symbols
 from marketlake.core.timeframes import Timeframe, parse_timeframe, parse_timeframes
 from marketlake.store import Lake
-from marketlake.store.layout import CANDLES, SeriesId
+from marketlake.store.layout import CANDLES, TRADES, SeriesId
 from marketlake.store.ledger import Status
 from marketlake.store.reader import find_series
 
@@ -91,11 +91,14 @@ class LakeCheck:
     series: list[SeriesCheck] = field(default_factory=list)
     rows: int = 0
     seconds: float = 0.0
+    #: Per trades series (label), ranges the ledger records as failed: trades lost while
+    #: streaming that REST could not return. ``marketlake archive`` recovers them.
+    trade_gaps: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
     @property
     def has_issues(self) -> bool:
-        """True when any series has an issue."""
-        return any(s.has_issues for s in self.series)
+        """True when any series has an issue, or trades were lost."""
+        return any(s.has_issues for s in self.series) or bool(self.trade_gaps)
 
     def report(self) -> dict[str, Any]:
         """The old ``DataIntegrityChecker`` report structure, one entry per series (by label)."""
@@ -117,6 +120,7 @@ class LakeCheck:
             "rows_checked": self.rows,
             "seconds": round(self.seconds, 3),
             "series": [s.to_dict() for s in self.series],
+            "trade_gaps": {k: [[a, b] for a, b in v] for k, v in self.trade_gaps.items()},
         }
 
 
@@ -181,7 +185,28 @@ def check_lake(
                 sc.consistency = check_consistency(base.drop("filled"), frame.drop("filled"), tf)
         out.series.append(sc)
         out.rows += frame.height
+    if timeframes is None and lake.has_ledger:
+        out.trade_gaps = _trade_gaps(
+            lake, exchange or lake.settings.exchange, category or lake.settings.category,
+            None if symbols is None else parse_symbols(symbols),
+        )
     out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _trade_gaps(
+    lake: Lake, exchange: str, category: str, symbols: list[str] | None
+) -> dict[str, list[tuple[int, int]]]:
+    failed = lake.ledger.table().filter(
+        (pl.col("dataset") == TRADES) & (pl.col("status") == Status.FAILED.value)
+        & (pl.col("exchange") == exchange) & (pl.col("category") == category)
+    )
+    if symbols is not None:
+        failed = failed.filter(pl.col("symbol").is_in(symbols))
+    out: dict[str, list[tuple[int, int]]] = {}
+    for row in failed.iter_rows(named=True):
+        label = SeriesId(TRADES, exchange, category, row["symbol"]).label()
+        out.setdefault(label, []).append((row["start_ms"], row["end_ms"]))
     return out
 
 

@@ -22,6 +22,7 @@ from marketlake.exchanges.bybit.archive import BybitArchiveClient
 from marketlake.exchanges.bybit.emulator import BybitEmulator
 from marketlake.ingest.archive import day_bounds, run_archive_ingest
 from marketlake.net.backoff import Backoff
+from marketlake.quality.check import check_lake
 from marketlake.store import Lake
 from marketlake.store.layout import TRADES, SeriesId
 from marketlake.store.ledger import Status
@@ -189,6 +190,8 @@ def test_a_trade_gap_the_live_runner_recorded_as_failed_is_recovered_from_the_ar
         lake.ledger.record(sid, a, hole[0], Status.PRESENT)
         lake.ledger.record(sid, hole[1], b, Status.PRESENT)
         lake.ledger.record(sid, *hole, Status.FAILED, detail="not recoverable from REST")
+        # check reports the lost range, with the command that recovers it.
+        assert check_lake(lake).trade_gaps == {"bybit/linear/BTCUSDT": [hole]}
         # The ledger's failed range is the only reason to fetch: other days are not planned.
         async with quick_client(emu.url) as client:
             plans, st = await run_archive_ingest(
@@ -198,6 +201,7 @@ def test_a_trade_gap_the_live_runner_recorded_as_failed_is_recovered_from_the_ar
         assert st is not None and st.trades_new == have.filter((t >= hole[0]) & (t < hole[1])).height
         assert stored(lake, "BTCUSDT", "linear").equals(have)
         assert lake.ledger.missing(sid, a, b) == []
+        assert check_lake(lake).trade_gaps == {}
 
     run_with_emulator(scenario)
 
