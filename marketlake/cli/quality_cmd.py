@@ -109,6 +109,11 @@ def _render_repair(rep: RepairReport) -> None:
     console.print(
         f"{len(rep.series)} series looked at, {len(changed)} changed; {rep.gaps_left} unexplained gap(s) left"
     )
+    if rep.trade_days_fetched or rep.trade_gaps_left:
+        console.print(
+            f"trades: {rep.trade_days_fetched} archive day(s) fetched; {rep.trade_gaps_left} lost range(s) left"
+            + (" (days Bybit has not published yet are fetched by a later run)" if rep.trade_gaps_left else "")
+        )
 
 
 @app.command()
@@ -121,15 +126,19 @@ def repair(
     fill: Annotated[bool, typer.Option("--fill", help="Fill gaps still open with flat candles marked filled.")] = False,
     unfill: Annotated[bool, typer.Option("--unfill", help="Remove every flat fill candle first.")] = False,
     base_url: BaseUrlOpt = None,
+    archive_url: Annotated[
+        Optional[str], typer.Option("--archive-url", help="Trade archive host (default: https://public.bybit.com).")
+    ] = None,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Remove duplicates, quarantine invalid rows, re-fetch gaps (and fill them only when asked)."""
+    from marketlake.exchanges.bybit.archive import BybitArchiveClient
     from marketlake.exchanges.bybit.rest import BybitRestClient
     from marketlake.net.ratelimit import RateBudget
 
-    settings = load_settings(lake, config, base_url=base_url)
+    settings = load_settings(lake, config, base_url=base_url, archive_url=archive_url)
     the_lake = Lake(settings=settings)
 
     async def main() -> RepairReport:
@@ -137,16 +146,17 @@ def repair(
             return await repair_lake(the_lake, symbols, timeframes, exchange=exchange, category=category,
                                      fill=fill, unfill=unfill)
         budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.root / "_meta")
-        async with BybitRestClient(settings.base_url, budget=budget) as client:
+        async with BybitRestClient(settings.base_url, budget=budget) as client, \
+                BybitArchiveClient(settings.archive_url) as archive:
             return await repair_lake(the_lake, symbols, timeframes, exchange=exchange, category=category,
-                                     client=client, fill=fill, unfill=unfill)
+                                     client=client, fill=fill, unfill=unfill, archive=archive)
 
     rep = run_async(main())
     if json_:
         print_json(rep.to_dict())
     else:
         _render_repair(rep)
-    if rep.gaps_left or rep.refetch_failures:
+    if rep.gaps_left or rep.refetch_failures or rep.trade_gaps_left:
         raise typer.Exit(1)
 
 

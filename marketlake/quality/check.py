@@ -186,7 +186,7 @@ def check_lake(
         out.series.append(sc)
         out.rows += frame.height
     if timeframes is None and lake.has_ledger:
-        out.trade_gaps = _trade_gaps(
+        out.trade_gaps = lost_trades(
             lake, exchange or lake.settings.exchange, category or lake.settings.category,
             None if symbols is None else parse_symbols(symbols),
         )
@@ -194,9 +194,10 @@ def check_lake(
     return out
 
 
-def _trade_gaps(
+def lost_trades(
     lake: Lake, exchange: str, category: str, symbols: list[str] | None
 ) -> dict[str, list[tuple[int, int]]]:
+    """Per trades series (label), the ranges the ledger records as failed, in time order."""
     failed = lake.ledger.table().filter(
         (pl.col("dataset") == TRADES) & (pl.col("status") == Status.FAILED.value)
         & (pl.col("exchange") == exchange) & (pl.col("category") == category)

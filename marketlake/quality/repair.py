@@ -9,10 +9,15 @@ Per series, in this order:
    runner fetches it; what the exchange does not have becomes verified empty), then, only when
    asked (``fill``), what is still missing is filled with flat candles marked ``filled = true``
    (close carried, volume 0), which ``unfill`` removes again.
+
+Then trades lost while streaming (the ledger's failed ranges of ``trades`` series) are re-fetched
+from Bybit's daily archives, whole days (see :mod:`marketlake.ingest.archive`), when an archive
+client is given and no timeframe filter narrows the repair to candles.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,12 +25,17 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from marketlake.clock import get_clock
 from marketlake.core.integrity import CheckResult, reasons_of
 from marketlake.core.intervals import Interval
+from marketlake.core.symbols import parse_symbols
+from marketlake.core.timeutil import ms_to_datetime
+from marketlake.exchanges.bybit.archive import BybitArchiveClient
 from marketlake.exchanges.bybit.rest import BybitRestClient, kline_windows
+from marketlake.ingest.archive import ArchiveIngest, plan_archive
 from marketlake.ingest.historical import HistoricalIngest
 from marketlake.ingest.planner import Plan, SeriesPlan
-from marketlake.quality.check import SeriesCheck, check_lake
+from marketlake.quality.check import SeriesCheck, check_lake, lost_trades
 from marketlake.store import Lake
 from marketlake.store.layout import SeriesId
 
@@ -58,6 +68,10 @@ class RepairReport:
 
     series: list[SeriesRepair] = field(default_factory=list)
     refetch_failures: list[str] = field(default_factory=list)
+    #: Archive days fetched to recover trades lost while streaming.
+    trade_days_fetched: int = 0
+    #: Lost trade ranges still open (e.g. a day Bybit has not published yet).
+    trade_gaps_left: int = 0
 
     @property
     def gaps_left(self) -> int:
@@ -69,6 +83,8 @@ class RepairReport:
         return {
             "gaps_left": self.gaps_left,
             "refetch_failures": self.refetch_failures,
+            "trade_days_fetched": self.trade_days_fetched,
+            "trade_gaps_left": self.trade_gaps_left,
             "series": [{k: getattr(s, k) for k in s.__slots__} for s in self.series],  # type: ignore[attr-defined]
         }
 
@@ -121,11 +137,14 @@ async def repair_lake(
     client: BybitRestClient | None = None,
     fill: bool = False,
     unfill: bool = False,
+    archive: BybitArchiveClient | None = None,
 ) -> RepairReport:
     """Repair every matching series; see the module docstring for what and in which order.
 
     Args:
         client: Re-fetch unexplained gaps with it (Bybit series only); None skips re-fetching.
+        archive: Re-fetch trades lost while streaming from the daily archives with it; None
+            skips that.
         fill: Fill gaps still open afterwards with flat candles marked ``filled``.
         unfill: First remove every flat fill candle.
     """
@@ -183,4 +202,31 @@ async def repair_lake(
                 rep.candles_filled = frame.height
             continue
         rep.gaps_left = len(sc.unexplained)
+    if timeframes is None and lake.has_ledger:
+        await _recover_trades(lake, symbols, exchange, category, archive, report)
     return report
+
+
+async def _recover_trades(
+    lake: Lake,
+    symbols: str | Sequence[str] | None,
+    exchange: str | None,
+    category: str | None,
+    archive: BybitArchiveClient | None,
+    report: RepairReport,
+) -> None:
+    exchange = exchange or lake.settings.exchange
+    category = category or lake.settings.category
+    wanted = None if symbols is None else parse_symbols(symbols)
+    gaps = lost_trades(lake, exchange, category, wanted)
+    if archive is not None and exchange == "bybit" and gaps:
+        today = ms_to_datetime(get_clock().now_ms()).date()
+        for label, ranges in gaps.items():
+            start = ms_to_datetime(ranges[0][0]).date()
+            end = ms_to_datetime(ranges[-1][1] - 1).date() + dt.timedelta(days=1)
+            plans = plan_archive(lake, [label.rsplit("/", 1)[-1]], category=category, start=start, end=end, today=today)
+            stats = await ArchiveIngest(lake, archive, run_args={"repair": True}).run(plans)
+            report.trade_days_fetched += stats.days_fetched
+            report.refetch_failures.extend(stats.failures)
+        gaps = lost_trades(lake, exchange, category, wanted)
+    report.trade_gaps_left = sum(len(r) for r in gaps.values())

@@ -371,3 +371,27 @@ def test_candles_bybit_serves_as_klines_are_refused_for_archive_building():
 
     with pytest.raises(DataValidationError, match="1, 60 come from Bybit's klines"):
         candle_timeframes("1s,1,60")
+
+
+def test_repair_recovers_trades_lost_while_streaming_from_the_archive(tmp_path):
+    from marketlake.quality.repair import repair_lake
+
+    async def scenario(emu: BybitEmulator) -> None:
+        lake = Lake(tmp_path / "lake")
+        a, b = day_bounds(DAYS[0])
+        hole = (a + 3_600_000, a + 3 * 3_600_000)
+        sid = SeriesId.of(TRADES, exchange="bybit", category="linear", symbol="ETHUSDT")
+        have = emu.market.trades("ETHUSDT", a, b).select(KEYS)
+        t = pl.col("ts").dt.epoch("ms")
+        lake.write_trades(have.filter((t < hole[0]) | (t >= hole[1])), symbol="ETHUSDT")
+        lake.ledger.record(sid, a, hole[0], Status.PRESENT)
+        lake.ledger.record(sid, hole[1], b, Status.PRESENT)
+        lake.ledger.record(sid, *hole, Status.FAILED, detail="not recoverable from REST")
+        without = await repair_lake(lake)  # no archive client: reported, not fetched
+        assert (without.trade_days_fetched, without.trade_gaps_left) == (0, 1)
+        async with quick_client(emu.url) as archive:
+            report = await repair_lake(lake, archive=archive)
+        assert (report.trade_days_fetched, report.trade_gaps_left, report.refetch_failures) == (1, 0, [])
+        assert stored(lake, "ETHUSDT", "linear").equals(have)
+
+    run_with_emulator(scenario)
