@@ -19,6 +19,8 @@ grouped by what the *caller* should do about it, not by where it happened::
     │   ├── ExchangeBannedError     HTTP 403: stop *all* requests until ``banned_until``
     │   ├── ExchangeRequestError    the request itself is wrong (e.g. retCode 10001): a caller bug
     │   └── ExchangeProtocolError   a malformed payload: quarantine it and keep running
+    │       └── DamagedPayloadError a body cut short or corrupt in transit: fetch it again
+    │                               (also a TransientExchangeError, so retry loops take it)
     └── SinkError                   Redis / PostgreSQL trouble; the lake is never affected
 
 Each class has an ``exit_code`` used by the CLI, so scripts can tell the groups apart.
@@ -31,6 +33,7 @@ from pathlib import Path
 __all__ = [
     "ConfigError",
     "CorruptLakeError",
+    "DamagedPayloadError",
     "DataValidationError",
     "ExchangeBannedError",
     "ExchangeError",
@@ -182,6 +185,14 @@ class ExchangeRequestError(ExchangeError):
 
 class ExchangeProtocolError(ExchangeError):
     """A payload did not match the wire format: quarantine it and keep running."""
+
+
+class DamagedPayloadError(ExchangeProtocolError, TransientExchangeError):
+    """A body arrived cut short or corrupt (a gzip stream that does not verify): fetch it again.
+
+    Both a protocol error (what it is) and a transient one (what to do), so every retry loop
+    that retries :class:`TransientExchangeError` retries it.
+    """
 
 
 class SinkError(MarketlakeError):

@@ -6,24 +6,24 @@ it simple and polite: few concurrent downloads (the caller bounds them), retries
 failures (connection drops, timeouts, HTTP 429/5xx, a body cut short in transit) with capped
 full-jitter backoff, and typed errors for the rest:
 
-================================  ============================================================
-HTTP 404 on a symbol's index       :class:`ExchangeRequestError`: the archive has no such symbol
-HTTP 404 on a day file              ``None`` from :meth:`BybitArchiveClient.fetch_day`
-HTTP 429, 5xx, timeouts, drops,     :class:`TransientExchangeError`, retried; after
-truncated or corrupt gzip           ``backoff.max_attempts`` raised with the last cause
-other 4xx                           :class:`ExchangeRequestError`, not retried
-a body over ``max_bytes``           :class:`ExchangeProtocolError`, not retried
-================================  ============================================================
+* HTTP 404 on a symbol's index: :class:`ExchangeRequestError` (the archive has no such symbol);
+* HTTP 404 on a day file: ``None`` from :meth:`BybitArchiveClient.fetch_day`;
+* HTTP 429 (:class:`RateLimitedError`, honouring ``Retry-After``), 5xx, timeouts, dropped
+  connections, gzip that does not verify (:class:`DamagedPayloadError`): retried; after
+  ``backoff.max_attempts`` a :class:`TransientExchangeError` with the last cause;
+* other 4xx: :class:`ExchangeRequestError`, not retried;
+* a body over ``max_bytes``, or not gzip at all: :class:`ExchangeProtocolError`, not retried.
 
-Decompression runs in a worker thread (zlib releases the GIL), never on the event loop.
+Decompression runs in a worker thread (ISA-L and zlib release the GIL), never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Self
+from typing import Self, TypeVar
 
 import aiohttp
 
@@ -33,6 +33,7 @@ from marketlake.errors import (
     DataValidationError,
     ExchangeProtocolError,
     ExchangeRequestError,
+    RateLimitedError,
     TransientExchangeError,
 )
 from marketlake.exchanges.bybit import constants as C
@@ -46,6 +47,8 @@ from marketlake.net.backoff import Backoff
 
 __all__ = ["ArchiveStats", "BybitArchiveClient"]
 
+T = TypeVar("T")
+
 
 @dataclass(slots=True)
 class ArchiveStats:
@@ -55,10 +58,6 @@ class ArchiveStats:
     retries: int = 0
     bytes_downloaded: int = 0
     not_found: int = 0
-
-
-class _Gone(Exception):
-    """HTTP 404 (internal: the callers decide what a missing page means)."""
 
 
 class BybitArchiveClient:
@@ -138,19 +137,18 @@ class BybitArchiveClient:
         """
         url = self.index_url(symbol, category)
         context = f"bybit archive index {symbol} ({category})"
-        try:
-            body = await self._get(url, context)
-        except _Gone:
+        body = await self._retrying(context, lambda: self._send(url, context))
+        if body is None:
             raise ExchangeRequestError(
                 f"{context}: HTTP 404: the archive has no trades of {symbol} in {category} ({url})"
-            ) from None
+            )
         return parse_archive_index(body, symbol, category)
 
     async def fetch_day(self, symbol: str, category: str, day: dt.date) -> bytes | None:
         """The decompressed CSV of ``symbol``'s trades on ``day``; ``None`` if there is no file.
 
-        A body that is cut short or corrupt in transit (the gzip stream does not verify) is
-        fetched again, like any passing failure.
+        A body cut short or corrupt in transit (the gzip stream does not verify) is fetched
+        again, like any passing failure.
 
         Raises:
             TransientExchangeError: retries exhausted.
@@ -159,49 +157,40 @@ class BybitArchiveClient:
         """
         url = self.day_url(symbol, category, day)
         context = f"bybit archive {archive_file_name(symbol, category, day)}"
-        clock = get_clock()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                body = await self._get(url, context, retry=False)
-                return await asyncio.to_thread(gunzip_bounded, body, what=context, max_bytes=self.max_bytes)
-            except _Gone:
-                self.stats.not_found += 1
+
+        async def attempt() -> bytes | None:
+            body = await self._send(url, context)
+            if body is None:
                 return None
-            except (TransientExchangeError, ExchangeProtocolError) as exc:
-                in_transit = isinstance(exc, TransientExchangeError) or any(
-                    word in str(exc) for word in ("truncated", "corrupt", "garbage")
-                )
-                if not in_transit:
-                    raise
-                if self.backoff.gives_up_after(attempt):
-                    raise TransientExchangeError(
-                        f"{context}: gave up after {attempt} attempts; last error: {exc}"
-                    ) from exc
-                self.stats.retries += 1
-                await clock.sleep(self.backoff.delay(attempt, getattr(exc, "retry_after_s", 0.0)))
+            return await asyncio.to_thread(gunzip_bounded, body, what=context, max_bytes=self.max_bytes)
+
+        data = await self._retrying(context, attempt)
+        if data is None:
+            self.stats.not_found += 1
+        return data
 
     # ------------------------------------------------------------------ transport
 
-    async def _get(self, url: str, context: str, *, retry: bool = True) -> bytes:
+    async def _retrying(self, context: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()`` until it succeeds; passing failures wait a backoff delay (never less
+        than a server's ``Retry-After``) and are retried up to ``backoff.max_attempts``."""
         clock = get_clock()
-        attempt = 0
+        n = 0
         while True:
-            attempt += 1
+            n += 1
             try:
-                return await self._send(url, context)
+                return await attempt()
             except TransientExchangeError as exc:
-                if not retry:
-                    raise
-                if self.backoff.gives_up_after(attempt):
-                    raise TransientExchangeError(
-                        f"{context}: gave up after {attempt} attempts; last error: {exc}"
-                    ) from exc
+                if self.backoff.gives_up_after(n):
+                    raise TransientExchangeError(f"{context}: gave up after {n} attempts; last error: {exc}") from exc
                 self.stats.retries += 1
-                await clock.sleep(self.backoff.delay(attempt, getattr(exc, "retry_after_s", 0.0)))
+                floor = 0.0
+                if isinstance(exc, RateLimitedError) and exc.retry_at is not None:
+                    floor = (exc.retry_at - clock.now_ms()) / 1000.0
+                await clock.sleep(self.backoff.delay(n, floor))
 
-    async def _send(self, url: str, context: str) -> bytes:
+    async def _send(self, url: str, context: str) -> bytes | None:
+        """One GET: the body of a 200, ``None`` for a 404, else a typed error."""
         self.stats.requests += 1
         try:
             async with self._get_session().get(url, timeout=self.timeout) as resp:
@@ -221,11 +210,13 @@ class BybitArchiveClient:
         except aiohttp.ClientError as exc:
             raise TransientExchangeError(f"{context}: {type(exc).__name__}: {exc}") from None
         if status == 404:
-            raise _Gone
-        if status == 429 or status >= 500:
-            err = TransientExchangeError(f"{context}: HTTP {status}")
-            err.retry_after_s = float(retry_after) if retry_after.isdigit() else 0.0  # type: ignore[attr-defined]
-            raise err
+            return None
+        if status == 429:
+            wait_ms = int(retry_after) * 1000 if retry_after.isdigit() else None
+            retry_at = None if wait_ms is None else get_clock().now_ms() + wait_ms
+            raise RateLimitedError(f"{context}: HTTP 429", retry_at=retry_at)
+        if status >= 500:
+            raise TransientExchangeError(f"{context}: HTTP {status}")
         raise ExchangeRequestError(f"{context}: HTTP {status}: {' '.join(detail.split())[:120]!r}")
 
 

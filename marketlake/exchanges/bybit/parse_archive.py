@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps a bro
 
 import polars as pl
 
-from marketlake.errors import ExchangeProtocolError
+from marketlake.errors import DamagedPayloadError, ExchangeProtocolError
 from marketlake.exchanges.bybit import constants as C
 
 __all__ = [
@@ -114,8 +114,9 @@ def gunzip_bounded(data: bytes, *, what: str, max_bytes: int = ARCHIVE_MAX_BYTES
     """Decompress a gzip file (every member) into at most ``max_bytes``.
 
     Raises:
-        ExchangeProtocolError: not gzip, corrupt, truncated, or larger than ``max_bytes`` once
-            decompressed (a gzip bomb or a wrong file).
+        DamagedPayloadError: corrupt or truncated gzip data, or garbage after it (fetch again).
+        ExchangeProtocolError: not gzip at all, or larger than ``max_bytes`` once decompressed
+            (a gzip bomb or a wrong file).
     """
     if data[:2] != _GZIP_MAGIC:
         raise ExchangeProtocolError(f"{what}: not a gzip file (starts with {data[:24]!r})")
@@ -127,17 +128,17 @@ def gunzip_bounded(data: bytes, *, what: str, max_bytes: int = ARCHIVE_MAX_BYTES
         try:
             piece = d.decompress(rest, max_bytes + 1 - size)
         except _INFLATE_ERRORS as exc:
-            raise ExchangeProtocolError(f"{what}: corrupt gzip data ({exc})") from None
+            raise DamagedPayloadError(f"{what}: corrupt gzip data ({exc})") from None
         size += len(piece)
         pieces.append(piece)
         if size > max_bytes:
             raise ExchangeProtocolError(f"{what}: more than {max_bytes:,} bytes once decompressed")
         if not d.eof:
-            raise ExchangeProtocolError(f"{what}: truncated gzip data ({len(data):,} bytes received)")
+            raise DamagedPayloadError(f"{what}: truncated gzip data ({len(data):,} bytes received)")
         rest = d.unused_data
         if rest and rest[:2] != _GZIP_MAGIC:
             if rest.strip(b"\x00"):  # trailing zero padding is tolerated, as gzip(1) does
-                raise ExchangeProtocolError(f"{what}: garbage after the gzip data")
+                raise DamagedPayloadError(f"{what}: garbage after the gzip data")
             break
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
