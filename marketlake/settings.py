@@ -24,6 +24,9 @@ __all__ = ["Settings"]
 
 _SECRET_FIELDS = frozenset({"api_key", "api_secret"})
 _ENV_PREFIX = "MARKETLAKE_"
+# Knobs of the test suite and the benchmarks (soak rounds, data directories): not settings, so an
+# unknown-setting check must not reject them in a process the tests or benchmarks start.
+_RESERVED = ("MARKETLAKE_TEST_", "MARKETLAKE_BENCH_")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -43,6 +46,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             file list (a LazyFrame, a DuckDB view) keep working; ``fsck --fix`` removes them sooner.
         compact_after_deltas: Fold a partition's delta files into its main file once this many exist.
         memory_limit_percent: Share of system memory the DataFeeder may use.
+
+    Every ``MARKETLAKE_*`` environment variable must name a field (a typo is a
+    :class:`ConfigError`), except ``MARKETLAKE_CONFIG`` (the TOML file) and the prefixes
+    ``MARKETLAKE_TEST_`` and ``MARKETLAKE_BENCH_``, reserved for the test suite's and the
+    benchmarks' own knobs.
     """
 
     lake_root: str = "lake"
@@ -104,7 +112,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             merged.update(_read_toml(Path(path)))
         fields = set(cls.__struct_fields__)
         for key, value in env.items():
-            if key.startswith(_ENV_PREFIX) and key != _ENV_PREFIX + "CONFIG":
+            if key.startswith(_ENV_PREFIX) and key != _ENV_PREFIX + "CONFIG" and not key.startswith(_RESERVED):
                 name = key[len(_ENV_PREFIX):].lower()
                 if name not in fields:
                     raise ConfigError(f"unknown setting in environment: {key}")

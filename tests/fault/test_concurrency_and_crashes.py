@@ -19,7 +19,7 @@ from marketlake.store import Lake
 from tests.fault._writers import MIN, T0, overlapping_writer
 
 ROOT = Path(__file__).resolve().parents[2]
-KILLS = int(os.environ.get("MARKETLAKE_KILL_ROUNDS", "6"))
+KILLS = int(os.environ.get("MARKETLAKE_TEST_KILL_ROUNDS", "6"))
 
 
 def test_two_processes_writing_overlapping_rows_of_one_partition_lose_nothing(tmp_path):

@@ -31,7 +31,7 @@ from tests.integration.emulated import emulator_thread, run_with_emulator
 ROOT = Path(__file__).resolve().parents[2]
 DAYS = (dt.date(2024, 6, 29), dt.date(2024, 7, 2))  # [start, end): the emulator's NOW is 2024-07-03 09:46
 KEYS = ["ts", "price", "size", "side", "trade_id"]
-KILL_ROUNDS = int(os.environ.get("MARKETLAKE_ARCHIVE_KILL_ROUNDS", "2"))
+KILL_ROUNDS = int(os.environ.get("MARKETLAKE_TEST_ARCHIVE_KILL_ROUNDS", "2"))
 
 
 def quick_client(url: str) -> BybitArchiveClient:

@@ -185,7 +185,7 @@ def test_when_banned_by_force_nothing_is_sent_until_the_ban_lifts(tmp_path):
     run_with_emulator(t)
 
 
-CANCEL_ROUNDS = int(os.environ.get("MARKETLAKE_INGEST_CANCEL_ROUNDS", "20"))
+CANCEL_ROUNDS = int(os.environ.get("MARKETLAKE_TEST_INGEST_CANCEL_ROUNDS", "20"))
 
 
 def test_an_ingest_cancelled_at_random_points_resumes_to_the_same_lake_fetching_nothing_twice(tmp_path):
@@ -232,7 +232,7 @@ def _assert_no_covered_window_requested(emu: BybitEmulator, covered) -> None:
             assert not (s <= a and b < e), f"window {r.params} was fetched although covered"
 
 
-KILL_ROUNDS = int(os.environ.get("MARKETLAKE_INGEST_KILL_ROUNDS", "4"))
+KILL_ROUNDS = int(os.environ.get("MARKETLAKE_TEST_INGEST_KILL_ROUNDS", "4"))
 
 
 def test_an_ingest_killed_with_sigkill_resumes_to_the_exact_lake(tmp_path):

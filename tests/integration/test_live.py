@@ -114,8 +114,8 @@ def soak(tmp_path: Path, disconnects: int) -> None:
 
 @pytest.mark.slow
 def test_forced_disconnects_of_every_kind_leave_an_exact_lake(tmp_path: Path) -> None:
-    # 12 by default (CI, ~10 s); MARKETLAKE_LIVE_DISCONNECTS=120 is the full soak (~1 minute).
-    soak(tmp_path, int(os.environ.get("MARKETLAKE_LIVE_DISCONNECTS", "12")))
+    # 12 by default (CI, ~10 s); MARKETLAKE_TEST_LIVE_DISCONNECTS=120 is the full soak (~1 minute).
+    soak(tmp_path, int(os.environ.get("MARKETLAKE_TEST_LIVE_DISCONNECTS", "12")))
 
 
 def test_callbacks_sync_async_slow_and_failing_never_touch_the_lake(tmp_path: Path) -> None:

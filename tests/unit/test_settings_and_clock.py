@@ -102,3 +102,10 @@ def test_to_ms_rejects_what_is_not_a_time(bad):
 
 def test_ms_to_text_is_the_old_datetime_format():
     assert ms_to_text(1_640_995_200_000) == "2022-01-01 00:00:00"
+
+
+def test_test_and_benchmark_knobs_in_the_environment_are_not_settings():
+    env = {"MARKETLAKE_TEST_KILL_ROUNDS": "50", "MARKETLAKE_BENCH_DATA": "/tmp/x", "MARKETLAKE_CATEGORY": "spot"}
+    assert Settings.load(environ=env).category == "spot"
+    with pytest.raises(ConfigError, match="MARKETLAKE_TESTS_TYPO"):
+        Settings.load(environ={**env, "MARKETLAKE_TESTS_TYPO": "1"})
