@@ -395,3 +395,35 @@ def test_repair_recovers_trades_lost_while_streaming_from_the_archive(tmp_path):
         assert stored(lake, "ETHUSDT", "linear").equals(have)
 
     run_with_emulator(scenario)
+
+
+def test_an_oversized_index_page_is_refused_with_a_typed_error_and_nothing_is_written(tmp_path):
+    from marketlake.exchanges.bybit import archive as archive_mod
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(body=b"<a href='x'>" * 200_000, content_type="text/html")
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_get("/trading/BTCUSDT/", index)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        lake = Lake(tmp_path / "lake")
+        old = archive_mod._INDEX_MAX_BYTES
+        archive_mod._INDEX_MAX_BYTES = 1_000_000
+        try:
+            async with quick_client(f"http://127.0.0.1:{port}") as client:
+                _, st = await run_archive_ingest(
+                    lake, ["BTCUSDT"], category="linear", start=DAYS[0], end=DAYS[1], client=client
+                )
+        finally:
+            archive_mod._INDEX_MAX_BYTES = old
+            await runner.cleanup()
+        assert st is not None and st.days_fetched == 0
+        assert "over the 1,000,000-byte limit" in st.failures[0] or "over the 1,000,000 limit" in st.failures[0]
+        assert not (tmp_path / "lake" / "trades").exists()
+
+    asyncio.run(scenario())

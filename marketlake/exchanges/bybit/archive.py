@@ -49,6 +49,10 @@ __all__ = ["ArchiveStats", "BybitArchiveClient"]
 
 T = TypeVar("T")
 
+#: An index page lists one link per day (BTCUSDT's since 2020: ~200 kB); anything near this is
+#: not an index.
+_INDEX_MAX_BYTES = 64 << 20
+
 
 @dataclass(slots=True)
 class ArchiveStats:
@@ -137,7 +141,7 @@ class BybitArchiveClient:
         """
         url = self.index_url(symbol, category)
         context = f"bybit archive index {symbol} ({category})"
-        body = await self._retrying(context, lambda: self._send(url, context))
+        body = await self._retrying(context, lambda: self._send(url, context, _INDEX_MAX_BYTES))
         if body is None:
             raise ExchangeRequestError(
                 f"{context}: HTTP 404: the archive has no trades of {symbol} in {category} ({url})"
@@ -159,7 +163,7 @@ class BybitArchiveClient:
         context = f"bybit archive {archive_file_name(symbol, category, day)}"
 
         async def attempt() -> bytes | None:
-            body = await self._send(url, context)
+            body = await self._send(url, context, self.max_bytes)
             if body is None:
                 return None
             return await asyncio.to_thread(gunzip_bounded, body, what=context, max_bytes=self.max_bytes)
@@ -189,18 +193,19 @@ class BybitArchiveClient:
                     floor = (exc.retry_at - clock.now_ms()) / 1000.0
                 await clock.sleep(self.backoff.delay(n, floor))
 
-    async def _send(self, url: str, context: str) -> bytes | None:
-        """One GET: the body of a 200, ``None`` for a 404, else a typed error."""
+    async def _send(self, url: str, context: str, limit: int) -> bytes | None:
+        """One GET: the body of a 200 (at most ``limit`` bytes), ``None`` for a 404, else a typed
+        error."""
         self.stats.requests += 1
         try:
             async with self._get_session().get(url, timeout=self.timeout) as resp:
                 status = resp.status
                 if status == 200:
-                    if (resp.content_length or 0) > self.max_bytes:
+                    if (resp.content_length or 0) > limit:
                         raise ExchangeProtocolError(
-                            f"{context}: {resp.content_length:,} bytes is over the {self.max_bytes:,} limit"
+                            f"{context}: {resp.content_length:,} bytes is over the {limit:,} limit"
                         )
-                    body = await _read_bounded(resp, self.max_bytes, context)
+                    body = await _read_bounded(resp, limit, context)
                     self.stats.bytes_downloaded += len(body)
                     return body
                 detail = (await resp.content.read(200)).decode("utf-8", "replace")
