@@ -44,7 +44,6 @@ from marketlake.errors import DataValidationError, ExchangeError, LakeError
 from marketlake.exchanges.bybit import constants as C
 from marketlake.exchanges.bybit.archive import BybitArchiveClient
 from marketlake.exchanges.bybit.parse_archive import parse_trade_dump
-from marketlake.ingest.live_tracks import absent_runs
 from marketlake.store import Lake
 from marketlake.store.layout import CANDLES, TRADES, SeriesId
 from marketlake.store.ledger import Status
@@ -201,7 +200,7 @@ class ArchiveIngest:
         on_progress: Called with the stats after every settled day.
         run_args: Stored with the run in the ledger.
         candles: Sub-minute timeframes to build from each stored day's trades (see
-            :func:`candle_timeframes`); seconds without a trade are recorded verified empty.
+            :func:`candle_timeframes`); a second without a trade is no gap for ``check``.
     """
 
     def __init__(
@@ -330,13 +329,11 @@ class ArchiveIngest:
             return
         if outside:
             st.notices.append(f"{sid.symbol} {day}: {outside} trade(s) timed outside the day, merged into their own day")
-        for tf, built in built_candles:
+        for tf in built_candles:
+            # Seconds without a trade need no ledger entry (thousands a day): `check` explains a
+            # hole in a series built from trades by complete trades with none inside it.
             csid = SeriesId.of(CANDLES, exchange=sid.exchange, category=sid.category, symbol=sid.symbol, timeframe=tf)
-            empty = absent_runs(tf, a, b, built)
-            # The whole day first, then its empty runs (each record is a transaction: a kill
-            # between them leaves empty buckets claimed present, never a hole).
             ledger.record(csid, a, b, Status.PRESENT, run_id=self.run_id)
-            ledger.record_many(csid, empty, Status.EMPTY, detail="no trade in the archive", run_id=self.run_id)
         if frame.height:
             ledger.record(sid, a, b, Status.PRESENT, run_id=self.run_id)
             st.days_fetched += 1
@@ -344,12 +341,10 @@ class ArchiveIngest:
             ledger.record(sid, a, b, Status.EMPTY, detail="archive file without trades", run_id=self.run_id)
             st.days_empty += 1
 
-    def _write_day(
-        self, sid: SeriesId, day: dt.date, frame: pl.DataFrame
-    ) -> tuple[int, list[tuple[Timeframe, list[int]]]]:
+    def _write_day(self, sid: SeriesId, day: dt.date, frame: pl.DataFrame) -> tuple[int, list[Timeframe]]:
         """Replace the day's trades with ``frame`` (rows outside the day are merged) and write the
-        candles built from them; return how many rows were outside the day, and per candle
-        timeframe the bucket opens written."""
+        candles built from them; return how many rows were outside the day, and the candle
+        timeframes written."""
         a, b = day_bounds(day)
         t = pl.col("ts").dt.epoch("ms")
         inside = frame.filter((t >= a) & (t < b))
@@ -363,14 +358,12 @@ class ArchiveIngest:
         st.trades_replaced += res.rows_replaced
         st.trades_unchanged += res.rows_unchanged
         st.trades_deleted += res.rows_deleted
-        built: list[tuple[Timeframe, list[int]]] = []
         for tf in self.candles:
             candles = candles_from_trades(inside, tf)
             if candles.height:
                 self.lake.write_candles(candles, timeframe=tf, **kw)
             st.candles_written += candles.height
-            built.append((tf, candles.get_column("ts").dt.epoch("ms").to_list()))
-        return outside, built
+        return outside, list(self.candles)
 
     def _progress(self) -> None:
         if self.on_progress is not None:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from marketlake.core.consistency import ConsistencyResult, check_consistency
 from marketlake.core.integrity import CheckResult, Gap, check_candles, format_ts
+from marketlake.core.intervals import merge
 from marketlake.core.symbols import parse_symbols
 from marketlake.core.timeframes import Timeframe, parse_timeframe, parse_timeframes
 from marketlake.store import Lake
@@ -140,15 +142,46 @@ def _classify(lake: Lake, sid: SeriesId, result: CheckResult) -> tuple[list[Gap]
     lo = min(tf.next_open(tf.floor(g.previous_ts)) for g in gaps)
     hi = max(tf.floor(g.current_ts) for g in gaps)
     empty = lake.ledger.covered(sid, lo, hi, Status.EMPTY)  # merged: sorted, disjoint, not touching
+    quiet = _tradeless(lake, sid, lo, hi) if not tf.is_bybit else None
     starts = [s for s, _ in empty]
     unexplained, explained = [], []
     for g in gaps:
         a, b = tf.next_open(tf.floor(g.previous_ts)), tf.floor(g.current_ts)
         # Explained when one verified-empty range holds the whole hole (bisection: a 1s series
-        # can have thousands of gaps and of empty ranges).
+        # can have thousands of gaps and of empty ranges) ...
         i = bisect.bisect_right(starts, a) - 1
-        (explained if i >= 0 and empty[i][1] >= b else unexplained).append(g)
+        ok = i >= 0 and empty[i][1] >= b
+        # ... or, for candles built from trades, when the trades there are complete and none
+        # of them falls in the hole: no trade, no candle.
+        ok = ok or (quiet is not None and quiet(a, b))
+        (explained if ok else unexplained).append(g)
     return unexplained, explained
+
+
+def _tradeless(lake: Lake, sid: SeriesId, lo: int, hi: int) -> Callable[[int, int], bool]:
+    """For a series built from trades: a test of ``[a, b)`` (within ``[lo, hi)``) being covered
+    by the trades' ledger (present or verified empty) with no stored trade inside."""
+    tsid = SeriesId(TRADES, sid.exchange, sid.category, sid.symbol)
+    done = merge(
+        (c.start_ms, c.end_ms) for c in lake.ledger.ranges(tsid, lo, hi) if c.status is not Status.FAILED
+    )
+    starts = [s for s, _ in done]
+    times = (
+        lake.scan_trades(sid.symbol, lo, hi, exchange=sid.exchange, category=sid.category)
+        .select(pl.col("ts").dt.epoch("ms"))
+        .collect()
+        .get_column("ts")
+        .sort()
+        .to_numpy()
+    )
+
+    def test(a: int, b: int) -> bool:
+        i = bisect.bisect_right(starts, a) - 1
+        if i < 0 or done[i][1] < b:
+            return False
+        return int(np.searchsorted(times, a, "left")) == int(np.searchsorted(times, b, "left"))
+
+    return test
 
 
 def check_lake(

@@ -350,10 +350,11 @@ def test_sub_minute_candles_built_from_archive_days_equal_the_kernel_on_the_trut
         for tf in ("1s", "15s"):
             got = lake.read_candles("ETHUSDT", tf).drop("symbol", "timeframe", "filled")
             assert got.equals(candles_from_trades(want, tf).select(got.columns))
-        # Seconds without a trade are verified empty, so check finds no gap in them.
+        # A second without a trade is no gap: the trades there are complete and none is inside.
         report = check_lake(lake, symbols=["ETHUSDT"], timeframes=["1s", "15s"], consistency=False)
         assert len(report.series) == 2
         assert not report.has_issues, report.report()
+        assert sum(len(s.explained) for s in report.series) > 0  # there are trade-less seconds
         # A second run plans nothing: trades and both candle series are covered.
         async with quick_client(emu.url) as client:
             plans, _ = await run_archive_ingest(
@@ -361,6 +362,16 @@ def test_sub_minute_candles_built_from_archive_days_equal_the_kernel_on_the_trut
                 client=client, candles=tfs,
             )
         assert plans[0].days == ()
+        # A candle lost where trades exist is a gap; so is one where the trades are not complete.
+        built = lake.read_candles("ETHUSDT", "15s")
+        lost = built["ts"][500]
+        lake.delete_candles(symbol="ETHUSDT", timeframe="15s", ts=[lost])
+        gaps = check_lake(lake, symbols=["ETHUSDT"], timeframes=["15s"], consistency=False).series[0].unexplained
+        assert [g.previous_ts for g in gaps] == [built["ts"][499].timestamp() * 1000]
+        trades_sid = SeriesId.of(TRADES, exchange="bybit", category="linear", symbol="ETHUSDT")
+        lake.ledger.forget(trades_sid, *day_bounds(DAYS[0]))
+        report = check_lake(lake, symbols=["ETHUSDT"], timeframes=["15s"], consistency=False)
+        assert len(report.series[0].unexplained) > len(gaps)  # trade-less buckets no longer explained
 
     run_with_emulator(scenario)
 
