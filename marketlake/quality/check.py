@@ -134,6 +134,9 @@ def read_series(lake: Lake, sid: SeriesId) -> pl.DataFrame:
     ).select(_COLUMNS)
 
 
+_DAY_MS = 86_400_000
+
+
 def _classify(lake: Lake, sid: SeriesId, result: CheckResult) -> tuple[list[Gap], list[Gap]]:
     tf = result.timeframe
     gaps = result.gaps
@@ -160,26 +163,34 @@ def _classify(lake: Lake, sid: SeriesId, result: CheckResult) -> tuple[list[Gap]
 
 def _tradeless(lake: Lake, sid: SeriesId, lo: int, hi: int) -> Callable[[int, int], bool]:
     """For a series built from trades: a test of ``[a, b)`` (within ``[lo, hi)``) being covered
-    by the trades' ledger (present or verified empty) with no stored trade inside."""
+    by the trades' ledger (present or verified empty) with no stored trade inside.
+
+    Holes come in time order; the trade times of one UTC day at a time are held (a year of a
+    busy symbol's trades would not fit), and a hole spanning days is counted by a scan.
+    """
     tsid = SeriesId(TRADES, sid.exchange, sid.category, sid.symbol)
     done = merge(
         (c.start_ms, c.end_ms) for c in lake.ledger.ranges(tsid, lo, hi) if c.status is not Status.FAILED
     )
     starts = [s for s, _ in done]
-    times = (
-        lake.scan_trades(sid.symbol, lo, hi, exchange=sid.exchange, category=sid.category)
-        .select(pl.col("ts").dt.epoch("ms"))
-        .collect()
-        .get_column("ts")
-        .sort()
-        .to_numpy()
-    )
+    where = {"exchange": sid.exchange, "category": sid.category}
+    held: dict[int, np.ndarray] = {}
+
+    def times_of_day(day: int) -> np.ndarray:
+        if day not in held:
+            held.clear()
+            frame = lake.scan_trades(sid.symbol, day * _DAY_MS, (day + 1) * _DAY_MS, **where)
+            held[day] = frame.select(pl.col("ts").dt.epoch("ms")).collect().get_column("ts").sort().to_numpy()
+        return held[day]
 
     def test(a: int, b: int) -> bool:
         i = bisect.bisect_right(starts, a) - 1
         if i < 0 or done[i][1] < b:
             return False
-        return int(np.searchsorted(times, a, "left")) == int(np.searchsorted(times, b, "left"))
+        if a // _DAY_MS == (b - 1) // _DAY_MS:
+            t = times_of_day(a // _DAY_MS)
+            return int(np.searchsorted(t, a, "left")) == int(np.searchsorted(t, b, "left"))
+        return lake.scan_trades(sid.symbol, a, b, **where).select(pl.len()).collect().item() == 0
 
     return test
 
