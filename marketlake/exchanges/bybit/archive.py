@@ -44,6 +44,7 @@ from marketlake.exchanges.bybit.parse_archive import (
     parse_archive_index,
 )
 from marketlake.net.backoff import Backoff
+from marketlake.net.session import HttpSession
 
 __all__ = ["ArchiveStats", "BybitArchiveClient"]
 
@@ -90,8 +91,7 @@ class BybitArchiveClient:
         if timeout_s <= 0 or max_bytes <= 0:
             raise DataValidationError("timeout_s and max_bytes must be > 0")
         self.base_url = base_url.rstrip("/")
-        self._session = session
-        self._own_session = session is None
+        self._http = HttpSession(session, limit=16, auto_decompress=False)
         self.backoff = backoff if backoff is not None else Backoff(base=1.0, cap=60.0, max_attempts=6)
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_read=min(timeout_s, 60.0))
         self.max_bytes = max_bytes
@@ -105,19 +105,10 @@ class BybitArchiveClient:
 
     async def close(self) -> None:
         """Close the session if the client created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=16),
-                headers={"User-Agent": "marketlake/0.1"},
-                auto_decompress=False,  # the files are .csv.gz bodies, not Content-Encoding: gzip
-            )
-            self._own_session = True
-        return self._session
+        return self._http.get()
 
     # ------------------------------------------------------------------ URLs
 

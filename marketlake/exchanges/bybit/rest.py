@@ -75,6 +75,7 @@ from marketlake.exchanges.bybit.parse import (
 )
 from marketlake.net.backoff import Backoff
 from marketlake.net.ratelimit import BanLatch, RateBudget, process_ban_latch
+from marketlake.net.session import HttpSession
 
 __all__ = ["BybitRestClient", "ClientStats", "KlinePage", "kline_windows"]
 
@@ -230,8 +231,7 @@ class BybitRestClient:
         if ban_seconds <= 0 or timeout_s <= 0:
             raise DataValidationError("ban_seconds and timeout_s must be > 0")
         self.base_url = base_url.rstrip("/")
-        self._session = session
-        self._own_session = session is None
+        self._http = HttpSession(session)
         self.budget = budget if budget is not None else RateBudget(C.API_RATE_LIMIT_PER_WINDOW)
         self.backoff = backoff if backoff is not None else Backoff()
         self.ban_latch = ban_latch if ban_latch is not None else process_ban_latch()
@@ -251,18 +251,10 @@ class BybitRestClient:
 
     async def close(self) -> None:
         """Close the session if the client created it."""
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=64)
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers={"User-Agent": "marketlake/0.1"}
-            )
-            self._own_session = True
-        return self._session
+        return self._http.get()
 
     # ------------------------------------------------------------------ the request path
 
