@@ -13,7 +13,8 @@ or processes) are serialised and no update is lost. Within the lock a writer eit
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,6 +146,29 @@ def _merge(old: pl.DataFrame, new: pl.DataFrame, key: str) -> pl.DataFrame:
     return pl.concat([kept, new], how="vertical").sort("ts", maintain_order=True)
 
 
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """A partition under its lock: its data files, their live set, the next sequence number."""
+
+    pdir: Path
+    files: list[DataFile]
+    live: list[DataFile]
+    next_seq: int
+
+    @property
+    def superseded(self) -> list[Path]:
+        """Files the live set no longer uses."""
+        return [f.path for f in self.files if f not in self.live]
+
+
+@contextmanager
+def _opened(root: Path, sid: SeriesId, key: str) -> Iterator[_Opened]:
+    pdir = sid.partition_dir(root, key)
+    with partition_lock(root, pdir):
+        files = list_data_files(pdir)
+        yield _Opened(pdir, files, live_files(files), max((f.seq for f in files), default=0) + 1)
+
+
 def commit_rows(
     root: Path,
     sid: SeriesId,
@@ -159,14 +183,10 @@ def commit_rows(
         LakeWriteError: the partition could not be written; it keeps its previous state.
         CorruptLakeError: a stored file of the partition cannot be read.
     """
-    pdir = sid.partition_dir(root, key)
     key_col = _key_column(sid)
     result = WriteResult()
-    with partition_lock(root, pdir):
-        files = list_data_files(pdir)
-        live = live_files(files)
-        superseded = [f.path for f in files if f not in live]
-        next_seq = max((f.seq for f in files), default=0) + 1
+    with _opened(root, sid, key) as part:
+        pdir, live, next_seq, superseded = part.pdir, part.live, part.next_seq, part.superseded
         if not live:
             _publish(rows, sid, pdir, "part", next_seq)
             result.rows_new = rows.height
@@ -214,13 +234,10 @@ def replace_range(
         LakeWriteError: the partition could not be written; it keeps its previous state.
         CorruptLakeError: a stored file of the partition cannot be read.
     """
-    pdir = sid.partition_dir(root, key)
     key_col = _key_column(sid)
     result = WriteResult()
-    with partition_lock(root, pdir):
-        files = list_data_files(pdir)
-        live = live_files(files)
-        next_seq = max((f.seq for f in files), default=0) + 1
+    with _opened(root, sid, key) as part:
+        pdir, live, next_seq = part.pdir, part.live, part.next_seq
         if not live:
             if rows.height:
                 _publish(rows, sid, pdir, "part", next_seq)
@@ -239,7 +256,7 @@ def replace_range(
             merged = pl.concat([outside, rows], how="vertical").sort("ts", maintain_order=True)
             _publish(merged, sid, pdir, "part", next_seq)
             result.partitions, result.files_written = [key], 1
-            to_trash(root, [f.path for f in files])
+            to_trash(root, [f.path for f in part.files])
     return result
 
 
@@ -254,11 +271,9 @@ def rewrite_partition(
     ``transform`` may only drop or change rows of this partition. Nothing is written when the
     result equals the input.
     """
-    pdir = sid.partition_dir(root, key)
     result = WriteResult()
-    with partition_lock(root, pdir):
-        files = list_data_files(pdir)
-        live = live_files(files)
+    with _opened(root, sid, key) as part:
+        live = part.live
         if not live:
             return result
         old = read_files(live, sid.dataset)
@@ -269,26 +284,22 @@ def rewrite_partition(
         ts = new.get_column("ts").dt.epoch("ms")
         if new.height and (int(ts.min()) < lo or int(ts.max()) >= hi):  # type: ignore[arg-type]
             raise LakeWriteError(f"rewrite of {sid.label()} {key} would move rows out of the partition")
-        next_seq = max(f.seq for f in files) + 1
-        _publish(new.sort("ts", maintain_order=True), sid, pdir, "part", next_seq)
+        _publish(new.sort("ts", maintain_order=True), sid, part.pdir, "part", part.next_seq)
         kept = new.select(_key_column(sid)).join(old.select(_key_column(sid)), on=_key_column(sid), how="semi")
         result.rows_deleted = old.height - kept.height
         result.partitions.append(key)
         result.files_written = 1
-        to_trash(root, [f.path for f in files if f not in live] + [f.path for f in live])
+        to_trash(root, [f.path for f in part.files])
     return result
 
 
 def compact_partition(root: Path, sid: SeriesId, key: str) -> WriteResult:
     """Fold a partition's delta files into one ``part`` and move superseded files to the trash."""
-    pdir = sid.partition_dir(root, key)
     result = WriteResult()
-    with partition_lock(root, pdir):
-        files = list_data_files(pdir)
-        live = live_files(files)
-        superseded = [f.path for f in files if f not in live]
+    with _opened(root, sid, key) as part:
+        live, superseded = part.live, part.superseded
         if len(live) > 1:
-            _publish(read_files(live, sid.dataset), sid, pdir, "part", max(f.seq for f in files) + 1)
+            _publish(read_files(live, sid.dataset), sid, part.pdir, "part", part.next_seq)
             superseded += [f.path for f in live]
             result.partitions.append(key)
             result.files_written = 1
