@@ -177,19 +177,29 @@ def test_an_archive_day_replaces_streamed_trades_of_that_day_and_nothing_else(tm
     run_with_emulator(scenario)
 
 
+def stream_with_a_lost_span(
+    emu: BybitEmulator, lake: Lake, symbol: str, hole: tuple[int, int]
+) -> tuple[SeriesId, pl.DataFrame]:
+    """Store DAYS[0]'s trades of ``symbol`` but ``hole`` and record the ledger as the live runner
+    does for a stream whose hole REST could not fill; return the series and the whole day."""
+    a, b = day_bounds(DAYS[0])
+    sid = SeriesId.of(TRADES, exchange="bybit", category="linear", symbol=symbol)
+    have = emu.market.trades(symbol, a, b).select(KEYS)
+    t = pl.col("ts").dt.epoch("ms")
+    lake.write_trades(have.filter((t < hole[0]) | (t >= hole[1])), symbol=symbol)
+    lake.ledger.record(sid, a, hole[0], Status.PRESENT)
+    lake.ledger.record(sid, hole[1], b, Status.PRESENT)
+    lake.ledger.record(sid, *hole, Status.FAILED, detail="not recoverable from REST")
+    return sid, have
+
+
 def test_a_trade_gap_the_live_runner_recorded_as_failed_is_recovered_from_the_archive(tmp_path):
     async def scenario(emu: BybitEmulator) -> None:
         lake = Lake(tmp_path / "lake")
         a, b = day_bounds(DAYS[0])
         hole = (a + 5 * 3_600_000, a + 6 * 3_600_000)
-        sid = SeriesId.of(TRADES, exchange="bybit", category="linear", symbol="BTCUSDT")
-        have = emu.market.trades("BTCUSDT", a, b).select(KEYS)
+        sid, have = stream_with_a_lost_span(emu, lake, "BTCUSDT", hole)
         t = pl.col("ts").dt.epoch("ms")
-        lake.write_trades(have.filter((t < hole[0]) | (t >= hole[1])), symbol="BTCUSDT")
-        # As the live runner records a stream with a hole REST could not fill:
-        lake.ledger.record(sid, a, hole[0], Status.PRESENT)
-        lake.ledger.record(sid, hole[1], b, Status.PRESENT)
-        lake.ledger.record(sid, *hole, Status.FAILED, detail="not recoverable from REST")
         # check reports the lost range, with the command that recovers it.
         assert check_lake(lake).trade_gaps == {"bybit/linear/BTCUSDT": [hole]}
         # The ledger's failed range is the only reason to fetch: other days are not planned.
@@ -389,15 +399,8 @@ def test_repair_recovers_trades_lost_while_streaming_from_the_archive(tmp_path):
 
     async def scenario(emu: BybitEmulator) -> None:
         lake = Lake(tmp_path / "lake")
-        a, b = day_bounds(DAYS[0])
-        hole = (a + 3_600_000, a + 3 * 3_600_000)
-        sid = SeriesId.of(TRADES, exchange="bybit", category="linear", symbol="ETHUSDT")
-        have = emu.market.trades("ETHUSDT", a, b).select(KEYS)
-        t = pl.col("ts").dt.epoch("ms")
-        lake.write_trades(have.filter((t < hole[0]) | (t >= hole[1])), symbol="ETHUSDT")
-        lake.ledger.record(sid, a, hole[0], Status.PRESENT)
-        lake.ledger.record(sid, hole[1], b, Status.PRESENT)
-        lake.ledger.record(sid, *hole, Status.FAILED, detail="not recoverable from REST")
+        a = day_bounds(DAYS[0])[0]
+        _, have = stream_with_a_lost_span(emu, lake, "ETHUSDT", (a + 3_600_000, a + 3 * 3_600_000))
         without = await repair_lake(lake)  # no archive client: reported, not fetched
         assert (without.trade_days_fetched, without.trade_gaps_left) == (0, 1)
         async with quick_client(emu.url) as archive:
