@@ -6,11 +6,12 @@ import datetime as dt
 import json
 import math
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
 from rich.console import Console
-from rich.table import Table
+
+if TYPE_CHECKING:  # pragma: no cover  (polars costs ~0.2 s to import; only tables need it)
+    import polars as pl
 
 __all__ = ["console", "err_console", "print_frame", "print_json", "to_jsonable"]
 
@@ -49,6 +50,8 @@ def _cell(value: Any) -> str:
 
 def print_frame(frame: pl.DataFrame, title: str | None = None, max_rows: int = 200) -> None:
     """Render a frame as a rich table (at most ``max_rows`` rows, then a count of the rest)."""
+    from rich.table import Table
+
     table = Table(title=title, show_lines=False, header_style="bold")
     for name, dtype in frame.schema.items():
         table.add_column(name, justify="right" if dtype.is_numeric() else "left")
