@@ -36,8 +36,20 @@ __all__ = [
     "MSG_OK",
     "MSG_SERVER_ERROR",
     "MSG_TOO_MANY_VISITS",
+    "FUNDING_CATEGORIES",
+    "FUNDING_LIMIT_MAX",
+    "FUNDING_INTERVALS_MINUTES",
+    "OI_CATEGORIES",
+    "OI_INTERVALS",
+    "OI_LIMIT_DEFAULT",
+    "OI_LIMIT_MAX",
+    "PATH_FUNDING_HISTORY",
     "PATH_INSTRUMENTS",
     "PATH_KLINE",
+    "PATH_OPEN_INTEREST",
+    "PATH_PRICE_KLINES",
+    "PRICE_KLINE_CATEGORIES",
+    "PRICE_KINDS",
     "PATH_RECENT_TRADE",
     "PATH_SERVER_TIME",
     "RATE_LIMIT_RET_CODES",
@@ -70,6 +82,41 @@ PATH_KLINE: Final = "/v5/market/kline"
 PATH_INSTRUMENTS: Final = "/v5/market/instruments-info"
 PATH_RECENT_TRADE: Final = "/v5/market/recent-trade"
 PATH_SERVER_TIME: Final = "/v5/market/time"
+PATH_FUNDING_HISTORY: Final = "/v5/market/funding/history"
+PATH_OPEN_INTEREST: Final = "/v5/market/open-interest"
+#: Price kinds of the 5-field kline endpoints (open, high, low, close; no volume).
+PRICE_KINDS: Final = ("mark", "index", "premium")
+PATH_PRICE_KLINES: Final = {
+    "mark": "/v5/market/mark-price-kline",
+    "index": "/v5/market/index-price-kline",
+    "premium": "/v5/market/premium-index-price-kline",
+}
+#: Categories each price-kline endpoint serves (options have mark klines but no kline grid we use;
+#: the premium index exists for USDT/USDC perpetuals only).
+PRICE_KLINE_CATEGORIES: Final = {
+    "mark": ("linear", "inverse"),
+    "index": ("linear", "inverse"),
+    "premium": ("linear",),
+}
+#: ``/v5/market/funding/history``: perpetuals only; newest first, at most 200 rows a page;
+#: ``startTime`` alone is refused, ``endTime`` alone gives the 200 rows up to it.
+FUNDING_CATEGORIES: Final = ("linear", "inverse")
+FUNDING_LIMIT_MAX: Final = 200
+#: Funding intervals (``fundingInterval`` of instruments-info, minutes) Bybit has used.
+FUNDING_INTERVALS_MINUTES: Final = (60, 120, 240, 480)
+#: ``/v5/market/open-interest``: ``intervalTime`` values and their length in ms; cursor pages,
+#: newest first, at most 200 rows (default 50).
+OI_CATEGORIES: Final = ("linear", "inverse")
+OI_INTERVALS: Final = {
+    "5min": 300_000,
+    "15min": 900_000,
+    "30min": 1_800_000,
+    "1h": 3_600_000,
+    "4h": 14_400_000,
+    "1d": 86_400_000,
+}
+OI_LIMIT_DEFAULT: Final = 50
+OI_LIMIT_MAX: Final = 200
 #: Public WebSocket paths by category (the emulator serves them on its REST port).
 WS_PUBLIC_PATHS: Final = {
     "linear": "/v5/public/linear",

@@ -256,6 +256,7 @@ class _PriceFilterWire(msgspec.Struct):
 class _LotSizeFilterWire(msgspec.Struct):
     qtyStep: str = ""
     basePrecision: str = ""
+    minOrderQty: str = ""
 
 
 class _InstrumentWire(msgspec.Struct):
@@ -271,6 +272,7 @@ class _InstrumentWire(msgspec.Struct):
     priceScale: str = ""
     priceFilter: _PriceFilterWire | None = None
     lotSizeFilter: _LotSizeFilterWire | None = None
+    fundingInterval: int | None = None
 
 
 class _InstrumentsResultWire(msgspec.Struct):
@@ -296,6 +298,9 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
         tick_size: Price step as Bybit writes it (e.g. ``"0.10"``).
         qty_step: Quantity step (spot: ``basePrecision``).
         price_scale: Decimal places of prices, when sent.
+        min_order_qty: Minimum order quantity as Bybit writes it (empty when not sent).
+        funding_interval_minutes: ``fundingInterval`` (perpetuals; None where not sent, and
+            where Bybit sends 0 for contracts without funding).
     """
 
     symbol: str
@@ -310,6 +315,8 @@ class Instrument(msgspec.Struct, frozen=True, kw_only=True):
     tick_size: str = ""
     qty_step: str = ""
     price_scale: int | None = None
+    min_order_qty: str = ""
+    funding_interval_minutes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +346,14 @@ def _opt_int(text: str, what: str) -> int | None:
     return value
 
 
+def _funding_interval(minutes: int | None) -> int | None:
+    if minutes is None or minutes == 0:
+        return None
+    if not 0 < minutes <= 10_080:  # a week; anything longer is not a funding interval
+        raise ExchangeProtocolError(f"bybit instruments: fundingInterval {minutes} is not 1..10080 minutes")
+    return minutes
+
+
 def decode_instruments_result(result: bytes, category: str = "") -> InstrumentsPage:
     """Decode the ``result`` of ``/v5/market/instruments-info``.
 
@@ -348,7 +363,8 @@ def decode_instruments_result(result: bytes, category: str = "") -> InstrumentsP
 
     Raises:
         MalformedJSONError: not complete JSON.
-        ExchangeProtocolError: wrong shape, or a non-integer time.
+        ExchangeProtocolError: wrong shape, a non-integer time, or a ``fundingInterval`` that is
+            not a number of minutes up to a week.
     """
     wire = _decode(result, _InstrumentsResultWire, "instruments result")
     cat = wire.category or category
@@ -370,6 +386,8 @@ def decode_instruments_result(result: bytes, category: str = "") -> InstrumentsP
                 tick_size=pf.tickSize if pf else "",
                 qty_step=(lf.qtyStep or lf.basePrecision) if lf else "",
                 price_scale=_opt_int(item.priceScale, "priceScale"),
+                min_order_qty=lf.minOrderQty if lf else "",
+                funding_interval_minutes=_funding_interval(item.fundingInterval),
             )
         )
     return InstrumentsPage(category=cat, instruments=out, next_cursor=wire.nextPageCursor)
