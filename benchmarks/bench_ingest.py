@@ -3,7 +3,7 @@ and the cost of the lake write (issue 4).
 
 Set-up (every knob a flag):
 
-* the emulator (:class:`~marketlake.exchanges.bybit.emulator.BybitEmulator`) serves
+* the emulator (:class:`~marketlake_emulator.server.BybitEmulator`) serves
   ``--series`` linear symbols (``BTCUSDT``, ``ETHUSDT``, ``SYM001USDT`` ...) at a frozen market time,
   with Bybit's IP limit (``ip_limit=600`` requests per 5 s, a real HTTP 403 ban past it) and a fixed response latency (``p_slow=1``, ``slow_seconds = --latency-ms``; default 100 ms,
   a keep-alive round trip to Bybit's Singapore servers from Europe or North-East Asia);
@@ -74,9 +74,9 @@ import polars as pl
 
 from benchmarks.datagen import BENCH_DATA, fmt_x, goal, open_lake, print_table
 from marketlake.exchanges.bybit import constants as C
-from marketlake.exchanges.bybit.emulator import BybitEmulator
-from marketlake.exchanges.bybit.emulator_control import FaultConfig
-from marketlake.exchanges.bybit.market import SyntheticMarket
+from marketlake_emulator import BybitEmulator
+from marketlake_emulator.control import FaultConfig
+from marketlake_emulator.market import SyntheticMarket
 from marketlake.exchanges.bybit.rest import BybitRestClient
 from marketlake.ingest.historical import IngestStats
 from marketlake.ingest.service import IngestOutcome, IngestRequest, run_ingest

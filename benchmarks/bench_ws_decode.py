@@ -30,8 +30,8 @@ from typing import Any
 
 from benchmarks.datagen import fmt_rate, fmt_s, goal, measure_many, print_table
 from marketlake.core.timeframes import parse_timeframe
-from marketlake.exchanges.bybit.emulator import BybitEmulator
-from marketlake.exchanges.bybit.emulator_ws import _KlineTopic, _TradeTopic
+from marketlake_emulator import BybitEmulator
+from marketlake_emulator.ws import _KlineTopic, _TradeTopic
 from marketlake.exchanges.bybit.parse_ws import WsKlinePush, decode_ws_message
 from marketlake.exchanges.bybit.ws_frames import KlinePush, decode_frame
 from marketlake.ingest.live_types import LiveCandle, LiveTrade

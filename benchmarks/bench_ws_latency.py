@@ -25,7 +25,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from benchmarks.datagen import print_table
-from marketlake.exchanges.bybit.emulator import BybitEmulator
+from marketlake_emulator import BybitEmulator
 from marketlake.exchanges.bybit.rest import BybitRestClient
 from marketlake.ingest.live import LiveRunner
 from marketlake.ingest.live_types import LiveConfig, TradeBatch

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING, Final
 from aiohttp import web
 
 from marketlake.exchanges.bybit import constants as C
-from marketlake.exchanges.bybit.market_types import InstrumentSpec
+from marketlake_emulator.market_types import InstrumentSpec
 from marketlake.exchanges.bybit.parse_archive import archive_file_name
 
 if TYPE_CHECKING:
-    from marketlake.exchanges.bybit.emulator import BybitEmulator
+    from marketlake_emulator.control import EmulatorControl
+    from marketlake_emulator.market import SyntheticMarket
 
 __all__ = ["ARCHIVE_FAULT_PATH", "EmulatorArchive"]
 
@@ -42,10 +43,17 @@ _CACHE_FILES: Final = 64
 
 
 class EmulatorArchive:
-    """Serves the market's trades as Bybit's daily archive files."""
+    """Serves the market's trades as Bybit's daily archive files.
 
-    def __init__(self, emulator: BybitEmulator) -> None:
-        self._emu = emulator
+    Args:
+        market: The market whose trades it serves (the one the REST side serves).
+        control: The REST side's clock, fault knobs and request log (shared, so one fault
+            schedule and one log cover every route).
+    """
+
+    def __init__(self, market: SyntheticMarket, control: EmulatorControl) -> None:
+        self._market = market
+        self._control = control
         self._files: dict[tuple[str, str, dt.date], bytes] = {}
 
     def install(self, app: web.Application) -> None:
@@ -57,7 +65,7 @@ class EmulatorArchive:
     # ------------------------------------------------------------------ what exists
 
     def _spec(self, directory: str, symbol: str) -> InstrumentSpec | None:
-        market = self._emu.market
+        market = self._market
         for category, d in C.ARCHIVE_DIRS.items():
             if d == directory and market.has(symbol, category):
                 return market.instrument(symbol, category)
@@ -65,7 +73,7 @@ class EmulatorArchive:
 
     def published_days(self, spec: InstrumentSpec) -> list[dt.date]:
         """Completed UTC days from the listing day on (to the delisting day), by market clock."""
-        today = self._emu.clock.now_ms() // _DAY_MS
+        today = self._control.clock.now_ms() // _DAY_MS
         first = spec.launch_ms // _DAY_MS
         last = today - 1
         if spec.delist_ms is not None:
@@ -78,7 +86,7 @@ class EmulatorArchive:
         key = (spec.category, spec.symbol, day)
         if key not in self._files:
             start = (day - dt.date(1970, 1, 1)).days * _DAY_MS
-            trades = self._emu.market.trades_between(spec, start, start + _DAY_MS)
+            trades = self._market.trades_between(spec, start, start + _DAY_MS)
             text = _spot_csv(trades) if spec.category == "spot" else _trading_csv(spec, trades)
             if len(self._files) >= _CACHE_FILES:
                 self._files.pop(next(iter(self._files)))
@@ -89,18 +97,18 @@ class EmulatorArchive:
 
     async def _faulted(self, request: web.Request) -> tuple[web.StreamResponse | None, str | None]:
         """Draw and apply a fault: the response to send instead (or None), and the fault."""
-        fault = self._emu.control.draw_fault(ARCHIVE_FAULT_PATH)
+        fault = self._control.draw_fault(ARCHIVE_FAULT_PATH)
         if fault == "disconnect":
             self._log(request, 0, fault)
             if request.transport is not None:
                 request.transport.close()
             raise asyncio.CancelledError
         if fault == "slow":
-            await asyncio.sleep(self._emu.faults.slow_seconds)
+            await asyncio.sleep(self._control.faults.slow_seconds)
         if fault == "429":
             return self._reply(request, 429, b"429 Too Many Requests", "text/plain", fault), fault
         if fault in ("5xx", "403", "10006", "10016"):
-            status = self._emu.faults.status_5xx if fault == "5xx" else 503
+            status = self._control.faults.status_5xx if fault == "5xx" else 503
             body = b"<html><body>Service Unavailable</body></html>"
             return self._reply(request, status, body, "text/html", fault), fault
         return None, fault
@@ -152,8 +160,15 @@ class EmulatorArchive:
         return resp
 
     def _log(self, request: web.Request, status: int, fault: str | None) -> None:
-        self._emu._record(
-            time.monotonic(), time.time_ns() / 1e6, self._emu.clock.now_ms(), request, status, None, fault
+        self._control.record(
+            time.monotonic(),
+            time.time_ns() / 1e6,
+            self._control.clock.now_ms(),
+            request.path,
+            dict(request.query),
+            status,
+            None,
+            fault,
         )
 
 

@@ -262,6 +262,20 @@ class EmulatorControl:
         self._banned_until = 0.0  # monotonic seconds
         self.ban_count = 0
 
+    def record(
+        self,
+        mono: float,
+        wall: float,
+        server_ms: int,
+        path: str,
+        params: dict[str, str],
+        status: int,
+        ret_code: int | None,
+        fault: str | None,
+    ) -> None:
+        """Append one served request to :attr:`log` (every route logs through here)."""
+        self.log.append(RequestRecord(wall, mono, server_ms, path, params, status, ret_code, fault))
+
     # ------------------------------------------------------------------ faults
 
     def configure(self, **changes: Any) -> None:

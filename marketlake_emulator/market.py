@@ -34,7 +34,7 @@ import polars as pl
 from marketlake.core.symbols import validate_category, validate_symbol
 from marketlake.core.timeframes import DAY_MS, MINUTE_MS, Timeframe, parse_timeframe
 from marketlake.errors import InvalidSymbolError
-from marketlake.exchanges.bybit.market_types import (
+from marketlake_emulator.market_types import (
     Agg,
     InstrumentSpec,
     RawCandles,

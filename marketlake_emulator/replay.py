@@ -22,8 +22,8 @@ import polars as pl
 from marketlake.core.candles import resample
 from marketlake.core.timeframes import Timeframe, parse_timeframe
 from marketlake.errors import DataValidationError
-from marketlake.exchanges.bybit.market import SyntheticMarket
-from marketlake.exchanges.bybit.market_types import (
+from marketlake_emulator.market import SyntheticMarket
+from marketlake_emulator.market_types import (
     InstrumentSpec,
     RawCandles,
     concat_candles,

@@ -3,9 +3,9 @@
 It speaks ``/v5/market/kline``, ``/v5/market/instruments-info``, ``/v5/market/recent-trade`` and
 ``/v5/market/time`` exactly as the recorded payloads in ``../shared/fixtures/bybit`` show (envelope
 with numeric ``retCode``/``time``, 7-string kline rows newest first, ``X-Bapi-Limit*`` headers),
-serves a :class:`~marketlake.exchanges.bybit.market.SyntheticMarket`, and injects the faults of
-:class:`~marketlake.exchanges.bybit.emulator_control.FaultConfig`. The WebSocket part
-(``/v5/public/{linear,spot,inverse}``) is :mod:`~marketlake.exchanges.bybit.emulator_ws`, served on the
+serves a :class:`~marketlake_emulator.market.SyntheticMarket`, and injects the faults of
+:class:`~marketlake_emulator.control.FaultConfig`. The WebSocket part
+(``/v5/public/{linear,spot,inverse}``) is :mod:`~marketlake_emulator.ws`, served on the
 same application and port (``emu.ws``: its faults, connections and request log).
 
 Usage in tests::
@@ -33,18 +33,17 @@ from aiohttp import web
 
 from marketlake.core.timeframes import parse_timeframe
 from marketlake.exchanges.bybit import constants as C
-from marketlake.exchanges.bybit.emulator_control import (
+from marketlake_emulator.control import (
     EmulatorClock,
     EmulatorControl,
     FaultConfig,
-    RequestRecord,
 )
-from marketlake.exchanges.bybit.emulator_archive import EmulatorArchive
-from marketlake.exchanges.bybit.emulator_ws import EmulatorWs, WsFaultConfig
-from marketlake.exchanges.bybit.emulator_ws_config import read_admin_json
-from marketlake.exchanges.bybit.market import InstrumentSpec, SyntheticMarket
+from marketlake_emulator.archive import EmulatorArchive
+from marketlake_emulator.ws import EmulatorWs, WsFaultConfig
+from marketlake_emulator.ws_config import read_admin_json
+from marketlake_emulator.market import InstrumentSpec, SyntheticMarket
 
-__all__ = ["BybitEmulator", "run_emulator"]
+__all__ = ["BybitEmulator", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +109,8 @@ class BybitEmulator:
     ) -> None:
         self.market = market if market is not None else SyntheticMarket.generate(seed, symbols)
         self.control = EmulatorControl(faults or FaultConfig(), EmulatorClock(start_ms, speed), seed)
-        self.ws = EmulatorWs(self, ws_faults)
-        self.archive = EmulatorArchive(self)
+        self.ws = EmulatorWs(self.market, self.control.clock, ws_faults)
+        self.archive = EmulatorArchive(self.market, self.control)
         self.host = host
         self.port = port
         self.app = self._build_app()
@@ -196,18 +195,7 @@ class BybitEmulator:
         ret_code: int | None,
         fault: str | None,
     ) -> None:
-        self.control.log.append(
-            RequestRecord(
-                wall_ms=wall,
-                mono=mono,
-                server_ms=server_ms,
-                path=request.path,
-                params=dict(request.query),
-                status=status,
-                ret_code=ret_code,
-                fault=fault,
-            )
-        )
+        self.control.record(mono, wall, server_ms, request.path, dict(request.query), status, ret_code, fault)
 
     def _limit_headers(self, mono: float, server_ms: int) -> dict[str, str]:
         f, ctl = self.control.faults, self.control
@@ -558,7 +546,7 @@ def _spot_item(s: InstrumentSpec, now_ms: int) -> dict[str, Any]:
     }
 
 
-def run_emulator(
+def serve(
     host: str = "127.0.0.1",
     port: int = 8765,
     symbols: int | Sequence[str] = 10,

@@ -48,7 +48,7 @@ from aiohttp import WSMsgType, web
 
 from marketlake.core.timeframes import Timeframe, parse_timeframe
 from marketlake.exchanges.bybit import constants as C
-from marketlake.exchanges.bybit.emulator_ws_config import (
+from marketlake_emulator.ws_config import (
     MALFORMED_FRAMES,
     WS_FAULT_KINDS,
     WsConnectionRecord,
@@ -57,10 +57,11 @@ from marketlake.exchanges.bybit.emulator_ws_config import (
     push_shape,
     read_admin_json,
 )
-from marketlake.exchanges.bybit.market_types import InstrumentSpec, format_decimal
+from marketlake_emulator.market_types import InstrumentSpec, format_decimal
 
 if TYPE_CHECKING:  # pragma: no cover
-    from marketlake.exchanges.bybit.emulator import BybitEmulator
+    from marketlake_emulator.control import EmulatorClock
+    from marketlake_emulator.market import SyntheticMarket
 
 __all__ = ["WS_FAULT_KINDS", "EmulatorWs", "WsConnectionRecord", "WsFaultConfig", "WsRequestRecord"]
 
@@ -107,16 +108,23 @@ class _Conn:
 
 
 class EmulatorWs:
-    """The WebSocket side of a :class:`~marketlake.exchanges.bybit.emulator.BybitEmulator`
+    """The WebSocket side of a :class:`~marketlake_emulator.server.BybitEmulator`
     (``emu.ws``): routes, per-connection push loops, faults and logs.
 
+    It is given the market and the clock, not the emulator, so that only the server module
+    knows both sides (no import circle).
+
     Args:
-        emu: The emulator whose market, clock and seed it uses.
+        market: The market it pushes (the same object the REST side serves).
+        clock: The market clock shared with the REST side.
         faults: Initial configuration (default: no faults, a push tick every 0.1 s).
     """
 
-    def __init__(self, emu: BybitEmulator, faults: WsFaultConfig | None = None) -> None:
-        self.emu = emu
+    def __init__(
+        self, market: SyntheticMarket, clock: EmulatorClock, faults: WsFaultConfig | None = None
+    ) -> None:
+        self.market = market
+        self.clock = clock
         self.faults = faults or WsFaultConfig()
         self.connections: list[WsConnectionRecord] = []
         self.requests: list[WsRequestRecord] = []
@@ -127,7 +135,7 @@ class EmulatorWs:
         self.injected: dict[str, int] = {k: 0 for k in WS_FAULT_KINDS}
         self._live: set[_Conn] = set()
         self._connect_times: deque[float] = deque()
-        self._rng = random.Random(f"{emu.market.seed}:ws-faults")
+        self._rng = random.Random(f"{market.seed}:ws-faults")
         self._trade_cache: OrderedDict[tuple[int, int], list[dict[str, Any]]] = OrderedDict()
         self._junk = 0
 
@@ -304,7 +312,7 @@ class EmulatorWs:
             await self._reply(conn, req.op, False, f"error:op {req.op[:40]} is not supported", req.req_id)
             return
         error = self._check_args(conn.record.category, req.args)
-        now = self.emu.control.clock.now_ms()
+        now = self.clock.now_ms()
         built: dict[str, _KlineTopic | _TradeTopic] = {}
         if error is None and req.op == "subscribe":
             for topic in req.args:
@@ -343,7 +351,7 @@ class EmulatorWs:
 
     def _topic_state(self, category: str, topic: str, now: int) -> _KlineTopic | _TradeTopic | None:
         parts = topic.split(".")
-        market = self.emu.market
+        market = self.market
         if len(parts) == 3 and parts[0] == "kline" and parts[1] in C.INTERVALS:
             if not market.has(parts[2], category):
                 return None
@@ -369,7 +377,7 @@ class EmulatorWs:
                 continue
             while conn.extra:
                 await self._send(conn, conn.extra.popleft())
-            now = self.emu.control.clock.now_ms()
+            now = self.clock.now_ms()
             for topic, state in list(conn.topics.items()):
                 frames = (
                     self._kline_frames(topic, state, now)
@@ -454,7 +462,7 @@ class EmulatorWs:
     def _kline_frames(self, topic: str, t: _KlineTopic, now: int) -> list[tuple[bytes, str]]:
         out: list[tuple[bytes, str]] = []
         forming = t.tf.floor(now)
-        market = self.emu.market
+        market = self.market
         if forming > t.cur_open:
             closed = market.raw_candles(t.spec, t.tf, t.cur_open, forming - 1)
             for i in range(len(closed)):
@@ -508,7 +516,7 @@ class EmulatorWs:
             key = (spec.key, minute)
             rows = self._trade_cache.get(key)
             if rows is None:
-                rows = push_shape(self.emu.market.minute_trades(spec, minute))
+                rows = push_shape(self.market.minute_trades(spec, minute))
                 self._trade_cache[key] = rows
                 if len(self._trade_cache) > _TRADE_CACHE_MINUTES:
                     self._trade_cache.popitem(last=False)

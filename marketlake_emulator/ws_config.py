@@ -1,5 +1,5 @@
 """Knobs, records and canned frames of the emulator's WebSocket side (split from
-:mod:`~marketlake.exchanges.bybit.emulator_ws` to keep files small)."""
+:mod:`~marketlake_emulator.ws` to keep files small)."""
 
 from __future__ import annotations
 

@@ -266,7 +266,7 @@ def serve(
 ) -> None:
     """Run the Bybit emulator (REST and WebSocket on one port): a deterministic synthetic market,
     or an existing lake replayed (``--lake``), for tests, demos and bots."""
-    from marketlake.exchanges.bybit.emulator import run_emulator
+    from marketlake_emulator import serve as run_emulator
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(f"warning: serving on {host}: reachable from other machines")
@@ -274,7 +274,7 @@ def serve(
     start_ms = None if start is None else to_ms(start, what="--start")
     market = None
     if lake is not None:
-        from marketlake.exchanges.bybit.replay import LakeMarket
+        from marketlake_emulator.replay import LakeMarket
 
         market = LakeMarket(Lake(lake, settings=load_settings(lake, None)))
         if start_ms is None:

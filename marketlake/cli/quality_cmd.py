@@ -166,7 +166,7 @@ def demo(
     days: Annotated[float, typer.Option(help="Days of history to ingest.")] = 7.0,
 ) -> None:
     """Offline demo: start the Bybit emulator on 127.0.0.1, ingest from it, check, list, query."""
-    from marketlake.exchanges.bybit.emulator import BybitEmulator
+    from marketlake_emulator import Emulator as BybitEmulator
     from marketlake.exchanges.bybit.rest import BybitRestClient
     from marketlake.ingest.archive import candle_timeframes, run_archive_ingest
     from marketlake.ingest.service import IngestRequest, run_ingest

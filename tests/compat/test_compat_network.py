@@ -18,7 +18,7 @@ from marketlake.compat import (
     WebSocketHandler,
 )
 from marketlake.errors import ConfigError
-from marketlake.exchanges.bybit.emulator import BybitEmulator
+from marketlake_emulator import BybitEmulator
 from tests.integration.emulated import NOW, run_with_emulator
 from tests.integration.live_support import SPEED, WS_FAST
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-from marketlake.exchanges.bybit.emulator import BybitEmulator
+from marketlake_emulator import BybitEmulator
 from marketlake.exchanges.bybit.rest import BybitRestClient
 from marketlake.net.backoff import Backoff
 from marketlake.net.ratelimit import BanLatch, RateBudget

@@ -7,7 +7,7 @@ import polars as pl
 
 from marketlake.core.candles import candles_from_trades
 from marketlake.core.intervals import merge
-from marketlake.exchanges.bybit.emulator import BybitEmulator
+from marketlake_emulator import BybitEmulator
 from marketlake.ingest.live import LiveRunner
 from marketlake.ingest.live_types import LiveConfig
 from marketlake.net.backoff import Backoff

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from marketlake.exchanges.bybit.archive import BybitArchiveClient
-from marketlake.exchanges.bybit.emulator import BybitEmulator
+from marketlake_emulator import BybitEmulator
 from marketlake.ingest.archive import day_bounds, run_archive_ingest
 from marketlake.net.backoff import Backoff
 from marketlake.quality.check import check_lake

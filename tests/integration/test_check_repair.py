@@ -7,8 +7,8 @@ import json
 import polars as pl
 
 from marketlake.cli.app import main
-from marketlake.exchanges.bybit.emulator import BybitEmulator
-from marketlake.exchanges.bybit.market import SyntheticMarket
+from marketlake_emulator import BybitEmulator
+from marketlake_emulator.market import SyntheticMarket
 from marketlake.ingest.service import IngestRequest, run_ingest
 from marketlake.quality import check_lake, repair_lake
 from marketlake.settings import Settings

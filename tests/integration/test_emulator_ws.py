@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from marketlake.errors import ExchangeProtocolError
-from marketlake.exchanges.bybit.emulator import BybitEmulator
+from marketlake_emulator import BybitEmulator
 from marketlake.exchanges.bybit.ws_frames import decode_frame
 from tests.integration.emulated import run_with_emulator
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from marketlake.exchanges.bybit.emulator import BybitEmulator
+from marketlake_emulator import BybitEmulator
 from marketlake.ingest.service import IngestRequest, run_ingest, unexplained_gaps
 from marketlake.settings import Settings
 from marketlake.store import Lake
@@ -87,7 +87,7 @@ def test_outages_are_recorded_as_verified_empty_not_as_gaps(tmp_path):
         assert out.stats.empty_candles == 90
         assert_lake_equals_truth(lake, emu, out)
 
-    from marketlake.exchanges.bybit.market import SyntheticMarket
+    from marketlake_emulator.market import SyntheticMarket
 
     market = SyntheticMarket.generate(7, 6, outages=[outage])
     run_with_emulator(t, market=market)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from marketlake.exchanges.bybit.emulator import BybitEmulator
+from marketlake_emulator import BybitEmulator
 from marketlake.ingest.live_types import LiveCandle, TradeBatch
 from marketlake.settings import Settings
 from marketlake.store import Lake

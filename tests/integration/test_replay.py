@@ -6,8 +6,8 @@ import asyncio
 
 import polars as pl
 
-from marketlake.exchanges.bybit.emulator import BybitEmulator
-from marketlake.exchanges.bybit.replay import LakeMarket
+from marketlake_emulator import BybitEmulator
+from marketlake_emulator.replay import LakeMarket
 from marketlake.ingest.service import IngestRequest, run_ingest
 from marketlake.interop.csv import import_csv
 from marketlake.settings import Settings

@@ -11,7 +11,7 @@ from typing import Any, Self
 import pytest
 
 from marketlake.clock import ManualClock, use_clock
-from marketlake.exchanges.bybit.emulator import BybitEmulator
+from marketlake_emulator import BybitEmulator
 from marketlake.exchanges.bybit.ws import (
     QUARANTINE_BYTES,
     BybitWsClient,

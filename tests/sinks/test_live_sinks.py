@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from marketlake.exchanges.bybit.emulator import BybitEmulator
+from marketlake_emulator import BybitEmulator
 from marketlake.ingest.live_types import LiveCandle
 from marketlake.interop.postgres import export_postgres
 from marketlake.interop.postgres_live import PostgresMirror

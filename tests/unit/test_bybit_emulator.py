@@ -17,9 +17,9 @@ import msgspec
 import pytest
 
 from marketlake.core.timeframes import DAY_MS, MINUTE_MS, parse_timeframe
-from marketlake.exchanges.bybit.emulator import BybitEmulator
-from marketlake.exchanges.bybit.emulator_control import FaultConfig, RequestLog, RequestRecord
-from marketlake.exchanges.bybit.market import SyntheticMarket
+from marketlake_emulator import BybitEmulator
+from marketlake_emulator.control import FaultConfig, RequestLog, RequestRecord
+from marketlake_emulator.market import SyntheticMarket
 
 MAR_1 = 1_709_251_200_000  # 2024-03-01 00:00 UTC
 NOW = MAR_1 + 90 * MINUTE_MS + 30_000  # 01:30:30, frozen (speed 0) unless a test says otherwise
@@ -460,8 +460,8 @@ def test_admin_routes_change_faults_and_clock_and_refuse_bad_input() -> None:
 
 def test_run_emulator_serves_until_sigterm(tmp_path: Any) -> None:
     code = (
-        "from marketlake.exchanges.bybit.emulator import run_emulator\n"
-        "run_emulator('127.0.0.1', 0, symbols=3, seed=1, speed=1.0,"
+        "from marketlake_emulator import serve\n"
+        "serve('127.0.0.1', 0, symbols=3, seed=1, speed=1.0,"
         " on_ready=lambda url: print(url, flush=True))\n"
     )
     with subprocess.Popen(

@@ -8,7 +8,7 @@ import pytest
 
 from marketlake.core.timeframes import BYBIT_TIMEFRAMES, DAY_MS, MINUTE_MS, parse_timeframe
 from marketlake.errors import InvalidSymbolError
-from marketlake.exchanges.bybit.market import (
+from marketlake_emulator.market import (
     RawCandles,
     SyntheticMarket,
     format_decimal,

@@ -20,9 +20,9 @@ from marketlake.errors import (
     InvalidTimeframeError,
     TransientExchangeError,
 )
-from marketlake.exchanges.bybit.emulator import BybitEmulator
-from marketlake.exchanges.bybit.emulator_control import FaultConfig
-from marketlake.exchanges.bybit.market import SyntheticMarket
+from marketlake_emulator import BybitEmulator
+from marketlake_emulator.control import FaultConfig
+from marketlake_emulator.market import SyntheticMarket
 from marketlake.exchanges.bybit.rest import BybitRestClient, kline_windows
 from marketlake.net.backoff import Backoff
 from marketlake.net.ratelimit import BanLatch, RateBudget
