@@ -80,6 +80,9 @@ def info(lake: LakeOpt = None, config: ConfigOpt = None, json_: JsonOpt = False)
     )
     total = human_bytes(int(table["bytes"].sum()))
     print_frame(shown, title=f"{table.height} series, {table['rows'].sum():,} rows, {total}")
+    from marketlake.cli.coverage_cmd import print_coverage_strips
+
+    print_coverage_strips(the_lake)
 
 
 @app.command("import-csv")
@@ -215,6 +218,7 @@ def compact(lake: LakeOpt = None, config: ConfigOpt = None) -> None:
 from marketlake.cli import archive_cmd, ingest_cmd, quality_cmd  # noqa: E402,F401
 from marketlake.cli import stream_cmd  # noqa: E402,F401
 from marketlake.cli import compat_cmd  # noqa: E402,F401
+from marketlake.cli import coverage_cmd  # noqa: E402,F401
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``marketlake`` console script."""
