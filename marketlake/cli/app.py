@@ -1,33 +1,94 @@
 """The ``marketlake`` command: parses flags, calls the library, renders the result.
 
-User errors (every :class:`~marketlake.errors.MarketlakeError`) print one line on stderr and exit
-with the error's ``exit_code`` (2 bad input or config, 3 lake, 4 exchange, 5 sink); no traceback.
+Every failure prints one line on stderr and exits with a documented status (2 bad input or config,
+3 lake, 4 exchange, 5 sink, 130 Ctrl-C); no traceback: typed errors carry their ``exit_code``, the
+rest is classified by :mod:`marketlake.cli.failures`.
+
+Start-up matters (``marketlake --help`` is run far more often than anything else): this module and
+the command modules import numba, pyarrow, polars, duckdb and aiohttp only inside the commands.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
-import polars as pl
 import typer
+from typer.core import TyperGroup
 
-from marketlake.cli.render import console, err_console, human_bytes, print_frame, print_json
-from marketlake.errors import DataValidationError, MarketlakeError
+from marketlake.cli.failures import classify, one_line
+from marketlake.cli.params import check_output_file
+from marketlake.cli.render import console, err_console, print_json
+from marketlake.core.symbols import CATEGORIES
+from marketlake.errors import DataValidationError
 from marketlake.settings import Settings
-from marketlake.store import Lake
+
+if TYPE_CHECKING:  # pragma: no cover
+    from typer._click.formatting import HelpFormatter
+
+    from marketlake.store import Lake
 
 __all__ = ["app", "main"]
 
+# typer vendors click (typer._click); its usage errors derive from typer.TyperException. Older
+# typers used click itself, whose errors derive from click.ClickException.
+_CLICK_ERRORS: tuple[type[Exception], ...]
+if hasattr(typer, "TyperException"):
+    _CLICK_ERRORS = (typer.TyperException,)
+else:  # pragma: no cover  (typer < 0.2x)
+    import click
+
+    _CLICK_ERRORS = (click.ClickException,)
+
+
+class _SortedGroup(TyperGroup):
+    """Commands listed alphabetically, each with its whole first sentence (click cuts at 45 chars)."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        """Command names, sorted."""
+        return sorted(super().list_commands(ctx))
+
+    def format_commands(self, ctx: typer.Context, formatter: HelpFormatter) -> None:
+        """The command list, one full sentence per command."""
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is None or cmd.hidden:
+                continue
+            rows.append((name, cmd.get_short_help_str(limit=1_000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 app = typer.Typer(
     name="marketlake",
+    cls=_SortedGroup,
     help="A columnar time-series lake for crypto market data.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from marketlake import __version__
+
+        console.print(f"marketlake {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True),
+    ] = False,
+) -> None:
+    """A columnar time-series lake for crypto market data."""
 
 LakeOpt = Annotated[
     Optional[Path], typer.Option("--lake", help="Lake directory (default: settings, ./lake).", show_default=False)
@@ -36,14 +97,20 @@ ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", help="TOML settings file.", show_default=False)
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-SymbolsOpt = Annotated[Optional[str], typer.Option("--symbols", help="Comma-separated symbols (default: all).")]
+SymbolsOpt = Annotated[
+    Optional[str], typer.Option("--symbols", help="Comma-separated symbols (default: every stored one).")
+]
 TimeframesOpt = Annotated[
     Optional[str], typer.Option("--timeframes", help="Comma-separated timeframes, e.g. 1,5,60 (default: all).")
 ]
 StartOpt = Annotated[Optional[str], typer.Option("--start", help="Inclusive start: YYYY-MM-DD[ HH:MM:SS] or epoch ms.")]
 EndOpt = Annotated[Optional[str], typer.Option("--end", help="Exclusive end.")]
 ExchangeOpt = Annotated[Optional[str], typer.Option("--exchange", help="Exchange (default: bybit).")]
-CategoryOpt = Annotated[Optional[str], typer.Option("--category", help="linear, spot or inverse (default: linear).")]
+# The help lists exactly what validate_category accepts, from the same tuple.
+CategoryOpt = Annotated[
+    Optional[str],
+    typer.Option("--category", help=f"One of {', '.join(CATEGORIES)} (default: settings, linear)."),
+]
 
 
 def load_settings(lake: Path | None, config: Path | None, **overrides: object) -> Settings:
@@ -53,33 +120,44 @@ def load_settings(lake: Path | None, config: Path | None, **overrides: object) -
 
 def open_lake(lake: Path | None, config: Path | None) -> Lake:
     """The lake the flags point at."""
+    from marketlake.store import Lake
+
     settings = load_settings(lake, config)
     return Lake(settings=settings)
+
+
+def lake_is_absent(root: Path) -> bool:
+    """True when ``root`` holds no lake at all (no data directory), e.g. a mistyped ``--lake``.
+
+    Read-only commands check this first so that looking at a wrong path creates nothing there.
+    """
+    return not any((root / name).is_dir() for name in ("candles", "trades", "_meta"))
 
 
 @app.command()
 def info(lake: LakeOpt = None, config: ConfigOpt = None, json_: JsonOpt = False) -> None:
     """List every stored series: first and last candle, rows, partitions, size on disk."""
-    the_lake = open_lake(lake, config)
+    from marketlake.cli.render import print_series
+
+    settings = load_settings(lake, config)
+    root = settings.lake_path
+    if lake_is_absent(root):
+        # Nothing to list, and opening the store would create its metadata under a mistyped path.
+        if json_:
+            print_json({"lake": str(root), "series": []})
+        else:
+            console.print(f"lake: {root}")
+            console.print("no series stored yet (try `marketlake import-csv` or `marketlake demo`)")
+        return
+    from marketlake.store import Lake
+
+    the_lake = Lake(settings=settings)
     table = the_lake.series()
     if json_:
         print_json({"lake": str(the_lake.root), "series": table.to_dicts()})
         return
     console.print(f"lake: {the_lake.root}")
-    if table.is_empty():
-        console.print("no series stored yet (try `marketlake import-csv` or `marketlake demo`)")
-        return
-    shown = table.select(
-        pl.concat_str(["exchange", "category", "symbol"], separator="/").alias("series"),
-        pl.when(pl.col("dataset") == "trades").then(pl.lit("trades")).otherwise(pl.col("timeframe")).alias("tf"),
-        pl.col("first_ts").dt.strftime("%Y-%m-%d %H:%M").alias("first"),
-        pl.col("last_ts").dt.strftime("%Y-%m-%d %H:%M").alias("last"),
-        "rows",
-        pl.col("partitions").alias("parts"),
-        pl.col("bytes").map_elements(human_bytes, return_dtype=pl.String).alias("size"),
-    )
-    total = human_bytes(int(table["bytes"].sum()))
-    print_frame(shown, title=f"{table.height} series, {table['rows'].sum():,} rows, {total}")
+    print_series(table)
     from marketlake.cli.coverage_cmd import print_coverage_strips
 
     print_coverage_strips(the_lake)
@@ -162,14 +240,17 @@ def sql(
         raise DataValidationError(f"--format must be table, csv, json or parquet, not {format_!r}")
     if format_ == "parquet" and output is None:
         raise DataValidationError("--format parquet needs --output FILE")
+    if format_ == "table" and output is not None:
+        raise DataValidationError("--format table prints to the terminal; use csv, json or parquet with --output")
+    if output is not None:
+        check_output_file(output, "--output")
     frame = open_lake(lake, config).sql(query)
     if format_ == "table":
-        if output is not None:
-            raise DataValidationError("--format table prints to the terminal; use csv, json or parquet with --output")
+        from marketlake.cli.render import print_frame
+
         print_frame(frame)
     elif format_ == "csv":
-        text = frame.write_csv()
-        _emit(text, output)
+        _emit(frame.write_csv(), output)
     elif format_ == "json":
         _emit(frame.write_json(), output)
     else:
@@ -220,19 +301,49 @@ from marketlake.cli import stream_cmd  # noqa: E402,F401
 from marketlake.cli import compat_cmd  # noqa: E402,F401
 from marketlake.cli import coverage_cmd  # noqa: E402,F401
 
+def _fail(message: str) -> None:
+    err_console.print(f"error: {message}", markup=False, soft_wrap=True, highlight=False)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``marketlake`` console script."""
+    """Entry point of the ``marketlake`` console script.
+
+    Runs click in non-standalone mode so that usage errors, too, become one line here (click's own
+    rendering is three: usage, a hint and the error).
+
+    Args:
+        argv: Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0, 1 (``check``/``fsck`` found issues), 2 bad input or settings, 3 lake,
+        4 exchange, 5 sink, 130 interrupted.
+    """
     try:
-        app(args=argv, prog_name="marketlake", standalone_mode=True)
+        result: Any = app(args=argv, prog_name="marketlake", standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except _CLICK_ERRORS as exc:
+        message: str = exc.format_message()  # type: ignore[attr-defined]
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            # `marketlake` or `marketlake sql` alone: the help is the answer (stdout, status 0).
+            console.print(message, markup=False, highlight=False, soft_wrap=True)
+            return 0
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        _fail(one_line(message) + where)
+        return int(getattr(exc, "exit_code", 2) or 2)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("interrupted", highlight=False)
+        return 130
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    except MarketlakeError as exc:
-        err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
-    return 0
+    except Exception as exc:  # noqa: BLE001  (the promise: one line and a code, never a traceback)
+        code, message = classify(exc)
+        _fail(message)
+        return code
+    # In non-standalone mode click returns the exit code of typer.Exit / ctx.exit, else the
+    # command's return value (None for every command here).
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,6 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from marketlake.cli.app import (
     CategoryOpt,
@@ -25,18 +24,24 @@ from marketlake.cli.app import (
     app,
     load_settings,
 )
+from marketlake.cli.params import BoundedFloat, BoundedInt
 from marketlake.cli.render import console, err_console, print_json
 from marketlake.core.timeutil import ms_to_text, to_ms
-from marketlake.errors import DataValidationError
-from marketlake.ingest.historical import IngestStats
-from marketlake.ingest.planner import Plan
-from marketlake.ingest.service import IngestOutcome, IngestRequest, run_ingest
+from marketlake.errors import DataValidationError, InvalidSymbolError
 from marketlake.settings import Settings
-from marketlake.store import Lake
 
+# The ingest machinery pulls in aiohttp, polars, pyarrow and duckdb: imported inside the commands,
+# so `marketlake --help` does not pay for them.
 if TYPE_CHECKING:  # pragma: no cover
+    from rich.progress import Progress
+
     from marketlake.exchanges.bybit.rest import BybitRestClient
+    from marketlake.ingest.historical import IngestStats
     from marketlake.ingest.live_types import LiveConfig
+    from marketlake.ingest.planner import Plan
+    from marketlake.ingest.service import IngestOutcome, IngestRequest
+    from marketlake.net.ratelimit import RateBudget
+    from marketlake.store import Lake
 
 T = TypeVar("T")
 
@@ -76,6 +81,8 @@ class _ProgressView:
         if not self.enabled:
             return
         if self.tty:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
             self._bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -132,12 +139,9 @@ def _render_outcome(out: IngestOutcome, as_json: bool) -> None:
             }
         )
         return
-    for sym in out.unknown_symbols:
-        err_console.print(
-            f"error: unknown symbol {sym}: the exchange lists no such instrument in this category"
-        )
-    if st is None:
-        return
+    # Unknown symbols are reported once, as the command's error (see _fail_on_unknown).
+    if st is None or (out.unknown_symbols and not out.plan.series):
+        return  # nothing was fetched: a summary of zeros would only read like success
     for note in st.notices[:20]:
         err_console.print(f"warning: {note}", markup=False)
     for note in st.failures[:20]:
@@ -160,18 +164,27 @@ def _render_outcome(out: IngestOutcome, as_json: bool) -> None:
 
 @app.command()
 def ingest(
-    symbols: SymbolsOpt = None,
+    symbols: Annotated[
+        Optional[str],
+        typer.Option("--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT (this or --all-symbols)."),
+    ] = None,
     all_symbols: Annotated[
-        bool, typer.Option("--all-symbols", help="Every Trading instrument of the category.")
+        bool, typer.Option("--all-symbols", help="Every Trading instrument of the category (instead of --symbols).")
     ] = False,
     timeframes: Annotated[str, typer.Option("--timeframes", help="Comma-separated Bybit intervals.")] = "1",
-    days: Annotated[Optional[float], typer.Option("--days", help="Fetch the last N days.")] = None,
+    days: Annotated[
+        Optional[float],
+        typer.Option("--days", help="Fetch the last N days (0 < N <= 36500).", parser=BoundedFloat(0, 36_500, open_low=True)),
+    ] = None,
     start: StartOpt = None,
     end: EndOpt = None,
     mode: Annotated[str, typer.Option("--mode", help="full, recent (latest 50 candles) or live.")] = "full",
     category: CategoryOpt = None,
     base_url: BaseUrlOpt = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Requests in flight at most.")] = 32,
+    concurrency: Annotated[
+        int,
+        typer.Option("--concurrency", help="Requests in flight at most (1..256).", parser=BoundedInt(1, 256)),
+    ] = 32,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan (requests, rows, ETA) and stop.")
     ] = False,
@@ -181,7 +194,9 @@ def ingest(
 ) -> None:
     """Fetch Bybit klines into the lake: only what the ledger does not cover; resumable."""
     from marketlake.exchanges.bybit.rest import BybitRestClient
+    from marketlake.ingest.service import IngestOutcome, IngestRequest, run_ingest
     from marketlake.net.ratelimit import RateBudget
+    from marketlake.store import Lake
 
     settings = load_settings(lake, config, base_url=base_url, category=category)
     request = IngestRequest.of(
@@ -202,6 +217,7 @@ def ingest(
 
     async def main() -> IngestOutcome:
         budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.root / "_meta")
+        announce_pause(budget)
         async with BybitRestClient(settings.base_url, budget=budget) as client:
             return await run_ingest(
                 the_lake,
@@ -219,12 +235,40 @@ def ingest(
         view.close()
     if dry_run:
         _render_plan(outcome.plan, settings, json_)
-        if outcome.unknown_symbols and not json_:
-            err_console.print(f"error: unknown symbol(s): {', '.join(outcome.unknown_symbols)}")
-        raise typer.Exit(2 if outcome.unknown_symbols else 0)
+        _fail_on_unknown(outcome.unknown_symbols, settings.category)
+        return
     _render_outcome(outcome, json_)
+    _fail_on_unknown(outcome.unknown_symbols, settings.category)
     if not outcome.ok:
         raise typer.Exit(1)
+
+
+def _fail_on_unknown(unknown: list[str], category: str) -> None:
+    """One error line naming every symbol the exchange does not list (exit status 2)."""
+    if unknown:
+        raise InvalidSymbolError(
+            f"unknown symbol(s) {', '.join(unknown)}: Bybit lists no such {category} instrument; "
+            "nothing was fetched for them"
+        )
+
+
+def announce_pause(budget: RateBudget) -> None:
+    """Say so when the shared request budget is paused (a 403 ban or a rate-limit reset recorded by
+    an earlier run or another process): otherwise the run would wait minutes without a word."""
+    import datetime as dt
+
+    from marketlake.clock import get_clock
+
+    until = budget.blocked_until_ms
+    now = get_clock().now_ms()
+    if until > now:
+        at = dt.datetime.fromtimestamp(until / 1000, dt.UTC).strftime("%H:%M:%S UTC")
+        err_console.print(
+            f"waiting for Bybit's ban / rate limit to lift: no requests until {at} "
+            f"({(until - now) / 1000:,.0f} s; Ctrl-C stops, a re-run resumes)",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 def _backfill_then_stream(
@@ -234,6 +278,7 @@ def _backfill_then_stream(
     same series; the stream resumes where the ledger's coverage ends, so the seam is backfilled."""
     from marketlake.cli.stream_cmd import run_stream
     from marketlake.ingest.live_types import LiveConfig
+    from marketlake.ingest.service import run_ingest
 
     async def backfill(client: BybitRestClient) -> LiveConfig:
         try:
@@ -274,6 +319,7 @@ def serve(
     start_ms = None if start is None else to_ms(start, what="--start")
     market = None
     if lake is not None:
+        from marketlake.store import Lake
         from marketlake_emulator.replay import LakeMarket
 
         market = LakeMarket(Lake(lake, settings=load_settings(lake, None)))

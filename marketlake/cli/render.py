@@ -13,7 +13,7 @@ from rich.console import Console
 if TYPE_CHECKING:  # pragma: no cover  (polars costs ~0.2 s to import; only tables need it)
     import polars as pl
 
-__all__ = ["console", "err_console", "print_frame", "print_json", "to_jsonable"]
+__all__ = ["console", "err_console", "human_bytes", "print_frame", "print_json", "print_series", "to_jsonable"]
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -70,3 +70,27 @@ def human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def print_series(table: pl.DataFrame) -> None:
+    """The series table of ``info`` (and of ``demo``, so both always look the same).
+
+    Args:
+        table: :meth:`marketlake.store.Lake.series` output.
+    """
+    import polars as pl
+
+    if table.is_empty():
+        console.print("no series stored yet (try `marketlake import-csv` or `marketlake demo`)")
+        return
+    shown = table.select(
+        pl.concat_str(["exchange", "category", "symbol"], separator="/").alias("series"),
+        pl.when(pl.col("dataset") == "trades").then(pl.lit("trades")).otherwise(pl.col("timeframe")).alias("tf"),
+        pl.col("first_ts").dt.strftime("%Y-%m-%d %H:%M").alias("first"),
+        pl.col("last_ts").dt.strftime("%Y-%m-%d %H:%M").alias("last"),
+        "rows",
+        pl.col("partitions").alias("parts"),
+        pl.col("bytes").map_elements(human_bytes, return_dtype=pl.String).alias("size"),
+    )
+    total = human_bytes(int(table["bytes"].sum()))
+    print_frame(shown, title=f"{table.height} series, {table['rows'].sum():,} rows, {total}")
