@@ -15,7 +15,7 @@ import pyarrow as pa
 from marketlake.store.layout import CANDLES, TRADES
 from marketlake.store.reader import PartitionFiles
 
-__all__ = ["create_views"]
+__all__ = ["create_views", "sandbox"]
 
 _HIVE = {
     CANDLES: ("exchange", "category", "symbol", "timeframe", "date"),
@@ -76,3 +76,14 @@ def create_views(
     if coverage is not None:
         # A registered Arrow table: no DuckDB extension (sqlite_scanner) needs downloading.
         con.register("coverage", coverage)
+
+
+def sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """Restrict ``con`` to reading the lake: file access only under its tables, no extension
+    installs or loads, and the configuration locked so a query cannot lift it."""
+    dirs = [str(root / ds) + "/" for ds in (CANDLES, TRADES)]
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute(f"SET allowed_directories = [{', '.join(_quote(d) for d in dirs)}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")

@@ -1,44 +1,42 @@
-"""``fsck``: find (and with ``fix``, clear away) what a crash or a foreign hand left in the lake.
+"""``fsck``: check each table's log against storage (and with ``fix``, act on what is provably bad).
 
-What it looks for, partition by partition, holding that partition's lock (so a temp file of a
-write in progress is never mistaken for a leftover):
+For every file the newest version references:
 
-* ``temp``: a temp file of a writer that died before publishing — removed by ``fix``;
-* ``superseded``: a file replaced by a newer ``part`` but not yet moved out (a crash between the
-  rename and the move) — moved to the trash by ``fix``;
-* ``unreadable``: a live file that cannot be decoded, has the wrong columns, or holds rows outside
-  its partition — moved to ``_meta/quarantine`` by ``fix`` (never deleted: it may be salvageable);
-* ``foreign``: anything else under the data tree — reported, never touched.
+* ``missing``: not on disk (a hand deleted it, a disk lost it);
+* ``unreadable``: does not decode, or has columns of another dataset;
+* ``mismatch``: decodes, but its size, row count or ``ts`` range differ from what the log
+  recorded at commit, or it holds rows outside its partition — reported, never touched: a reader
+  can still read it and nobody can say which side is right;
 
-A good file is never moved. Trash older than the grace period is purged by ``fix``.
+and for every other file under a table:
+
+* ``orphan``: no version in the log ever referenced it (a writer that died before its commit, a
+  planted file) — deleted by ``fix`` once older than the vacuum retention, never sooner (it may
+  be a commit in flight).
+
+``fix`` commits the removal of ``missing`` and ``unreadable`` references (an unreadable file is
+moved to ``_meta/quarantine/``, never deleted) and makes the coverage ledger forget their ranges,
+so ``check`` reports the hole and ``repair`` re-fetches it from the exchange. It then vacuums.
+A referenced file a reader can read is never removed.
 """
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from marketlake.core.schemas import CANDLE_ARROW_SCHEMA, REQUIRED_COLUMNS, TRADE_ARROW_SCHEMA
-from marketlake.core.timeframes import TIMEFRAMES
-from marketlake.store.files import (
-    is_temp_name,
-    list_data_files,
-    partition_lock,
-    purge_trash,
-    to_trash,
-)
-from marketlake.store.layout import (
-    CANDLES,
-    DATASETS,
-    META_DIR,
-    Period,
-    live_files,
-    partition_period,
-)
+from marketlake.core.schemas import REQUIRED_COLUMNS
+from marketlake.store.layout import DATASETS, META_DIR, SeriesId
+from marketlake.store.table import CommitConflict, FileEntry, data_arrow_schema, partition_values
+
+if TYPE_CHECKING:
+    from marketlake.store.lake import Lake
 
 __all__ = ["FsckIssue", "FsckReport", "run_fsck"]
 
@@ -58,21 +56,28 @@ class FsckReport:
     """What fsck found.
 
     Attributes:
-        files_checked: Live data files decoded.
+        files_checked: Referenced data files decoded and matched against the log.
         rows_checked: Rows in them.
         issues: Every finding, in walk order.
-        trash_purged: Trashed files deleted (``fix`` only).
+        vacuumed: Files deleted by the vacuum of ``fix``.
+        versions: The version checked, per dataset.
     """
 
     files_checked: int = 0
     rows_checked: int = 0
     issues: list[FsckIssue] = field(default_factory=list)
-    trash_purged: int = 0
+    vacuumed: int = 0
+    versions: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         """True when nothing needs attention (fixed issues count as dealt with)."""
         return all(i.fixed for i in self.issues)
+
+    @property
+    def trash_purged(self) -> int:
+        """Files deleted by vacuum (the name of the previous format's report)."""
+        return self.vacuumed
 
     def to_dict(self) -> dict:
         """Plain data for ``--json``."""
@@ -80,7 +85,8 @@ class FsckReport:
             "ok": self.ok,
             "files_checked": self.files_checked,
             "rows_checked": self.rows_checked,
-            "trash_purged": self.trash_purged,
+            "vacuumed": self.vacuumed,
+            "versions": self.versions,
             "issues": [
                 {"kind": i.kind, "path": i.path, "detail": i.detail, "fixed": i.fixed}
                 for i in self.issues
@@ -88,98 +94,170 @@ class FsckReport:
         }
 
 
-def _period_of(pdir: Path, dataset: str) -> Period | None:
-    if dataset != CANDLES:
-        return partition_period(dataset, None)
-    tf = pdir.parent.name.removeprefix("timeframe=")
-    return partition_period(dataset, TIMEFRAMES[tf]) if tf in TIMEFRAMES else None
-
-
-def _check_file(path: Path, dataset: str, period: Period, key: str) -> str | None:
-    """None if the file is good, else what is wrong with it."""
-    expected = CANDLE_ARROW_SCHEMA if dataset == CANDLES else TRADE_ARROW_SCHEMA
+def _check_file(path: Path, f: FileEntry, dataset: str, sid: SeriesId | None) -> tuple[str, str] | None:
+    """None if the file matches the log, else (kind, what is wrong)."""
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return "missing", "referenced by the log but not on disk"
+    except OSError as exc:
+        return "unreadable", f"cannot stat: {exc.strerror}"
     try:
         table = pq.ParquetFile(path).read()
     except Exception as exc:  # any decoding failure means unreadable
-        return f"cannot decode: {str(exc).splitlines()[0][:200]}"
+        text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return "unreadable", f"cannot decode: {text}"
+    expected = data_arrow_schema(dataset).names
     names = table.schema.names
-    required = REQUIRED_COLUMNS[dataset]
-    # Older files may lack columns added later (read with their defaults); nothing else may differ.
-    if [n for n in expected.names if n in names] != names or any(c not in names for c in required):
-        return f"columns {names} are not {expected.names}"
+    if [n for n in expected if n in names] != names or any(c not in names for c in REQUIRED_COLUMNS[dataset]):
+        return "unreadable", f"columns {names} are not {expected}"
+    if size != f.size:
+        return "mismatch", f"{size} bytes on disk, {f.size} in the log"
+    if table.num_rows != f.rows:
+        return "mismatch", f"{table.num_rows} rows on disk, {f.rows} in the log"
     if table.num_rows:
-        lo, hi = period.bounds(key)
         ts = table.column("ts").cast("int64")
-        div = 1 if dataset == CANDLES else 1000
-        first = ts[0].as_py() // div
-        last = ts[-1].as_py() // div
-        if first < lo or last >= hi:
-            return f"rows outside partition {key}"
+        div = 1 if dataset == "candles" else 1000
+        first, last = min(ts.to_numpy()) // div, max(ts.to_numpy()) // div
+        if f.first_ms is not None and (first, last) != (f.first_ms, f.last_ms):
+            return "mismatch", "ts range differs from the log"
+        if sid is not None:
+            lo, hi = sid.period.bounds(f.key)
+            if first < lo or last >= hi:
+                return "mismatch", f"rows outside partition {f.key}"
     return None
 
 
-def run_fsck(root: Path, *, fix: bool = False, trash_grace_s: float = 300.0) -> FsckReport:
-    """Check every partition of the lake under ``root``; see the module docstring."""
+def ever_referenced(table_root: Path) -> set[str]:
+    """Every path any version still in the log added or removed (checkpoint and commits)."""
+    log = table_root / "_delta_log"
+    out: set[str] = set()
+    try:
+        names = sorted(os.listdir(log))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        path = log / name
+        if name.endswith(".json") and name[:20].isdigit():
+            with open(path, "rb") as fh:
+                for line in fh:
+                    if b'"add"' not in line and b'"remove"' not in line:
+                        continue
+                    action: dict[str, Any] = json.loads(line)
+                    for kind in ("add", "remove"):
+                        if kind in action and action[kind]:
+                            out.add(_unquote(action[kind]["path"]))
+        elif ".checkpoint" in name and name.endswith(".parquet"):
+            table = pq.read_table(path, columns=["add", "remove"])
+            for col in ("add", "remove"):
+                for item in table.column(col).to_pylist():
+                    if item and item.get("path"):
+                        out.add(_unquote(item["path"]))
+    return out
+
+
+def _unquote(path: str) -> str:
+    from urllib.parse import unquote
+
+    return unquote(path)
+
+
+def _storage_files(table_root: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(table_root):
+        rel_dir = os.path.relpath(dirpath, table_root)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d != "_delta_log"]
+            rel_dir = ""
+        dirnames.sort()
+        for name in sorted(filenames):
+            out.append(f"{rel_dir}/{name}" if rel_dir else name)
+    return out
+
+
+def _sid_of(dataset: str, values: dict[str, Any]) -> SeriesId | None:
+    try:
+        return SeriesId.of(
+            dataset, exchange=values["exchange"], category=values["category"], symbol=values["symbol"],
+            timeframe=values.get("timeframe") if dataset == "candles" else None,
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def run_fsck(lake: Lake, *, fix: bool = False) -> FsckReport:
+    """Check every table of ``lake``; see the module docstring."""
     report = FsckReport()
+    retention = lake.settings.gc_grace_seconds
     for dataset in DATASETS:
-        base = root / dataset
-        if not base.is_dir():
+        table = lake.table(dataset)
+        if not table.exists():
             continue
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            here = Path(dirpath)
-            if here.name.startswith("date="):
-                _check_partition(root, here, dataset, sorted(filenames), fix, report)
-                dirnames.clear()
+        snap = table.snapshot()
+        report.versions[dataset] = snap.version
+        bad: list[tuple[SeriesId, FileEntry, str]] = []
+        for row in snap.files.iter_rows(named=True):
+            f = FileEntry(row["path"], row["size"], row["rows"] or 0, row["first_ms"], row["last_ms"], row["date"])
+            sid = _sid_of(dataset, row)
+            found = _check_file(table.path / f.path, f, dataset, sid)
+            if found is None:
+                report.files_checked += 1
+                report.rows_checked += f.rows
                 continue
-            for name in sorted(filenames):
-                report.issues.append(FsckIssue("foreign", str(here / name), "not a lake file"))
+            kind, detail = found
+            report.issues.append(FsckIssue(kind, str(table.path / f.path), detail, fix and kind != "mismatch" and sid is not None))
+            if kind != "mismatch" and sid is not None:
+                bad.append((sid, f, kind))
+        if fix and bad:
+            _drop_bad(lake, dataset, bad)
+        referenced = set(snap.files.get_column("path").to_list())
+        known = ever_referenced(table.path)
+        now = time.time()
+        for rel in _storage_files(table.path):
+            if rel in referenced or rel in known:
+                continue
+            path = table.path / rel
+            try:
+                age = now - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            old = age >= retention
+            if fix and old:
+                path.unlink(missing_ok=True)
+            report.issues.append(FsckIssue(
+                "orphan", str(path),
+                "no version of the log references it" + ("" if old else f" (younger than the {retention:.0f} s retention: kept)"),
+                fix and old,
+            ))
     if fix:
-        report.trash_purged = purge_trash(root, trash_grace_s)
+        report.vacuumed = len(lake.vacuum())
     return report
 
 
-def _check_partition(
-    root: Path, pdir: Path, dataset: str, names: list[str], fix: bool, report: FsckReport
-) -> None:
-    key = pdir.name.removeprefix("date=")
-    period = _period_of(pdir, dataset)
-    if period is None:
-        report.issues.append(FsckIssue("foreign", str(pdir), "not under a known timeframe"))
-        return
-    try:
-        period.bounds(key)
-    except ValueError:
-        report.issues.append(FsckIssue("foreign", str(pdir), f"not a {period.value} partition"))
-        return
-    with partition_lock(root, pdir):
-        files = list_data_files(pdir)
-        known = {f.path.name for f in files}
-        live = live_files(files)
-        for name in names:
-            if name in known:
-                continue
-            path = pdir / name
-            if is_temp_name(name):
-                if fix:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-                report.issues.append(FsckIssue("temp", str(path), "leftover of an interrupted write", fix))
-            else:
-                report.issues.append(FsckIssue("foreign", str(path), "not a lake file"))
-        superseded = [f.path for f in files if f not in live]
-        for path in superseded:
-            report.issues.append(FsckIssue("superseded", str(path), "replaced by a newer part", fix))
-        if fix:
-            to_trash(root, superseded)
-        for f in live:
-            problem = _check_file(f.path, dataset, period, key)
-            if problem is None:
-                report.files_checked += 1
-                report.rows_checked += pq.ParquetFile(f.path).metadata.num_rows
-                continue
-            if fix:
-                target = root / META_DIR / "quarantine" / f.path.relative_to(root)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(f.path, target)
-            report.issues.append(FsckIssue("unreadable", str(f.path), problem, fix))
+def _drop_bad(lake: Lake, dataset: str, bad: list[tuple[SeriesId, FileEntry, str]]) -> None:
+    """Commit the removal of missing/unreadable references; quarantine the files; forget ranges."""
+    table = lake.table(dataset)
+    for _ in range(50):
+        snap = table.snapshot()
+        current = {(sid, f.key): frozenset(x.path for x in snap.partition(sid, f.key)) for sid, f, _ in bad}
+        live = [(sid, f, kind) for sid, f, kind in bad if f.path in current[(sid, f.key)]]
+        if not live:
+            return
+        try:
+            table.commit([], [(f, partition_values(sid, f.key)) for sid, f, _ in live],
+                         {k: v for k, v in current.items()}, operation="fsck_fix")
+            break
+        except CommitConflict:
+            continue
+    for sid, f, kind in live:
+        src = table.path / f.path
+        if kind == "unreadable" and src.exists():
+            target = lake.root / META_DIR / "quarantine" / dataset / f.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(src, target)
+        lo, hi = sid.period.bounds(f.key)
+        if f.first_ms is not None and f.last_ms is not None:
+            step = sid.timeframe.duration_ms if sid.timeframe is not None else 1
+            lo, hi = f.first_ms, f.last_ms + step
+        if lake.has_ledger:
+            lake.ledger.forget(sid, lo, hi)

@@ -1,12 +1,11 @@
-"""``Lake``: the public face of the store — write, scan, query, list and check the lake."""
+"""``Lake``: the public face of the store — write, scan, query, list, version and check the lake."""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,29 +17,26 @@ from marketlake.core.schemas import normalize_candles, normalize_trades
 from marketlake.core.symbols import parse_symbols
 from marketlake.core.timeframes import Timeframe, parse_timeframes
 from marketlake.core.timeutil import TimeLike, ms_to_text, to_ms
-from marketlake.errors import DataValidationError, LakeError
+from marketlake.errors import DataValidationError, LakeError, LakeWriteError
 from marketlake.settings import Settings
+from marketlake.store import snapshots as snaps
 from marketlake.store.catalog import series_table
-from marketlake.store.duck import create_views
-from marketlake.store.files import purge_trash
+from marketlake.store.duck import create_views, sandbox
 from marketlake.store.fsck import FsckReport, run_fsck
 from marketlake.store.layout import CANDLES, DATASETS, META_DIR, TRADES, SeriesId
 from marketlake.store.ledger import Ledger
+from marketlake.store.maintenance import Maintenance
 from marketlake.store.quarantine import read_quarantine, write_quarantine
-from marketlake.store.reader import (
-    PartitionFiles,
-    find_series,
-    plan_files,
-    scan_files,
-    subdir_values,
-)
+from marketlake.store.reader import PartitionFiles, find_series, plan_files, scan_files
+from marketlake.store.table import DatasetTable, Snapshot
 from marketlake.store.writer import (
     WriteResult,
-    commit_rows,
-    compact_partition,
+    compact_plan,
+    merge_plan,
     partition_slices,
-    replace_range,
-    rewrite_partition,
+    replace_plan,
+    transform_plan,
+    write_series,
 )
 
 __all__ = ["Lake", "WriteResult"]
@@ -58,38 +54,118 @@ T = TypeVar("T")
 Symbols = str | Sequence[str] | None
 Timeframes = str | int | Timeframe | Sequence[str | int | Timeframe] | None
 
-_READ_RETRIES = 8
 _WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
-_PURGE_EVERY_S = 60.0
 
 
 class Lake:
-    """A lake of hive-partitioned Parquet files under one root directory.
+    """A lake of Delta Lake tables (one per dataset) of hive-partitioned Parquet under one root.
 
     Args:
         root: The lake directory; defaults to ``settings.lake_root`` (``./lake``). Created on the
-            first write.
+            first write; reading a lake that does not exist reads nothing and creates nothing.
         settings: Settings to use; loaded from file/environment when omitted.
+        as_of: Read the lake as it was: a named snapshot, a time (datetime or ISO 8601), a
+            version of the ``candles`` table, or ``{"candles": v, "trades": w}``. Such a lake is
+            read-only. See :mod:`marketlake.store.snapshots`.
 
     Example:
         >>> lake = Lake("lake")
         >>> lake.write_candles(df, symbol="BTCUSDT", timeframe="1")
         >>> lake.scan_candles("BTCUSDT", "1", start="2024-01-01").collect()
         >>> lake.sql("select symbol, count(*) from candles group by 1")
+        >>> Lake("lake", as_of="backtest-2024-06").read_candles("BTCUSDT", "1")
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, *, settings: Settings | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        settings: Settings | None = None,
+        as_of: snaps.AsOf | None = None,
+    ):
         self.settings = settings if settings is not None else Settings.load()
         self.root = Path(root if root is not None else self.settings.lake_root).expanduser().resolve()
         if self.root.exists() and not self.root.is_dir():
             raise LakeError(f"lake root {self.root} exists and is not a directory")
+        self.as_of = as_of
+        self._tables: dict[str, DatasetTable] = {}
+        self._pinned: dict[str, Snapshot] | None = None
+        self._lock = threading.Lock()
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._con_generation: bytes | None = None
-        self._last_purge = 0.0
+        self._con_versions: tuple[int, ...] | None = None
         self._ledger: Ledger | None = None
+        self._maintenance = Maintenance(self)
+        if as_of is not None:
+            self._check_format()
+            self._pinned = snaps.resolve_as_of(self.root, as_of)
 
     def __repr__(self) -> str:
-        return f"Lake({str(self.root)!r})"
+        pinned = "" if self.as_of is None else f", as_of={self.as_of!r}"
+        return f"Lake({str(self.root)!r}{pinned})"
+
+    @property
+    def read_only(self) -> bool:
+        """True for a lake opened ``as_of`` a snapshot, version or time."""
+        return self._pinned is not None
+
+    # ------------------------------------------------------------------ tables and versions
+
+    def table(self, dataset: str) -> DatasetTable:
+        """The Delta table of ``dataset`` (``candles`` or ``trades``)."""
+        if dataset not in DATASETS:
+            raise DataValidationError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+        with self._lock:
+            t = self._tables.get(dataset)
+            if t is None:
+                self._check_format()
+                t = self._tables[dataset] = DatasetTable(self.root, dataset)
+            return t
+
+    def snapshot(self, dataset: str) -> Snapshot:
+        """The file list of ``dataset`` this lake reads: the newest version, or the pinned one."""
+        if self._pinned is not None:
+            return self._pinned[dataset]
+        return self.table(dataset).snapshot()
+
+    def versions(self) -> dict[str, int]:
+        """The version read of each dataset table (-1: no such table yet)."""
+        return {ds: self.snapshot(ds).version for ds in DATASETS}
+
+    def _check_format(self) -> None:
+        from marketlake.store.migrate import is_legacy_lake
+
+        if is_legacy_lake(self.root):
+            raise LakeError(
+                f"{self.root} holds a lake in the previous (pre-Delta) format; "
+                f"run `marketlake migrate --lake {self.root}` once to convert it"
+            )
+
+    def _writable(self) -> None:
+        if self._pinned is not None:
+            raise LakeWriteError(f"this lake is read-only: opened as_of={self.as_of!r}")
+
+    def create_snapshot(self, name: str, note: str = "") -> snaps.SnapshotInfo:
+        """Name the current version of every table, so it can be read later (``Lake(as_of=name)``)
+        and is never vacuumed away."""
+        self._writable()
+        current = {ds: self.snapshot(ds) for ds in DATASETS}
+        return snaps.create_snapshot(self.root, name, note, current, get_clock().now_ms())
+
+    def snapshots(self) -> list[snaps.SnapshotInfo]:
+        """Every named snapshot, oldest first."""
+        return snaps.list_snapshots(self.root)
+
+    def delete_snapshot(self, name: str) -> None:
+        """Forget a named snapshot; files only it kept become garbage for the next vacuum."""
+        snaps.delete_snapshot(self.root, name)
+
+    def vacuum(self, *, retention_s: float | None = None, dry_run: bool = False) -> list[str]:
+        """Delete files no version within the retention (default ``settings.gc_grace_seconds``)
+        and no named snapshot reads; return their paths (relative to the lake root)."""
+        self._writable()
+        return self._maintenance.vacuum(
+            self.settings.gc_grace_seconds if retention_s is None else retention_s, dry_run=dry_run
+        )
 
     # ------------------------------------------------------------------ writing
 
@@ -188,24 +264,23 @@ class Lake:
                     f"replace_trades of {symbol}: rows outside [{ms_to_text(lo)}, {ms_to_text(hi)})"
                 )
             df = _unique_sorted(df, "trade_id")
-        slices = {pkey: (a, b) for pkey, a, b in partition_slices(df.get_column("ts").dt.epoch("ms").to_numpy(), sid)}
-        keys = sorted(set(slices) | {p.key for p in plan_files(self.root, [sid], lo, hi)})
-
-        def commit(pkey: str) -> WriteResult:
-            a, b = slices.get(pkey, (0, 0))
-            p_lo, p_hi = sid.period.bounds(pkey)
-            return replace_range(self.root, sid, pkey, max(lo, p_lo), min(hi, p_hi), df.slice(a, b - a))
-
-        result = WriteResult()
-        with ThreadPoolExecutor(max_workers=max(1, min(len(keys), _WRITE_THREADS))) as pool:
-            for part in pool.map(commit, keys):
-                result += part
-        if result.changed:
-            self._bump_generation()
-            self._maybe_purge()
+        self._writable()
+        slices = partition_slices(df.get_column("ts").dt.epoch("ms").to_numpy(), sid)
+        rows = {pkey: df.slice(a, b - a) for pkey, a, b in slices}
+        if not rows:
+            rows = {}
+        stored = {p.key for p in plan_files(self.snapshot(TRADES), [sid], lo, hi)}
+        # Partitions of the range the frame has no row for must still be emptied of the range.
+        keys = sorted(set(rows) | stored | set(sid.period.keys_between(lo, hi)) & stored)
+        empty = df.clear()
+        plan = replace_plan({k: rows.get(k, empty) for k in keys}, lo, hi, sid)
+        result = write_series(self.table(TRADES), sid, keys, plan, operation="replace_trades",
+                              threads=_WRITE_THREADS)
+        self._after_write(result)
         return result
 
     def _write(self, sid: SeriesId, df: pl.DataFrame, key: str) -> WriteResult:
+        self._writable()
         result = WriteResult()
         if df.is_empty():
             return result
@@ -215,24 +290,12 @@ class Lake:
         ts_ms = df.get_column("ts").dt.epoch("ms").to_numpy()
         slices = partition_slices(ts_ms, sid)
 
-        def commit(piece: tuple[str, int, int]) -> WriteResult:
-            pkey, a, b = piece
-            return commit_rows(
-                self.root, sid, pkey, df.slice(a, b - a), compact_after=self.settings.compact_after_deltas
-            )
-
-        if len(slices) > 1:
-            # Partitions commit independently (own lock, own file); Parquet encoding releases the
-            # GIL, so a bulk write (an import, a backfill) uses every core.
-            with ThreadPoolExecutor(max_workers=min(len(slices), _WRITE_THREADS)) as pool:
-                for part in pool.map(commit, slices):
-                    result += part
-        else:
-            for piece in slices:
-                result += commit(piece)
-        if result.changed:
-            self._bump_generation()
-            self._maybe_purge()
+        rows = {pkey: df.slice(a, b - a) for pkey, a, b in slices}
+        result = write_series(
+            self.table(sid.dataset), sid, list(rows), merge_plan(rows, self.settings.compact_after_deltas),
+            operation=f"write_{sid.dataset}", threads=_WRITE_THREADS,
+        )
+        self._after_write(result)
         return result
 
     def delete_candles(
@@ -265,17 +328,25 @@ class Lake:
                 cond = cond & (t < hi)
             return frame.filter(~cond)
 
-        result = WriteResult()
         span_lo, span_hi = lo, hi
         if keys_ms is not None:
             if not keys_ms:
-                return result
+                return WriteResult()
             span_lo = keys_ms[0] if lo is None else max(lo, keys_ms[0])
             span_hi = keys_ms[-1] + 1 if hi is None else min(hi, keys_ms[-1] + 1)
-        for part in plan_files(self.root, [sid], span_lo, span_hi):
-            result += rewrite_partition(self.root, sid, part.key, drop)
-        if result.changed:
-            self._bump_generation()
+        return self._rewrite(sid, span_lo, span_hi, drop, "delete_candles")
+
+    def _rewrite(
+        self, sid: SeriesId, lo: int | None, hi: int | None,
+        transform: Callable[[pl.DataFrame], pl.DataFrame], operation: str,
+    ) -> WriteResult:
+        self._writable()
+        keys = [p.key for p in plan_files(self.snapshot(sid.dataset), [sid], lo, hi)]
+        if not keys:
+            return WriteResult()
+        result = write_series(self.table(sid.dataset), sid, keys, transform_plan(transform),
+                              operation=operation, threads=_WRITE_THREADS)
+        self._after_write(result)
         return result
 
     def rewrite_candles(
@@ -298,12 +369,7 @@ class Lake:
         sid = self._sid(symbol, timeframe, exchange, category)
         lo = None if start is None else to_ms(start, what="start")
         hi = None if end is None else to_ms(end, what="end")
-        result = WriteResult()
-        for part in plan_files(self.root, [sid], lo, hi):
-            result += rewrite_partition(self.root, sid, part.key, transform)
-        if result.changed:
-            self._bump_generation()
-        return result
+        return self._rewrite(sid, lo, hi, transform, "rewrite_candles")
 
     def quarantine_candles(
         self,
@@ -325,6 +391,7 @@ class Lake:
         keys = sorted(reasons)
         moved = 0
         now = get_clock().now_ms()
+        lock = threading.Lock()
 
         def take_out(frame: pl.DataFrame) -> pl.DataFrame:
             nonlocal moved
@@ -334,15 +401,15 @@ class Lake:
                 return frame
             out = frame.filter(hit)
             why = pl.Series([reasons[int(t)] for t in out.get_column("ts").dt.epoch("ms")])
+            # Published before the commit that removes the rows, so no row is ever lost; a
+            # retried plan publishes again, and read_quarantine keeps one copy per row.
             write_quarantine(self.root, sid, out, why, now)
-            moved += out.height
+            with lock:
+                moved += out.height
             return frame.filter(~hit)
 
-        for part in plan_files(self.root, [sid], keys[0], keys[-1] + 1):
-            rewrite_partition(self.root, sid, part.key, take_out)
-        if moved:
-            self._bump_generation()
-        return moved
+        result = self._rewrite(sid, keys[0], keys[-1] + 1, take_out, "quarantine_candles")
+        return result.rows_deleted
 
     def quarantined(self) -> pl.DataFrame:
         """Every row ``repair`` moved into the quarantine, with its reason and series."""
@@ -360,16 +427,23 @@ class Lake:
         )
 
     def compact(self, *, purge: bool = True) -> WriteResult:
-        """Fold delta files into their partition's main file everywhere; purge old trash."""
+        """Fold every partition's files into one (one transaction per series), checkpoint the
+        tables, and (``purge``) vacuum what no version within the retention needs."""
+        self._writable()
         result = WriteResult()
         for dataset in DATASETS:
+            by_series: dict[SeriesId, list[str]] = {}
             for part in self._all_parts(dataset):
                 if len(part.files) > 1:
-                    result += compact_partition(self.root, part.series, part.key)
-        if result.changed:
-            self._bump_generation()
+                    by_series.setdefault(part.series, []).append(part.key)
+            for sid, keys in by_series.items():
+                result += write_series(self.table(dataset), sid, keys, compact_plan(),
+                                       operation="compact", threads=_WRITE_THREADS)
+        for dataset in DATASETS:
+            if self.table(dataset).exists():
+                self.table(dataset).checkpoint()
         if purge:
-            purge_trash(self.root, self.settings.gc_grace_seconds)
+            self.vacuum()
         return result
 
     # ------------------------------------------------------------------ reading
@@ -400,7 +474,7 @@ class Lake:
             this is called; collect it promptly (see :func:`marketlake.store.reader.scan_files`).
         """
         sids, lo, hi = self._request(CANDLES, symbols, timeframes, start, end, exchange, category)
-        return scan_files(CANDLES, plan_files(self.root, sids, lo, hi), lo, hi)
+        return scan_files(CANDLES, plan_files(self.snapshot(CANDLES), sids, lo, hi), lo, hi)
 
     def read_candles(
         self,
@@ -429,7 +503,7 @@ class Lake:
         """A LazyFrame over stored trades: symbol, ts, price, size, side, trade_id, tick_direction,
         is_block_trade. Arguments as for :meth:`scan_candles`."""
         sids, lo, hi = self._request(TRADES, symbols, None, start, end, exchange, category)
-        return scan_files(TRADES, plan_files(self.root, sids, lo, hi), lo, hi)
+        return scan_files(TRADES, plan_files(self.snapshot(TRADES), sids, lo, hi), lo, hi)
 
     def read_trades(
         self,
@@ -448,26 +522,32 @@ class Lake:
     def series(self, dataset: str | None = None) -> pl.DataFrame:
         """One row per stored series (every exchange and category): dataset, exchange, category,
         symbol, timeframe, first_ts, last_ts, rows, partitions, files, bytes."""
-        parts: list[PartitionFiles] = []
-        for ds in DATASETS if dataset is None else (dataset,):
-            parts.extend(self._all_parts(ds))
-        return series_table(self.root, parts)
+        return series_table([self.snapshot(ds) for ds in (DATASETS if dataset is None else (dataset,))])
 
     # ------------------------------------------------------------------ SQL
 
-    def connect(self, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    def connect(self, database: str = ":memory:", *, full_engine: bool = False) -> duckdb.DuckDBPyConnection:
         """A new DuckDB connection with views ``candles`` and ``trades`` over the lake.
 
         Hive columns (exchange, category, symbol, timeframe, date) are exposed; ``ts`` is a
-        TIMESTAMPTZ and the session time zone is UTC. The views are a snapshot of the live files:
-        call :meth:`refresh` on the connection to see later writes.
+        TIMESTAMPTZ and the session time zone is UTC. The views read one version of each table
+        (this lake's: the newest when opened, or its ``as_of``); call :meth:`refresh` on the
+        connection to see later commits.
+
+        Args:
+            database: DuckDB database (``:memory:`` by default).
+            full_engine: Leave DuckDB unrestricted. By default the connection may read files of
+                this lake only: no ``COPY ... TO`` elsewhere, no ``ATTACH``, no extension
+                installs, no ``read_text('/etc/...')``; its configuration is locked.
         """
         con = duckdb.connect(database)
         self.refresh(con)
+        if not full_engine:
+            sandbox(con, self.root)
         return con
 
     def refresh(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Rebuild ``con``'s views over the current live files (and ``coverage``, once a ledger exists)."""
+        """Rebuild ``con``'s views over the current files (and ``coverage``, once a ledger exists)."""
         coverage = self.ledger.table().to_arrow() if self.has_ledger else None
         create_views(con, {ds: self._all_parts(ds) for ds in DATASETS}, coverage)
 
@@ -483,35 +563,48 @@ class Lake:
             self._ledger = Ledger(self.root)
         return self._ledger
 
-    def sql(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pl.DataFrame:
+    def sql(
+        self,
+        query: str,
+        params: Sequence[Any] | dict[str, Any] | None = None,
+        *,
+        full_engine: bool = False,
+    ) -> pl.DataFrame:
         """Run ``query`` (with bound ``params``) against the lake's views; return a Polars frame.
 
-        Raises:
-            DataValidationError: the query is not valid SQL or names unknown columns/tables.
-        """
-        for attempt in range(2):
-            con = self._shared_connection()
-            try:
-                rel = con.sql(query, params=params)
-                # Statements without a result (SET, CREATE ...) give no relation.
-                return pl.DataFrame() if rel is None else rel.pl()
-            except duckdb.IOException:
-                if attempt:
-                    raise
-                self._con_generation = None  # a file moved away since the views were built
-            except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
-                    duckdb.InvalidInputException, duckdb.ConversionException) as exc:
-                raise DataValidationError(f"SQL error: {str(exc).splitlines()[0]}") from None
-        raise AssertionError("unreachable")
+        The connection is read-only towards everything but this lake unless ``full_engine``
+        (see :meth:`connect`).
 
-    def _shared_connection(self) -> duckdb.DuckDBPyConnection:
-        generation = self._read_generation()
-        if self._con is None:
-            self._con = duckdb.connect(":memory:")
-            self._con_generation = None
-        if self._con_generation != generation or generation is None:
-            self.refresh(self._con)
-            self._con_generation = generation
+        Raises:
+            DataValidationError: the query is not valid SQL, names unknown columns/tables, or
+                reaches outside the lake without ``full_engine``.
+            CorruptLakeError: a file of the lake cannot be read.
+        """
+        con = self._shared_connection(full_engine)
+        try:
+            rel = con.sql(query, params=params)
+            # Statements without a result (SET, CREATE ...) give no relation.
+            return pl.DataFrame() if rel is None else rel.pl()
+        except duckdb.PermissionException as exc:
+            raise DataValidationError(
+                f"SQL refused: {str(exc).splitlines()[0]} (the lake's SQL reads only the lake; "
+                "pass full_engine=True / --full-engine for the whole DuckDB)"
+            ) from None
+        except duckdb.IOException as exc:
+            from marketlake.errors import CorruptLakeError
+
+            raise CorruptLakeError(self.root, f"SQL could not read a file: {str(exc).splitlines()[0]}") from None
+        except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
+                duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+            raise DataValidationError(f"SQL error: {str(exc).splitlines()[0]}") from None
+
+    def _shared_connection(self, full_engine: bool) -> duckdb.DuckDBPyConnection:
+        versions = tuple(self.versions().values())
+        if self._con is None or self._con_versions != (versions, full_engine):
+            if self._con is not None:
+                self._con.close()
+            self._con = self.connect(full_engine=full_engine)
+            self._con_versions = (versions, full_engine)  # type: ignore[assignment]
         elif self.has_ledger:
             # The ledger changes without a data commit; it is small, so re-register it each query.
             self._con.register("coverage", self.ledger.table().to_arrow())
@@ -520,13 +613,41 @@ class Lake:
     # ------------------------------------------------------------------ checking
 
     def fsck(self, *, fix: bool = False) -> FsckReport:
-        """Report (and with ``fix`` remove) leftovers and unreadable files; never a good one."""
-        report = run_fsck(self.root, fix=fix, trash_grace_s=self.settings.gc_grace_seconds)
+        """Check every table's log against storage; with ``fix``, drop references to missing or
+        unreadable files (moved to the quarantine, their ranges forgotten by the ledger so
+        ``repair`` re-fetches them) and delete orphans older than the retention. A readable
+        referenced file is never touched."""
         if fix:
-            self._bump_generation()
-        return report
+            self._writable()
+        return run_fsck(self, fix=fix)
 
     # ------------------------------------------------------------------ internals
+
+    def find_series(
+        self,
+        dataset: str,
+        *,
+        symbols: Sequence[str] | None = None,
+        timeframes: Sequence[str | int | Timeframe] | None = None,
+        exchange: str | None = None,
+        category: str | None = None,
+        any_market: bool = False,
+    ) -> list[SeriesId]:
+        """Stored series of ``dataset`` matching the request (exchange/category default to the
+        settings'; ``any_market`` matches every exchange and category)."""
+        return find_series(
+            self.snapshot(dataset),
+            exchange=None if any_market else (exchange or self.settings.exchange),
+            category=None if any_market else (category or self.settings.category),
+            symbols=symbols, timeframes=timeframes,
+        )
+
+    def plan_files(
+        self, dataset: str, series: Sequence[SeriesId], start_ms: int | None, end_ms: int | None
+    ) -> list[PartitionFiles]:
+        """Files of the given series' partitions overlapping ``[start_ms, end_ms)``, from the
+        version this lake reads."""
+        return plan_files(self.snapshot(dataset), series, start_ms, end_ms)
 
     def _request(
         self,
@@ -542,58 +663,23 @@ class Lake:
         tfs = None if timeframes is None else parse_timeframes(timeframes)  # type: ignore[arg-type]
         lo = None if start is None else to_ms(start, what="start")
         hi = None if end is None else to_ms(end, what="end")
-        sids = find_series(
-            self.root, dataset,
-            exchange=exchange or self.settings.exchange,
-            category=category or self.settings.category,
-            symbols=syms, timeframes=tfs,
-        )
+        sids = self.find_series(dataset, symbols=syms, timeframes=tfs, exchange=exchange, category=category)
         return sids, lo, hi
 
     def _all_parts(self, dataset: str) -> list[PartitionFiles]:
-        out: list[PartitionFiles] = []
-        base = self.root / dataset
-        for exchange in subdir_values(base, "exchange"):
-            for category in subdir_values(base / f"exchange={exchange}", "category"):
-                try:
-                    sids = find_series(self.root, dataset, exchange=exchange, category=category)
-                except DataValidationError:
-                    continue  # a foreign directory; fsck reports it
-                out.extend(plan_files(self.root, sids, None, None))
-        return out
+        snap = self.snapshot(dataset)
+        return plan_files(snap, snap.series_ids(), None, None)
 
     def _collect_retrying(self, make: Callable[[], pl.LazyFrame]) -> pl.DataFrame:
-        for attempt in range(_READ_RETRIES):
-            try:
-                return make().collect()
-            except FileNotFoundError:
-                # A writer replaced a partition between planning and reading: plan again.
-                if attempt == _READ_RETRIES - 1:
-                    raise
-                time.sleep(0.001 * 2**attempt)
-        raise AssertionError("unreachable")
-
-    def _generation_path(self) -> Path:
-        return self.root / META_DIR / "generation"
-
-    def _read_generation(self) -> bytes | None:
+        # A plan is one version's files, which stay on disk for the vacuum retention: no retry
+        # is needed for concurrent writers. A missing file is damage, reported as such.
         try:
-            return self._generation_path().read_bytes()
-        except FileNotFoundError:
-            return None
+            return make().collect()
+        except (FileNotFoundError, pl.exceptions.ComputeError, OSError) as exc:
+            from marketlake.errors import CorruptLakeError
 
-    def _bump_generation(self) -> None:
-        # A cache-invalidation hint for long-lived readers (Lake.sql); atomic replace, no fsync
-        # needed: losing it in a crash only costs a reader one extra refresh.
-        path = self._generation_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".generation.{uuid.uuid4().hex}")
-        tmp.write_bytes(uuid.uuid4().bytes)
-        os.replace(tmp, path)
+            raise CorruptLakeError(self.root, f"a file of the lake cannot be read: {str(exc).splitlines()[0]}") from None
 
-    def _maybe_purge(self) -> None:
-        now = time.monotonic()
-        if now - self._last_purge >= _PURGE_EVERY_S:
-            self._last_purge = now
-            purge_trash(self.root, self.settings.gc_grace_seconds)
-
+    def _after_write(self, result: WriteResult) -> None:
+        if result.changed:
+            self._maintenance.after_commit()

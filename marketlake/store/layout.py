@@ -1,25 +1,20 @@
-"""Where things live in the lake: series identity, partition periods, paths and file names.
+"""Where things live in the lake: series identity, partition periods, partition paths.
 
-Tree (partition values are plain strings)::
+Each dataset is one Delta table (``store/table.py``) whose partitions keep the hive layout::
 
-    <root>/candles/exchange=bybit/category=linear/symbol=BTCUSDT/timeframe=1/date=2024-01/part-00000003.parquet
-    <root>/candles/.../date=2024-01/delta-00000004.parquet
-    <root>/trades/exchange=bybit/category=linear/symbol=BTCUSDT/date=2024-01-01/part-00000001.parquet
-    <root>/_meta/...                       marketlake's bookkeeping (locks, trash, stats, ledger)
+    <root>/candles/_delta_log/...          the table's transaction log
+    <root>/candles/exchange=bybit/category=linear/symbol=BTCUSDT/timeframe=1/date=2024-01/part-<uuid>.parquet
+    <root>/trades/exchange=bybit/category=linear/symbol=BTCUSDT/date=2024-01-01/part-<uuid>.parquet
+    <root>/_meta/...                       marketlake's bookkeeping (ledger, snapshots, quarantine)
 
-Files of a partition carry a sequence number. ``part-N`` holds everything of the files with
-sequence <= N; ``delta-N`` holds rows newer than everything before it. The *live* set of a
-partition is therefore the highest ``part`` plus the ``delta`` files above it — a rule that needs
-nothing but a directory listing, so a reader is right even while a writer is between renaming a
-new file in and moving the superseded ones out (see ``docs/architecture.md``).
-
+Which files make up a partition is said by the log, never by a directory listing.
 Everything here is pure path arithmetic; names are validated before any path is built.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import re
+import uuid
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -35,11 +30,10 @@ __all__ = [
     "CANDLES",
     "DATASETS",
     "TRADES",
-    "DataFile",
     "Period",
     "SeriesId",
-    "live_files",
-    "parse_data_file",
+    "data_file_name",
+    "partition_columns",
     "partition_period",
 ]
 
@@ -49,7 +43,16 @@ DATASETS: Final = (CANDLES, TRADES)
 Dataset = Literal["candles", "trades"]
 
 META_DIR: Final = "_meta"
-_FILE_RE: Final = re.compile(r"(part|delta)-(\d{8})\.parquet")
+
+_PARTITION_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    CANDLES: ("exchange", "category", "symbol", "timeframe", "date"),
+    TRADES: ("exchange", "category", "symbol", "date"),
+}
+
+
+def partition_columns(dataset: str) -> tuple[str, ...]:
+    """The hive/Delta partition columns of ``dataset``, outermost first."""
+    return _PARTITION_COLUMNS[dataset]
 
 
 class Period(Enum):
@@ -190,6 +193,11 @@ class SeriesId:
         self.period.bounds(key)  # raises on a malformed key
         return self.directory(root) / f"date={key}"
 
+    def partition_path(self, key: str) -> str:
+        """Partition ``key``'s directory relative to the dataset's table root."""
+        self.period.bounds(key)
+        return "/".join((*self.parts, f"date={key}"))
+
     def label(self) -> str:
         """Short human name, e.g. ``bybit/linear/BTCUSDT/1``."""
         tf = f"/{self.timeframe.name}" if self.timeframe else ""
@@ -203,42 +211,6 @@ def _check_inside(root: Path, path: Path) -> None:
         raise LakeError(f"refusing to touch {path}: outside the lake root {root_abs}")
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class DataFile:
-    """A committed data file of a partition.
-
-    Attributes:
-        seq: Its sequence number (order of commits within the partition).
-        kind: ``part`` (holds all of seq <= its own) or ``delta`` (newer rows only).
-        path: Where it is.
-    """
-
-    seq: int
-    kind: str
-    path: Path
-
-
-def parse_data_file(path: Path) -> DataFile | None:
-    """A :class:`DataFile` if ``path``'s name is one of ours (``part-N``/``delta-N``), else None."""
-    m = _FILE_RE.fullmatch(path.name)
-    if m is None:
-        return None
-    return DataFile(seq=int(m.group(2)), kind=m.group(1), path=path)
-
-
-def data_file_name(kind: str, seq: int) -> str:
-    """``part-00000007.parquet`` / ``delta-00000007.parquet``."""
-    return f"{kind}-{seq:08d}.parquet"
-
-
-def live_files(files: list[DataFile]) -> list[DataFile]:
-    """The live set of one partition: the newest ``part`` and the ``delta`` files after it.
-
-    Returned in sequence order, which is also time order.
-    """
-    ordered = sorted(files)
-    base = -1
-    for f in ordered:
-        if f.kind == "part":
-            base = max(base, f.seq)
-    return [f for f in ordered if f.seq >= base and (f.kind == "delta" or f.seq == base)]
+def data_file_name() -> str:
+    """A new data file's name: unique, so a name is never reused (caches keyed by path stay true)."""
+    return f"part-{uuid.uuid4().hex}.parquet"

@@ -1,17 +1,18 @@
-"""Reading the lake: from a request to the exact list of live files, then to Polars or DuckDB.
+"""Reading the lake: from a request to the exact list of files of one table version, then to
+Polars or DuckDB.
 
-Readers never glob the whole lake. A request (symbols, timeframes, time range) becomes a walk of a
-few directories: the series directories asked for, then only the ``date=`` partitions that overlap
-the range, then each partition's live files (the highest ``part`` and the deltas after it).
+Readers never glob and never list directories. A request (symbols, timeframes, time range) is
+answered from a :class:`~marketlake.store.table.Snapshot`: the series asked for, then only the
+partitions that overlap the range, then the files the log references for each. Files of a
+version stay on disk until vacuum (the retention), so a plan stays readable while writers commit.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import polars as pl
 
@@ -19,10 +20,12 @@ from marketlake.core.schemas import CANDLE_DEFAULTS, CANDLE_SCHEMA, TRADE_SCHEMA
 from marketlake.core.symbols import validate_category, validate_exchange, validate_symbol
 from marketlake.core.timeframes import TIMEFRAMES, Timeframe, parse_timeframe
 from marketlake.core.timeutil import ms_to_datetime
-from marketlake.store.files import list_data_files
-from marketlake.store.layout import CANDLES, TRADES, SeriesId, live_files
+from marketlake.store.layout import CANDLES, SeriesId
 
-__all__ = ["PartitionFiles", "find_series", "plan_files", "scan_data_files", "scan_files", "subdir_values"]
+if TYPE_CHECKING:
+    from marketlake.store.table import Snapshot
+
+__all__ = ["PartitionFiles", "find_series", "plan_files", "scan_data_files", "scan_files"]
 
 _MIN_MS: Final = -(2**62)
 _MAX_MS: Final = 2**62
@@ -30,91 +33,78 @@ _MAX_MS: Final = 2**62
 
 @dataclass(frozen=True, slots=True)
 class PartitionFiles:
-    """The live files of one partition of one series."""
+    """The files of one partition of one series in one table version.
+
+    Attributes:
+        series: The series.
+        key: The partition key.
+        files: Absolute paths, in the order they are to be read.
+        rows: Each file's row count (from the log).
+        first_ms: Each file's first ``ts`` (epoch ms; None without statistics).
+        last_ms: Each file's last ``ts``.
+        sizes: Each file's size in bytes.
+    """
 
     series: SeriesId
     key: str
     files: tuple[Path, ...]
-
-
-def subdir_values(path: Path, prefix: str) -> list[str]:
-    """Values of ``prefix=value`` sub-directories of ``path`` (sorted), [] if it does not exist."""
-    try:
-        with os.scandir(path) as it:
-            return sorted(
-                e.name[len(prefix) + 1:]
-                for e in it
-                if e.name.startswith(prefix + "=") and e.is_dir(follow_symlinks=False)
-            )
-    except (FileNotFoundError, NotADirectoryError):
-        return []
+    rows: tuple[int, ...] = ()
+    first_ms: tuple[int | None, ...] = ()
+    last_ms: tuple[int | None, ...] = ()
+    sizes: tuple[int, ...] = ()
 
 
 def find_series(
-    root: Path,
-    dataset: str,
+    snapshot: Snapshot,
     *,
-    exchange: str,
-    category: str,
+    exchange: str | None,
+    category: str | None,
     symbols: Sequence[str] | None = None,
     timeframes: Sequence[str | int | Timeframe] | None = None,
 ) -> list[SeriesId]:
-    """The stored series matching a request, in (symbol, timeframe) order.
+    """The stored series of ``snapshot`` matching a request, in (symbol, timeframe) order.
 
-    Names given are validated (so a bad one raises instead of matching nothing); stored directory
-    names that are not valid names are skipped, never turned into paths.
+    Names given are validated (so a bad one raises instead of matching nothing). ``exchange`` or
+    ``category`` None matches every stored one.
     """
-    validate_exchange(exchange)
-    validate_category(category)
-    base = root / dataset / f"exchange={exchange}" / f"category={category}"
-    if symbols is None:
-        syms = [s for s in subdir_values(base, "symbol") if _valid_symbol(s)]
-    else:
-        syms = [validate_symbol(s) for s in symbols]
-    wanted_tfs = None if timeframes is None else [parse_timeframe(t) for t in timeframes]
-    out: list[SeriesId] = []
+    if exchange is not None:
+        validate_exchange(exchange)
+    if category is not None:
+        validate_category(category)
+    syms = None if symbols is None else {validate_symbol(s) for s in symbols}
+    tfs = None if timeframes is None else {parse_timeframe(t).name for t in timeframes}
     order = {name: i for i, name in enumerate(TIMEFRAMES)}
-    for sym in syms:
-        if dataset == TRADES:
-            if (base / f"symbol={sym}").is_dir():
-                out.append(SeriesId(TRADES, exchange, category, sym, None))
-            continue
-        stored = [t for t in subdir_values(base / f"symbol={sym}", "timeframe") if t in TIMEFRAMES]
-        tfs = stored if wanted_tfs is None else [t.name for t in wanted_tfs if t.name in stored]
-        for name in sorted(tfs, key=order.__getitem__):
-            out.append(SeriesId(CANDLES, exchange, category, sym, TIMEFRAMES[name]))
-    return out
-
-
-def _valid_symbol(name: str) -> bool:
-    try:
-        validate_symbol(name)
-    except ValueError:
-        return False
-    return True
+    out = [
+        sid for sid in snapshot.series_ids()
+        if (exchange is None or sid.exchange == exchange)
+        and (category is None or sid.category == category)
+        and (syms is None or sid.symbol in syms)
+        and (tfs is None or sid.timeframe is None or sid.timeframe.name in tfs)
+    ]
+    return sorted(out, key=lambda s: (s.exchange, s.category, s.symbol,
+                                      order.get(s.timeframe.name, 0) if s.timeframe else 0))
 
 
 def plan_files(
-    root: Path, series: Iterable[SeriesId], start_ms: int | None, end_ms: int | None
+    snapshot: Snapshot, series: Iterable[SeriesId], start_ms: int | None, end_ms: int | None
 ) -> list[PartitionFiles]:
-    """Live files of every partition of ``series`` overlapping ``[start_ms, end_ms)``."""
+    """Files of every partition of ``series`` overlapping ``[start_ms, end_ms)``."""
     lo = _MIN_MS if start_ms is None else start_ms
     hi = _MAX_MS if end_ms is None else end_ms
     out: list[PartitionFiles] = []
     if hi <= lo:
         return out
+    base = snapshot.root / snapshot.dataset
     for sid in series:
-        sdir = sid.directory(root)
-        for key in subdir_values(sdir, "date"):
-            try:
-                p_lo, p_hi = sid.period.bounds(key)
-            except ValueError:
-                continue  # not a partition of ours; fsck reports it
+        for key, files in snapshot.partitions(sid).items():
+            p_lo, p_hi = sid.period.bounds(key)
             if p_hi <= lo or p_lo >= hi:
                 continue
-            live = live_files(list_data_files(sdir / f"date={key}"))
-            if live:
-                out.append(PartitionFiles(sid, key, tuple(f.path for f in live)))
+            out.append(PartitionFiles(
+                sid, key, tuple(base / f.path for f in files), tuple(f.rows for f in files),
+                tuple(f.first_ms for f in files), tuple(f.last_ms for f in files),
+                tuple(f.size for f in files),
+            ))
     return out
 
 
@@ -152,9 +142,8 @@ def scan_files(
 ) -> pl.LazyFrame:
     """One LazyFrame over the given partitions, with ``symbol`` (and ``timeframe``) columns.
 
-    The file list is fixed here: collect the frame promptly. If a writer rewrites one of these
-    partitions in between, collecting raises ``FileNotFoundError`` (never returns wrong rows);
-    scan again.
+    The file list is one table version's: the files stay readable for the vacuum retention
+    after a writer replaces them.
     """
     schema_labels = _labels(dataset)
     if not parts:

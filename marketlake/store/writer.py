@@ -1,35 +1,53 @@
-"""Committing rows to partitions: merge by key (last write wins), append deltas, compact.
+"""Committing rows to partitions: merge by key (last write wins), append, replace, rewrite, compact.
 
-Every commit of a partition happens under that partition's lock, so concurrent writers (threads
-or processes) are serialised and no update is lost. Within the lock a writer either
+A write of one series is planned from one table snapshot, partition by partition (in parallel
+threads: Parquet encoding releases the GIL), and committed as ONE Delta transaction. Per
+partition the plan is
 
-* appends a ``delta`` file, when every incoming row is newer than everything stored (the live
-  flush case; no stored byte is rewritten), folding the deltas into a new ``part`` once there are
-  ``compact_after`` of them; or
-* rewrites the partition as a new ``part``: stored rows merged with the incoming ones by key, the
-  incoming row winning, sorted by ``ts`` — unless nothing would change, in which case nothing is
-  written at all (an idempotent re-write leaves every file as it was).
+* nothing stored: add the rows as a file;
+* every incoming row newer than everything stored (the live-flush case): add them as one more
+  file, nothing stored is rewritten; once the partition would hold ``compact_after`` files, fold
+  it into one file instead;
+* otherwise: merge stored and incoming rows by key (the incoming row wins, sorted by ``ts``) into
+  one new file that replaces the partition's files — unless nothing would change, in which case
+  nothing is written at all (an idempotent re-write commits nothing).
+
+If another writer changed a planned partition before the commit (:class:`CommitConflict`), the
+files this writer wrote are deleted and the whole write is planned again from the newer version,
+so concurrent writers (threads, processes, machines) never lose an update.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import random
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from marketlake.core.schemas import CANDLE_ARROW_SCHEMA, TRADE_ARROW_SCHEMA
 from marketlake.errors import CorruptLakeError, LakeWriteError
-from marketlake.store.files import list_data_files, partition_lock, publish_table, to_trash
-from marketlake.store.layout import CANDLES, DataFile, SeriesId, data_file_name, live_files
+from marketlake.store.files import remove_files, write_data_file
+from marketlake.store.layout import CANDLES, SeriesId
 from marketlake.store.reader import scan_data_files
+from marketlake.store.table import (
+    CommitConflict,
+    DatasetTable,
+    FileEntry,
+    NewFile,
+    Snapshot,
+    data_arrow_schema,
+    partition_values,
+)
 
-__all__ = ["WriteResult", "commit_rows", "compact_partition", "replace_range", "rewrite_partition"]
+__all__ = ["WriteResult", "partition_slices", "read_entries", "write_series"]
+
+_CONFLICT_ATTEMPTS: Final = 100
 
 
 @dataclass(slots=True)
@@ -40,9 +58,10 @@ class WriteResult:
         rows_new: Keys that were not stored before.
         rows_replaced: Keys that were stored with other values (the new values won).
         rows_unchanged: Keys stored with exactly these values (nothing rewritten for them).
-        rows_deleted: Keys removed (by a delete or repair).
+        rows_deleted: Keys removed (by a delete, a replace or repair).
         partitions: Partition keys whose files changed, in time order.
-        files_written: Data files published.
+        files_written: Data files added.
+        version: The table version committed (None when nothing was committed).
     """
 
     rows_new: int = 0
@@ -51,6 +70,7 @@ class WriteResult:
     rows_deleted: int = 0
     partitions: list[str] = field(default_factory=list)
     files_written: int = 0
+    version: int | None = None
 
     def __iadd__(self, other: WriteResult) -> WriteResult:
         self.rows_new += other.rows_new
@@ -59,66 +79,37 @@ class WriteResult:
         self.rows_deleted += other.rows_deleted
         self.partitions.extend(other.partitions)
         self.files_written += other.files_written
+        if other.version is not None:
+            self.version = other.version if self.version is None else max(self.version, other.version)
         return self
 
     @property
     def changed(self) -> bool:
-        """True when any file was written."""
-        return self.files_written > 0
-
-
-def _arrow_schema(sid: SeriesId) -> pa.Schema:
-    return CANDLE_ARROW_SCHEMA if sid.dataset == CANDLES else TRADE_ARROW_SCHEMA
+        """True when anything was committed."""
+        return self.version is not None
 
 
 def _key_column(sid: SeriesId) -> str:
     return "ts" if sid.dataset == CANDLES else "trade_id"
 
 
-def read_files(files: list[DataFile], dataset: str) -> pl.DataFrame:
-    """Read data files of one partition (in sequence order) into one frame.
+def read_entries(lake_root: Path, dataset: str, files: Sequence[FileEntry]) -> pl.DataFrame:
+    """Read referenced data files (in the given order) into one frame.
 
     Raises:
-        CorruptLakeError: a file cannot be decoded.
+        CorruptLakeError: a file is missing or cannot be decoded.
     """
     frames = []
     for f in files:
+        path = lake_root / dataset / f.path
         try:
-            frames.append(scan_data_files(dataset, [f.path]).collect())
-        except FileNotFoundError:
-            raise
-        except Exception as exc:  # polars raises several types for a damaged file
-            raise CorruptLakeError(f.path, f"unreadable Parquet file: {str(exc).splitlines()[0]}") from None
+            frames.append(scan_data_files(dataset, [path]).collect())
+        except Exception as exc:  # polars raises several types for a missing or damaged file
+            why = "referenced by the log but missing" if not path.exists() else (
+                f"unreadable Parquet file: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            )
+            raise CorruptLakeError(path, why) from None
     return pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
-
-
-def _max_ts_raw(f: DataFile) -> int:
-    """The largest ``ts`` in a file, in the file's own unit, from the footer statistics."""
-    try:
-        meta = pq.ParquetFile(f.path).metadata
-    except Exception as exc:
-        raise CorruptLakeError(f.path, f"unreadable Parquet footer: {exc}") from None
-    best: int | None = None
-    for i in range(meta.num_row_groups):
-        stats = meta.row_group(i).column(0).statistics
-        if stats is None or not stats.has_min_max:
-            return _max_ts_from_data(f)
-        best = stats.max_raw if best is None else max(best, stats.max_raw)
-    return -(2**63) if best is None else int(best)
-
-
-def _max_ts_from_data(f: DataFile) -> int:
-    ts = pl.read_parquet(f.path, columns=["ts"]).get_column("ts")
-    return -(2**63) if ts.is_empty() else int(ts.cast(pl.Int64).max())  # type: ignore[arg-type]
-
-
-def _to_table(df: pl.DataFrame, sid: SeriesId) -> pa.Table:
-    schema = _arrow_schema(sid)
-    return df.select(schema.names).to_arrow().cast(schema)
-
-
-def _publish(df: pl.DataFrame, sid: SeriesId, pdir: Path, kind: str, seq: int) -> None:
-    publish_table(_to_table(df, sid), pdir, data_file_name(kind, seq))
 
 
 def _diff_counts(old: pl.DataFrame, new: pl.DataFrame, key: str) -> tuple[int, int, int]:
@@ -146,165 +137,221 @@ def _merge(old: pl.DataFrame, new: pl.DataFrame, key: str) -> pl.DataFrame:
     return pl.concat([kept, new], how="vertical").sort("ts", maintain_order=True)
 
 
-@dataclass(frozen=True, slots=True)
-class _Opened:
-    """A partition under its lock: its data files, their live set, the next sequence number."""
-
-    pdir: Path
-    files: list[DataFile]
-    live: list[DataFile]
-    next_seq: int
-
-    @property
-    def superseded(self) -> list[Path]:
-        """Files the live set no longer uses."""
-        return [f.path for f in self.files if f not in self.live]
+def _to_table(df: pl.DataFrame, dataset: str) -> pa.Table:
+    schema = data_arrow_schema(dataset)
+    return df.select(schema.names).to_arrow().cast(schema)
 
 
-@contextmanager
-def _opened(root: Path, sid: SeriesId, key: str) -> Iterator[_Opened]:
-    pdir = sid.partition_dir(root, key)
-    with partition_lock(root, pdir):
-        files = list_data_files(pdir)
-        yield _Opened(pdir, files, live_files(files), max((f.seq for f in files), default=0) + 1)
+@dataclass(slots=True)
+class _Plan:
+    """One partition's part of a write: files to add and remove, and the counts."""
+
+    key: str
+    read: frozenset[str]
+    adds: list[NewFile] = field(default_factory=list)
+    removes: list[FileEntry] = field(default_factory=list)
+    result: WriteResult = field(default_factory=WriteResult)
 
 
-def commit_rows(
-    root: Path,
-    sid: SeriesId,
-    key: str,
-    rows: pl.DataFrame,
-    *,
-    compact_after: int,
-) -> WriteResult:
-    """Merge ``rows`` (normalised, unique by key, sorted by ts, all inside partition ``key``).
+class _Writer:
+    """Plans partitions of one series against one snapshot, writing the new files."""
 
-    Raises:
-        LakeWriteError: the partition could not be written; it keeps its previous state.
-        CorruptLakeError: a stored file of the partition cannot be read.
-    """
-    key_col = _key_column(sid)
-    result = WriteResult()
-    with _opened(root, sid, key) as part:
-        pdir, live, next_seq, superseded = part.pdir, part.live, part.next_seq, part.superseded
-        if not live:
-            _publish(rows, sid, pdir, "part", next_seq)
-            result.rows_new = rows.height
+    def __init__(self, lake_root: Path, sid: SeriesId, snap: Snapshot) -> None:
+        self.root, self.sid, self.snap = lake_root, sid, snap
+
+    def files(self, key: str) -> list[FileEntry]:
+        return self.snap.partition(self.sid, key)
+
+    def read(self, files: Sequence[FileEntry]) -> pl.DataFrame:
+        return read_entries(self.root, self.sid.dataset, files)
+
+    def add(self, plan: _Plan, df: pl.DataFrame) -> None:
+        if df.is_empty():
+            return
+        rel, size = write_data_file(
+            self.root, self.sid.dataset, self.sid.partition_path(plan.key), _to_table(df, self.sid.dataset)
+        )
+        ts = df.get_column("ts").dt.epoch("us")
+        plan.adds.append(NewFile(
+            rel, size, df.height, int(ts.min()), int(ts.max()),  # type: ignore[arg-type]
+            partition_values(self.sid, plan.key),
+        ))
+
+    def replace_all(self, plan: _Plan, files: list[FileEntry], df: pl.DataFrame) -> None:
+        self.add(plan, df)
+        plan.removes.extend(files)
+
+
+def _merge_plan(w: _Writer, key: str, rows: pl.DataFrame, compact_after: int) -> _Plan:
+    files = w.files(key)
+    plan = _Plan(key, frozenset(f.path for f in files))
+    key_col = _key_column(w.sid)
+    res = plan.result
+    if not files:
+        w.add(plan, rows)
+        res.rows_new = rows.height
+        return plan
+    last = [f.last_ms for f in files]
+    new_min_ms = int(rows.get_column("ts").dt.epoch("ms").min())  # type: ignore[arg-type]
+    if None not in last and new_min_ms > max(last):  # type: ignore[type-var]
+        if len(files) + 1 >= compact_after:
+            w.replace_all(plan, files, pl.concat([w.read(files), rows], how="vertical"))
         else:
-            new_min = int(rows.get_column("ts").cast(pl.Int64).min())  # type: ignore[arg-type]
-            if new_min > _max_ts_raw(live[-1]):
-                deltas = sum(1 for f in live if f.kind == "delta")
-                if deltas + 1 >= compact_after:
-                    merged = pl.concat([read_files(live, sid.dataset), rows], how="vertical")
-                    _publish(merged, sid, pdir, "part", next_seq)
-                    superseded += [f.path for f in live]
-                else:
-                    _publish(rows, sid, pdir, "delta", next_seq)
-                result.rows_new = rows.height
-            else:
-                old = read_files(live, sid.dataset)
-                n_new, n_replaced, n_same = _diff_counts(old, rows, key_col)
-                result.rows_new, result.rows_replaced, result.rows_unchanged = n_new, n_replaced, n_same
-                if n_new or n_replaced:
-                    _publish(_merge(old, rows, key_col), sid, pdir, "part", next_seq)
-                    superseded += [f.path for f in live]
-        if result.rows_new or result.rows_replaced:
-            result.partitions.append(key)
-            result.files_written = 1
-        to_trash(root, superseded)
-    return result
+            w.add(plan, rows)
+        res.rows_new = rows.height
+        return plan
+    old = w.read(files)
+    res.rows_new, res.rows_replaced, res.rows_unchanged = _diff_counts(old, rows, key_col)
+    if res.rows_new or res.rows_replaced:
+        w.replace_all(plan, files, _merge(old, rows, key_col))
+    return plan
 
 
-def replace_range(
-    root: Path,
+def _replace_plan(w: _Writer, key: str, rows: pl.DataFrame, lo: int, hi: int) -> _Plan:
+    files = w.files(key)
+    plan = _Plan(key, frozenset(f.path for f in files))
+    res = plan.result
+    if not files:
+        w.add(plan, rows)
+        res.rows_new = rows.height
+        return plan
+    key_col = _key_column(w.sid)
+    old = w.read(files)
+    t = pl.col("ts").dt.epoch("ms")
+    in_range = (t >= lo) & (t < hi)
+    inside, outside = old.filter(in_range), old.filter(~in_range)
+    res.rows_new, res.rows_replaced, res.rows_unchanged = _diff_counts(inside, rows, key_col)
+    res.rows_deleted = inside.height - res.rows_replaced - res.rows_unchanged
+    if res.rows_new or res.rows_replaced or res.rows_deleted:
+        outside = outside.join(rows.select(key_col), on=key_col, how="anti")  # one row per key
+        w.replace_all(plan, files, pl.concat([outside, rows], how="vertical").sort("ts", maintain_order=True))
+    return plan
+
+
+def _transform_plan(w: _Writer, key: str, transform: Callable[[pl.DataFrame], pl.DataFrame]) -> _Plan:
+    files = w.files(key)
+    plan = _Plan(key, frozenset(f.path for f in files))
+    if not files:
+        return plan
+    old = w.read(files)
+    new = transform(old)
+    if new.equals(old):
+        return plan
+    lo, hi = w.sid.period.bounds(key)
+    ts = new.get_column("ts").dt.epoch("ms")
+    if new.height and (int(ts.min()) < lo or int(ts.max()) >= hi):  # type: ignore[arg-type]
+        raise LakeWriteError(f"rewrite of {w.sid.label()} {key} would move rows out of the partition")
+    key_col = _key_column(w.sid)
+    kept = new.select(key_col).join(old.select(key_col), on=key_col, how="semi")
+    plan.result.rows_deleted = old.height - kept.height
+    w.replace_all(plan, files, new.sort("ts", maintain_order=True))
+    return plan
+
+
+def _compact_plan(w: _Writer, key: str) -> _Plan:
+    files = w.files(key)
+    plan = _Plan(key, frozenset(f.path for f in files))
+    if len(files) > 1:
+        w.replace_all(plan, files, w.read(files).sort("ts", maintain_order=True))
+    return plan
+
+
+PlanFn = Callable[[_Writer, str], _Plan]
+
+
+def write_series(
+    table: DatasetTable,
     sid: SeriesId,
-    key: str,
-    lo: int,
-    hi: int,
-    rows: pl.DataFrame,
+    keys: Sequence[str],
+    plan_fn: PlanFn,
+    *,
+    operation: str,
+    threads: int = 1,
 ) -> WriteResult:
-    """Make ``rows`` the partition's complete content within ``[lo, hi)`` (epoch ms), in one
-    atomic step; stored rows outside the range stay.
-
-    ``rows`` are normalised, unique by key, sorted by ts and inside both the partition and the
-    range. Stored rows of the range are replaced, kept (equal) or deleted (absent from ``rows``);
-    nothing is written when the partition would not change.
+    """Plan every partition in ``keys`` with ``plan_fn`` and commit them as one transaction,
+    re-planning from the newer version whenever a planned partition changed meanwhile.
 
     Raises:
-        LakeWriteError: the partition could not be written; it keeps its previous state.
-        CorruptLakeError: a stored file of the partition cannot be read.
+        LakeWriteError: the files or the commit could not be written; the lake is unchanged.
+        CorruptLakeError: a stored file of a planned partition cannot be read.
     """
-    key_col = _key_column(sid)
-    result = WriteResult()
-    with _opened(root, sid, key) as part:
-        pdir, live, next_seq = part.pdir, part.live, part.next_seq
-        if not live:
-            if rows.height:
-                _publish(rows, sid, pdir, "part", next_seq)
-                result.rows_new, result.partitions, result.files_written = rows.height, [key], 1
-            return result
-        old = read_files(live, sid.dataset)
-        t = pl.col("ts").dt.epoch("ms")
-        in_range = (t >= lo) & (t < hi)
-        inside, outside = old.filter(in_range), old.filter(~in_range)
-        n_new, n_replaced, n_same = _diff_counts(inside, rows, key_col)
-        deleted = inside.height - n_replaced - n_same
-        result.rows_new, result.rows_replaced, result.rows_unchanged = n_new, n_replaced, n_same
-        result.rows_deleted = deleted
-        if n_new or n_replaced or deleted:
-            outside = outside.join(rows.select(key_col), on=key_col, how="anti")  # one row per key
-            merged = pl.concat([outside, rows], how="vertical").sort("ts", maintain_order=True)
-            _publish(merged, sid, pdir, "part", next_seq)
-            result.partitions, result.files_written = [key], 1
-            to_trash(root, [f.path for f in part.files])
-    return result
+    root = table.root
+    for attempt in range(_CONFLICT_ATTEMPTS):
+        snap = table.snapshot()
+        w = _Writer(root, sid, snap)
+        plans: list[_Plan] = []
+        try:
+            if threads > 1 and len(keys) > 1:
+                with ThreadPoolExecutor(max_workers=min(threads, len(keys))) as pool:
+                    futures = [pool.submit(plan_fn, w, k) for k in keys]
+                    errors = []
+                    for fut in futures:
+                        try:
+                            plans.append(fut.result())
+                        except BaseException as exc:  # collect, so every written file is cleaned up
+                            errors.append(exc)
+                    if errors:
+                        raise errors[0]
+            else:
+                for k in keys:
+                    plans.append(plan_fn(w, k))
+            adds = [a for p in plans for a in p.adds]
+            removes = [(f, partition_values(sid, p.key)) for p in plans for f in p.removes]
+            result = WriteResult()
+            for p in plans:
+                result += p.result
+            if not adds and not removes:
+                return result
+            expect = {(sid, p.key): p.read for p in plans if p.adds or p.removes}
+            result.version = table.commit(adds, removes, expect, operation=operation)
+        except CommitConflict:
+            _discard(root, sid, plans)
+            time.sleep(random.uniform(0, 0.001 * min(2**attempt, 64)))
+            continue
+        except BaseException:
+            _discard(root, sid, plans)
+            raise
+        result.partitions = [p.key for p in plans if p.adds or p.removes]
+        result.files_written = len(adds)
+        return result
+    raise LakeWriteError(f"{sid.label()}: gave up after {_CONFLICT_ATTEMPTS} conflicting concurrent writes")
 
 
-def rewrite_partition(
-    root: Path,
-    sid: SeriesId,
-    key: str,
-    transform: Callable[[pl.DataFrame], pl.DataFrame],
-) -> WriteResult:
-    """Replace a partition's rows by ``transform(rows)`` atomically (used by deletes and repair).
-
-    ``transform`` may only drop or change rows of this partition. Nothing is written when the
-    result equals the input.
-    """
-    result = WriteResult()
-    with _opened(root, sid, key) as part:
-        live = part.live
-        if not live:
-            return result
-        old = read_files(live, sid.dataset)
-        new = transform(old)
-        if new.equals(old):
-            return result
-        lo, hi = sid.period.bounds(key)
-        ts = new.get_column("ts").dt.epoch("ms")
-        if new.height and (int(ts.min()) < lo or int(ts.max()) >= hi):  # type: ignore[arg-type]
-            raise LakeWriteError(f"rewrite of {sid.label()} {key} would move rows out of the partition")
-        _publish(new.sort("ts", maintain_order=True), sid, part.pdir, "part", part.next_seq)
-        kept = new.select(_key_column(sid)).join(old.select(_key_column(sid)), on=_key_column(sid), how="semi")
-        result.rows_deleted = old.height - kept.height
-        result.partitions.append(key)
-        result.files_written = 1
-        to_trash(root, [f.path for f in part.files])
-    return result
+def _discard(root: Path, sid: SeriesId, plans: list[_Plan]) -> None:
+    remove_files([root / sid.dataset / a.path for p in plans for a in p.adds])
 
 
-def compact_partition(root: Path, sid: SeriesId, key: str) -> WriteResult:
-    """Fold a partition's delta files into one ``part`` and move superseded files to the trash."""
-    result = WriteResult()
-    with _opened(root, sid, key) as part:
-        live, superseded = part.live, part.superseded
-        if len(live) > 1:
-            _publish(read_files(live, sid.dataset), sid, part.pdir, "part", part.next_seq)
-            superseded += [f.path for f in live]
-            result.partitions.append(key)
-            result.files_written = 1
-        to_trash(root, superseded)
-    return result
+def merge_plan(rows_by_key: dict[str, pl.DataFrame], compact_after: int) -> PlanFn:
+    """Plan function of a merge write (see the module docstring)."""
+    return lambda w, key: _merge_plan(w, key, rows_by_key[key], compact_after)
+
+
+def replace_plan(rows_by_key: dict[str, pl.DataFrame], lo: int, hi: int, sid: SeriesId) -> PlanFn:
+    """Plan function making ``rows_by_key`` the whole content of ``[lo, hi)`` per partition."""
+    def plan(w: _Writer, key: str) -> _Plan:
+        p_lo, p_hi = sid.period.bounds(key)
+        rows = rows_by_key.get(key)
+        if rows is None:
+            rows = next(iter(rows_by_key.values())).clear() if rows_by_key else _empty_rows(w)
+        return _replace_plan(w, key, rows, max(lo, p_lo), min(hi, p_hi))
+
+    return plan
+
+
+def _empty_rows(w: _Writer) -> pl.DataFrame:
+    from marketlake.core.schemas import CANDLE_SCHEMA, TRADE_SCHEMA
+
+    return pl.DataFrame(schema=CANDLE_SCHEMA if w.sid.dataset == CANDLES else TRADE_SCHEMA)
+
+
+def transform_plan(transform: Callable[[pl.DataFrame], pl.DataFrame]) -> PlanFn:
+    """Plan function replacing each partition's rows by ``transform(rows)``."""
+    return lambda w, key: _transform_plan(w, key, transform)
+
+
+def compact_plan() -> PlanFn:
+    """Plan function folding each partition's files into one."""
+    return _compact_plan
 
 
 def partition_slices(ts_ms: np.ndarray, sid: SeriesId) -> list[tuple[str, int, int]]:

@@ -1,0 +1,257 @@
+"""Named snapshots and ``as_of`` reads: the lake as it was, for reproducible backtests.
+
+A named snapshot records, per dataset table, the version and that version's complete file list
+(path, size, rows, ts range, partition values) in ``_meta/snapshots/<name>/``. Reading a snapshot
+needs only that manifest, never the Delta log, so a snapshot survives log clean-up; vacuum never
+deletes a file any snapshot lists (:func:`protected_paths`). A snapshot's inputs are therefore
+bit-identical after any later ingest, repair, compaction or vacuum.
+
+``as_of`` may also be a version of the ``candles`` table (the other tables are read as of that
+commit's time), a timestamp (every table as of then), or ``{"candles": v, "trades": w}``.
+Versions and timestamps reach back as far as the log is kept (7 days, ``store/table.py``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import polars as pl
+
+from marketlake.errors import DataValidationError, LakeError, LakeWriteError
+from marketlake.store.files import fsync_dir, publish_table
+from marketlake.store.layout import CANDLES, DATASETS, META_DIR
+from marketlake.store.table import DatasetTable, Snapshot, empty_files_frame
+
+__all__ = [
+    "AsOf",
+    "SnapshotInfo",
+    "create_snapshot",
+    "delete_snapshot",
+    "list_snapshots",
+    "protected_paths",
+    "resolve_as_of",
+]
+
+AsOf = int | str | dt.datetime | dt.date | Mapping[str, int]
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotInfo:
+    """A named snapshot.
+
+    Attributes:
+        name: Its name.
+        note: Free text given at creation.
+        created_ms: When it was taken (epoch ms).
+        versions: Table version per dataset (-1: the table did not exist).
+        rows: Rows per dataset.
+    """
+
+    name: str
+    note: str
+    created_ms: int
+    versions: dict[str, int]
+    rows: dict[str, int]
+
+
+def snapshots_dir(root: Path) -> Path:
+    """Where named snapshots live."""
+    return root / META_DIR / "snapshots"
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise DataValidationError(
+            f"snapshot name {name!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def create_snapshot(root: Path, name: str, note: str, snapshots: Mapping[str, Snapshot], now_ms: int) -> SnapshotInfo:
+    """Record ``snapshots`` (one per dataset) under ``name``.
+
+    Raises:
+        DataValidationError: a bad name, or a snapshot of that name exists.
+        LakeWriteError: the manifest could not be written.
+    """
+    _check_name(name)
+    final = snapshots_dir(root) / name
+    if final.exists():
+        raise DataValidationError(f"snapshot {name!r} exists; delete it first or pick another name")
+    tmp = snapshots_dir(root) / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    info = SnapshotInfo(
+        name, note, now_ms,
+        {ds: s.version for ds, s in snapshots.items()},
+        {ds: int(s.files.get_column("rows").sum() or 0) for ds, s in snapshots.items()},
+    )
+    try:
+        for ds, snap in snapshots.items():
+            publish_table(snap.files.to_arrow(), tmp, f"{ds}.parquet")
+        manifest = {"name": name, "note": note, "created_ms": now_ms, "versions": info.versions, "rows": info.rows}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        os.rename(tmp, final)  # the snapshot exists once its folder has its name: all or nothing
+        fsync_dir(final.parent)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise LakeWriteError(f"cannot write snapshot {name!r}: {exc.strerror or exc}") from None
+    return info
+
+
+def _read_info(path: Path) -> SnapshotInfo:
+    try:
+        m = json.loads((path / "manifest.json").read_text())
+        return SnapshotInfo(m["name"], m.get("note", ""), int(m["created_ms"]),
+                            {k: int(v) for k, v in m["versions"].items()}, {k: int(v) for k, v in m["rows"].items()})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LakeError(f"snapshot {path.name!r} is damaged ({exc}); delete it with marketlake snapshot delete") from None
+
+
+def list_snapshots(root: Path) -> list[SnapshotInfo]:
+    """Every named snapshot, oldest first."""
+    base = snapshots_dir(root)
+    if not base.is_dir():
+        return []
+    out = [_read_info(p) for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(out, key=lambda s: (s.created_ms, s.name))
+
+
+def delete_snapshot(root: Path, name: str) -> None:
+    """Delete a named snapshot (its files become ordinary garbage for vacuum).
+
+    Raises:
+        DataValidationError: no snapshot has that name.
+    """
+    path = snapshots_dir(root) / _check_name(name)
+    if not path.is_dir():
+        raise DataValidationError(f"no snapshot named {name!r}")
+    trash = path.with_name(f".deleting-{name}-{os.getpid()}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def snapshot_files(root: Path, name: str) -> dict[str, Snapshot]:
+    """The per-dataset file lists of a named snapshot."""
+    path = snapshots_dir(root) / _check_name(name)
+    if not path.is_dir():
+        raise DataValidationError(f"no snapshot named {name!r} (marketlake snapshot list shows them)")
+    info = _read_info(path)
+    out = {}
+    for ds in DATASETS:
+        f = path / f"{ds}.parquet"
+        files = pl.read_parquet(f) if f.exists() else empty_files_frame()
+        out[ds] = Snapshot(root, ds, info.versions.get(ds, -1), files)
+    return out
+
+
+def protected_paths(root: Path, dataset: str) -> set[str]:
+    """Paths (relative to the table root) that some named snapshot still reads."""
+    out: set[str] = set()
+    base = snapshots_dir(root)
+    if not base.is_dir():
+        return out
+    for p in base.iterdir():
+        f = p / f"{dataset}.parquet"
+        if p.is_dir() and f.exists():
+            out.update(pl.read_parquet(f, columns=["path"]).get_column("path").to_list())
+    return out
+
+
+def _parse_time(value: str | dt.datetime | dt.date) -> dt.datetime | None:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC)
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def resolve_as_of(root: Path, as_of: AsOf) -> dict[str, Snapshot]:
+    """The per-dataset snapshots ``as_of`` names (see the module docstring).
+
+    Raises:
+        DataValidationError: ``as_of`` names no snapshot, version or time of this lake.
+    """
+    if isinstance(as_of, bool):
+        raise DataValidationError(f"as_of={as_of!r}: give a version, a time or a snapshot name")
+    if isinstance(as_of, Mapping):
+        out = {}
+        for ds in DATASETS:
+            v = as_of.get(ds)
+            out[ds] = _at_version(root, ds, int(v)) if v is not None else _empty(root, ds)
+        return out
+    if isinstance(as_of, int):
+        candles = _at_version(root, CANDLES, as_of)
+        when = _commit_time(root, CANDLES, as_of)
+        out = {CANDLES: candles}
+        for ds in DATASETS:
+            if ds != CANDLES:
+                out[ds] = _at_time(root, ds, when)
+        return out
+    if isinstance(as_of, str) and (snap := snapshots_dir(root) / as_of).is_dir() and _NAME_RE.fullmatch(as_of):
+        return snapshot_files(root, as_of)
+    when = _parse_time(as_of) if isinstance(as_of, (str, dt.date)) else None
+    if when is None:
+        raise DataValidationError(
+            f"as_of={as_of!r} is neither a snapshot of this lake, a version nor a time (ISO 8601)"
+        )
+    return {ds: _at_time(root, ds, when) for ds in DATASETS}
+
+
+def _empty(root: Path, ds: str) -> Snapshot:
+    return Snapshot(root, ds, -1, empty_files_frame())
+
+
+def _at_version(root: Path, ds: str, version: int) -> Snapshot:
+    if version < 0:
+        raise DataValidationError(f"as_of version {version}: versions start at 0")
+    table = DatasetTable(root, ds, pinned=version)
+    if not table.exists():
+        raise DataValidationError(f"as_of version {version}: this lake has no {ds} table")
+    try:
+        return table.snapshot()
+    except LakeError as exc:
+        raise DataValidationError(
+            f"as_of version {version} of {ds}: not in the log (it keeps 7 days; use a named snapshot): {exc}"
+        ) from None
+
+
+def _commit_time(root: Path, ds: str, version: int) -> dt.datetime:
+    table = DatasetTable(root, ds, pinned=version)
+    for entry in table.history(1):
+        ts = entry.get("timestamp")
+        if ts is not None:
+            return dt.datetime.fromtimestamp(int(ts) / 1000, tz=dt.UTC)
+    raise DataValidationError(f"as_of version {version}: no commit time in the log")
+
+
+def _at_time(root: Path, ds: str, when: dt.datetime) -> Snapshot:
+    table = DatasetTable(root, ds, pinned=when)
+    if not table.exists():
+        return _empty(root, ds)
+    try:
+        return table.snapshot()
+    except LakeError:
+        # The table was created after ``when``: it held nothing then.
+        return _empty(root, ds)
+
+
+def describe(info: SnapshotInfo) -> dict[str, Any]:
+    """Plain data for ``--json`` and tables."""
+    return {
+        "name": info.name, "note": info.note,
+        "created": dt.datetime.fromtimestamp(info.created_ms / 1000, tz=dt.UTC).isoformat(),
+        "versions": info.versions, "rows": info.rows,
+    }
