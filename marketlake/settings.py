@@ -11,7 +11,9 @@ Secrets (API key/secret) are masked in ``repr`` so they never reach logs.
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,9 @@ __all__ = ["Settings"]
 
 _SECRET_FIELDS = frozenset({"api_key", "api_secret"})
 _ENV_PREFIX = "MARKETLAKE_"
+# A settings file is a few hundred bytes; anything near this is a mistake (or /dev/zero), and
+# reading it whole would cost the memory.
+MAX_CONFIG_BYTES = 1 << 20
 # Knobs of the test suite and the benchmarks (soak rounds, data directories): not settings, so an
 # unknown-setting check must not reject them in a process the tests or benchmarks start.
 _RESERVED = ("MARKETLAKE_TEST_", "MARKETLAKE_BENCH_")
@@ -66,14 +71,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     memory_limit_percent: float = 90.0
 
     def __post_init__(self) -> None:
+        # Every number is checked for range *and* finiteness: NaN passes any `<` test, and inf or
+        # 1e308 seconds overflow the first datetime they meet.
         if not 1 <= self.rate_limit_per_5s <= 600:
             raise ConfigError(f"rate_limit_per_5s must be 1..600, got {self.rate_limit_per_5s}")
-        if self.gc_grace_seconds < 0:
-            raise ConfigError("gc_grace_seconds must be >= 0")
-        if self.compact_after_deltas < 1:
-            raise ConfigError("compact_after_deltas must be >= 1")
-        if not 0 < self.memory_limit_percent <= 100:
-            raise ConfigError("memory_limit_percent must be in (0, 100]")
+        if not (math.isfinite(self.gc_grace_seconds) and 0 <= self.gc_grace_seconds <= 30 * 86_400):
+            raise ConfigError(f"gc_grace_seconds must be 0..2592000 (30 days), got {self.gc_grace_seconds}")
+        if not 1 <= self.compact_after_deltas <= 100_000:
+            raise ConfigError(f"compact_after_deltas must be 1..100000, got {self.compact_after_deltas}")
+        if not (math.isfinite(self.memory_limit_percent) and 0 < self.memory_limit_percent <= 100):
+            raise ConfigError(f"memory_limit_percent must be in (0, 100], got {self.memory_limit_percent}")
 
     def __repr__(self) -> str:
         parts = []
@@ -129,13 +136,46 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return msgspec.structs.replace(self, **changes)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_config_bytes(path: Path) -> bytes:
+    """The file's bytes; refuses what is not a regular file of at most :data:`MAX_CONFIG_BYTES`.
+
+    The type is checked on ``stat`` *before* opening, because opening a FIFO blocks until a writer
+    appears; the open is non-blocking and re-checked with ``fstat`` so a file swapped in between
+    cannot hang or flood us either.
+    """
     try:
-        data = msgspec.toml.decode(path.read_bytes())
+        st = os.stat(path)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except (OSError, msgspec.DecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"config file {path} is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"config file {path} is not a regular file (a device or FIFO?)")
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {st.st_size:,} bytes; the limit is {MAX_CONFIG_BYTES:,}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ConfigError(f"config file {path} is not a regular file")
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes")
+    return data
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    raw = _read_config_bytes(path)
+    try:
+        data = msgspec.toml.decode(raw)
+    except (OSError, msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a table of settings")
     # Allow the settings either at top level or under [marketlake].
