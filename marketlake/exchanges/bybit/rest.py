@@ -1,4 +1,5 @@
-"""Bybit v5 public REST client (aiohttp + msgspec): klines, instruments, recent trades, server time.
+"""Bybit v5 public REST client (aiohttp + msgspec): klines, instruments, recent trades, server time;
+the perpetual-futures endpoints are in :mod:`marketlake.exchanges.bybit.rest_perp`.
 
 Every request goes through the same path:
 
@@ -73,6 +74,7 @@ from marketlake.exchanges.bybit.parse import (
     parse_rate_limit_headers,
     trades_frame,
 )
+from marketlake.exchanges.bybit.rest_perp import PerpMarketMixin
 from marketlake.net.backoff import Backoff
 from marketlake.net.ratelimit import BanLatch, RateBudget, process_ban_latch
 from marketlake.net.session import HttpSession
@@ -196,8 +198,10 @@ class _LateBan(Exception):
     """A 403 for a request sent before the ban was known: wait for the latch and resend."""
 
 
-class BybitRestClient:
-    """Async client of Bybit's v5 public market endpoints.
+class BybitRestClient(PerpMarketMixin):
+    """Async client of Bybit's v5 public market endpoints (funding, mark/index/premium klines,
+    open interest and instrument snapshots come from
+    :class:`~marketlake.exchanges.bybit.rest_perp.PerpMarketMixin`).
 
     Args:
         base_url: REST base URL (Bybit mainnet by default; the emulator's ``url`` in tests).
