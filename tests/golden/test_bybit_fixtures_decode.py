@@ -28,6 +28,7 @@ from marketlake.exchanges.bybit.parse import (
     trades_frame,
 )
 from marketlake.exchanges.bybit.parse_archive import parse_spot_trade_dump
+from marketlake.exchanges.bybit.parse_perp import decode_open_interest_result
 from marketlake.exchanges.bybit.parse_ws import (
     WsCommandResponse,
     WsKlinePush,
@@ -124,10 +125,12 @@ def check_server_time(name: str, data: bytes) -> None:
     assert ms == env.time_ms
 
 
-def check_envelope_only(name: str, data: bytes) -> None:
+def check_open_interest(name: str, data: bytes) -> None:
     env = decode_envelope(data)
     assert env.ret_code == 0 and isinstance(env.time_ms, int)
-    assert b"nextPageCursor" in env.result
+    page = decode_open_interest_result(env.result)
+    assert len(page) and page.next_cursor.startswith("lastid%3D")
+    assert np.all(np.diff(page.ts) > 0) and np.all(page.open_interest > 0)
 
 
 def check_headers(name: str, data: bytes) -> None:
@@ -169,7 +172,7 @@ DECODERS: list[tuple[Callable[[str], bool], Callable[[str, bytes], None]]] = [
     (lambda n: "instruments" in n, check_instruments),
     (lambda n: "recent_trade" in n, check_recent_trades),
     (lambda n: "server_time" in n, check_server_time),
-    (lambda n: "open_interest" in n, check_envelope_only),
+    (lambda n: "open_interest" in n, check_open_interest),
     (lambda n: n.endswith("rate_limit_response_headers.txt"), check_headers),
     (lambda n: "_ws_" in n, check_ws),
     (lambda n: "spot_dump" in n and n.endswith(".csv"), check_spot_dump),
