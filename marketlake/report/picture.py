@@ -100,8 +100,9 @@ class Layout:
 
     @property
     def width(self) -> int:
-        """Picture width."""
-        return max(self.grid_x + self.n_cols * self.pitch + self.margin, 900)
+        """Picture width (room for the last date label, which starts at its cell)."""
+        last_label = (self.n_cols - 1) // self.axis_step() * self.axis_step()
+        return max(self.grid_x + max(self.n_cols * self.pitch, last_label * self.pitch + 80) + self.margin, 900)
 
     @property
     def height(self) -> int:

@@ -90,20 +90,38 @@ def test_chromium_draws_the_html_cells_in_their_colours(gappy_lake, tmp_path):
     if browser is None:
         pytest.skip("headless Chromium not installed (apt-get install chromium; .ci/run does)")
     grid = coverage_grid(gappy_lake)
-    page = tmp_path / "coverage.html"
-    page.write_text(render_html(grid), encoding="utf-8")
-    shot = tmp_path / "shot.png"
+    layout = Layout.for_grid(grid)
+    page = render_html(grid)
+    img = _screenshot(browser, page, tmp_path / "plain")
+    assert img.size == (1200, 800)
+    assert_cells_coloured(img, layout, tolerance=2)
+
+    # Hovering a cell (a synthetic mouse move at its centre) opens the tooltip beside the
+    # pointer: its dark background appears where the page was white.
+    x, y = layout.cell_center(1, 2)
+    probe = (x + 30, y + 30)
+    assert img.getpixel(probe) == (255, 255, 255)
+    move = (
+        "<script>const el = document.querySelector('rect[data-series=\"bybit/linear/BTCUSDT/60\"]"
+        f"[data-day=\"2024-01-03\"]'); el.dispatchEvent(new MouseEvent('mousemove', "
+        f"{{clientX: {x}, clientY: {y}, bubbles: true}}));</script></body>"
+    )
+    hovered = _screenshot(browser, page.replace("</body>", move), tmp_path / "hover")
+    assert hovered.getpixel(probe) == (0x21, 0x25, 0x29)
+
+
+def _screenshot(browser: str, page: str, where: Path) -> Image.Image:
+    where.mkdir()
+    (where / "coverage.html").write_text(page, encoding="utf-8")
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
             [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--hide-scrollbars", "--force-device-scale-factor=1", f"--user-data-dir={profile}",
-             f"--screenshot={shot}", "--window-size=1200,800", page.as_uri()],
+             f"--screenshot={where / 'shot.png'}", "--window-size=1200,800", (where / "coverage.html").as_uri()],
             check=True, capture_output=True, timeout=90,
         )
-    img = Image.open(shot)
-    assert img.size == (1200, 800)
-    assert_cells_coloured(img, Layout.for_grid(grid), tolerance=2)
+    return Image.open(where / "shot.png").convert("RGB")
 
 
 def run(capsys, *args):
