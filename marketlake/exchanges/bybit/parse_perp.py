@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 import numpy as np
@@ -52,6 +52,8 @@ _TS_MAX_MS: Final = 7_258_118_400_000  # 2200-01-01
 #: A funding rate is a fraction of position value per settlement; Bybit caps it at a few percent.
 #: A magnitude of 1 (100 %) or more is a broken payload, not a market event.
 _MAX_ABS_RATE: Final = 1.0
+#: Wire times: msgspec refuses anything outside int64 (a huge number string) as a shape error.
+_WireMs = Annotated[int, msgspec.Meta(ge=-(2**62), le=2**62)]
 #: Columns of :func:`funding_frame` (the stored schema minus ``interval_minutes``, which the
 #: ingest infers with :func:`marketlake.core.funding.infer_funding_intervals`).
 FUNDING_FRAME_SCHEMA: Final[dict[str, pl.DataType]] = {"ts": pl.Datetime("ms", "UTC"), "rate": pl.Float64()}
@@ -84,7 +86,7 @@ def _ascending(values: np.ndarray) -> np.ndarray:
 class _FundingRowWire(msgspec.Struct):
     symbol: str
     fundingRate: float
-    fundingRateTimestamp: int
+    fundingRateTimestamp: _WireMs
 
 
 class _FundingResultWire(msgspec.Struct):
@@ -152,7 +154,7 @@ def funding_frame(batch: FundingBatch) -> pl.DataFrame:
 # --------------------------------------------------------------------------------------------
 # Mark, index and premium-index price klines
 
-_PriceRow = tuple[int, float, float, float, float]
+_PriceRow = tuple[_WireMs, float, float, float, float]
 
 
 class _PriceKlineResultWire(msgspec.Struct):
@@ -255,7 +257,7 @@ def price_klines_frame(batch: PriceKlineBatch) -> pl.DataFrame:
 
 class _OpenInterestRowWire(msgspec.Struct):
     openInterest: float
-    timestamp: int
+    timestamp: _WireMs
     singleOpenInterest: float | None = None
 
 
