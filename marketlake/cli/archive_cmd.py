@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from marketlake.cli.app import CategoryOpt, ConfigOpt, JsonOpt, LakeOpt, app, load_settings
 from marketlake.cli.ingest_cmd import run_async
-from marketlake.cli.render import console, err_console, human_bytes, print_json
-from marketlake.clock import get_clock
+from marketlake.cli.params import BoundedInt
+from marketlake.cli.render import console, err_console, human_bytes, notice_kernel_compile, print_json
 from marketlake.core.symbols import parse_symbols
-from marketlake.errors import DataValidationError
-from marketlake.ingest.archive import ArchiveStats, SymbolPlan, candle_timeframes, run_archive_ingest
-from marketlake.store import Lake
+from marketlake.errors import DataValidationError, ExchangeError
+
+# The archive ingest pulls in aiohttp, polars and numba: imported inside the command.
+if TYPE_CHECKING:  # pragma: no cover
+    from marketlake.ingest.archive import ArchiveStats, SymbolPlan
 
 
 def _date(text: str | None, what: str) -> dt.date | None:
@@ -52,6 +54,11 @@ def _render_plan(plans: list[SymbolPlan], as_json: bool) -> None:
 
 
 def _render_stats(st: ArchiveStats, as_json: bool) -> None:
+    if st.days_failed and not (st.days_fetched or st.days_empty or st.days_unpublished):
+        # Nothing worked at all (the host is unreachable, or refuses us): one error line, the
+        # exchange's exit status, rather than a summary of zeros followed by each failure.
+        first = st.failures[0] if st.failures else "no details"
+        raise ExchangeError(f"archive: all {st.days_failed} day(s) failed; {first}")
     if as_json:
         print_json(st.to_dict())
         return
@@ -71,10 +78,12 @@ def _render_stats(st: ArchiveStats, as_json: bool) -> None:
 
 @app.command()
 def archive(
-    symbols: Annotated[str, typer.Option("--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT.")],
+    symbols: Annotated[str, typer.Option("--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT (required).")],
     start: Annotated[Optional[str], typer.Option("--start", help="First day, YYYY-MM-DD (UTC).")] = None,
     end: Annotated[Optional[str], typer.Option("--end", help="Day after the last, YYYY-MM-DD (default: today).")] = None,
-    days: Annotated[Optional[int], typer.Option("--days", help="The last N completed days.")] = None,
+    days: Annotated[
+        Optional[int], typer.Option("--days", help="The last N completed days (1..36500).", parser=BoundedInt(1, 36_500))
+    ] = None,
     category: CategoryOpt = None,
     candles: Annotated[
         Optional[str],
@@ -83,15 +92,23 @@ def archive(
     archive_url: Annotated[
         Optional[str], typer.Option("--archive-url", help="Archive host (default: https://public.bybit.com).")
     ] = None,
-    concurrency: Annotated[int, typer.Option("--concurrency", help="Day files downloaded at once.")] = 3,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", help="Day files downloaded at once (1..16).", parser=BoundedInt(1, 16))
+    ] = 3,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the days to fetch and stop.")] = False,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Fetch whole days of trades from Bybit's public daily archives: the complete trade history,
-    and the way trade gaps of the live stream are recovered. Only days the ledger does not cover
-    are fetched; a re-run resumes."""
+    """Fetch whole days of trades from Bybit's public daily archives.
+
+    The complete trade history, and the way trade gaps of the live stream are recovered. Only days
+    the ledger does not cover are fetched; a re-run resumes.
+    """
+    from marketlake.clock import get_clock
+    from marketlake.ingest.archive import ArchiveStats, candle_timeframes, run_archive_ingest
+    from marketlake.store import Lake
+
     settings = load_settings(lake, config, category=category, archive_url=archive_url)
     today = dt.datetime.fromtimestamp(get_clock().now_ms() / 1000, dt.UTC).date()
     first, stop = _range(start, end, days, today)
@@ -111,6 +128,8 @@ def archive(
             f"{human_bytes(st.bytes_downloaded)}"
         )
 
+    if tfs and not dry_run:
+        notice_kernel_compile(("trades",))
     plans, stats = run_async(
         run_archive_ingest(
             the_lake,

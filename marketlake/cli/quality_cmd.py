@@ -5,9 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import polars as pl
 import typer
 
 from marketlake.cli.app import (
@@ -22,15 +21,31 @@ from marketlake.cli.app import (
     load_settings,
     open_lake,
 )
-from marketlake.cli.ingest_cmd import BaseUrlOpt, run_async
-from marketlake.cli.render import console, err_console, human_bytes, print_frame, print_json, to_jsonable
+from marketlake.cli.ingest_cmd import BaseUrlOpt, announce_pause, run_async
+from marketlake.cli.params import BoundedFloat, check_output_file
+from marketlake.cli.render import (
+    console,
+    err_console,
+    human_bytes,
+    notice_kernel_compile,
+    print_frame,
+    print_json,
+    print_series,
+    to_jsonable,
+)
 from marketlake.core.timeutil import ms_to_datetime
-from marketlake.quality.check import LakeCheck, check_lake, describe_gap
-from marketlake.quality.repair import RepairReport, repair_lake
-from marketlake.store import Lake
+
+# check and repair pull in polars, pyarrow, duckdb and numba: imported inside the commands.
+if TYPE_CHECKING:  # pragma: no cover
+    from marketlake.quality.check import LakeCheck
+    from marketlake.quality.repair import RepairReport
 
 
 def _render_check(result: LakeCheck) -> None:
+    import polars as pl
+
+    from marketlake.quality.check import describe_gap
+
     rows = []
     for s in result.series:
         r = s.result
@@ -83,8 +98,17 @@ def check(
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Check stored candles: gaps (unless the exchange has them), duplicates, invalid and misaligned
-    rows, cross-timeframe consistency. Exit status 1 when anything needs attention."""
+    """Check stored candles for gaps, duplicates, invalid rows and timeframe mismatches.
+
+    Gaps the exchange itself has (outages, before listing) are not counted; invalid and misaligned
+    rows are; higher timeframes are compared with the resampled 1m series. Exit status 1 when
+    anything needs attention.
+    """
+    from marketlake.quality.check import check_lake
+
+    if report is not None:
+        check_output_file(report, "--report")  # before a long check, not after it
+    notice_kernel_compile(("check",))
     result = check_lake(
         open_lake(lake, config), symbols, timeframes, exchange=exchange, category=category, consistency=consistency
     )
@@ -101,6 +125,8 @@ def check(
 
 
 def _render_repair(rep: RepairReport) -> None:
+    import polars as pl
+
     changed = [s for s in rep.series if s.changed or s.gaps_left]
     if changed:
         print_frame(pl.DataFrame([{k: getattr(s, k) for k in s.__slots__} for s in changed]))  # type: ignore[attr-defined]
@@ -137,15 +163,19 @@ def repair(
     from marketlake.exchanges.bybit.archive import BybitArchiveClient
     from marketlake.exchanges.bybit.rest import BybitRestClient
     from marketlake.net.ratelimit import RateBudget
+    from marketlake.quality.repair import RepairReport, repair_lake
+    from marketlake.store import Lake
 
     settings = load_settings(lake, config, base_url=base_url, archive_url=archive_url)
     the_lake = Lake(settings=settings)
+    notice_kernel_compile(("check",))
 
     async def main() -> RepairReport:
         if not refetch:
             return await repair_lake(the_lake, symbols, timeframes, exchange=exchange, category=category,
                                      fill=fill, unfill=unfill)
         budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.root / "_meta")
+        announce_pause(budget)
         async with BybitRestClient(settings.base_url, budget=budget) as client, \
                 BybitArchiveClient(settings.archive_url) as archive:
             return await repair_lake(the_lake, symbols, timeframes, exchange=exchange, category=category,
@@ -163,7 +193,9 @@ def repair(
 @app.command()
 def demo(
     lake: Annotated[Path, typer.Option("--lake", help="Where the demo lake goes (kept apart from ./lake).")] = Path("demo-lake"),
-    days: Annotated[float, typer.Option(help="Days of history to ingest.")] = 7.0,
+    days: Annotated[
+        float, typer.Option(help="Days of history to ingest (0 < N <= 365).", parser=BoundedFloat(0, 365, open_low=True))
+    ] = 7.0,
 ) -> None:
     """Offline demo: start the Bybit emulator on 127.0.0.1, ingest from it, check, list, query."""
     from marketlake_emulator import Emulator as BybitEmulator
@@ -171,7 +203,9 @@ def demo(
     from marketlake.ingest.archive import candle_timeframes, run_archive_ingest
     from marketlake.ingest.service import IngestRequest, run_ingest
     from marketlake.net.ratelimit import RateBudget
+    from marketlake.quality.check import check_lake
     from marketlake.settings import Settings
+    from marketlake.store import Lake
 
     # Synthetic data never goes into the real lake by default: the demo has its own.
     the_lake = Lake(lake, settings=Settings.load(overrides={"lake_root": str(lake)}))
@@ -201,13 +235,13 @@ def demo(
                 f"{human_bytes(arch.bytes_downloaded)} gzip'd), {arch.candles_written:,} 5s candles built from them"
             )
 
+    notice_kernel_compile(("check", "trades"))
     run_async(main())
     result = check_lake(the_lake)
     console.print(f"3. check: {len(result.series)} series, {result.rows:,} candles, "
                   f"{'no issues' if not result.has_issues else 'ISSUES FOUND'}")
     console.print("4. info:")
-    table = the_lake.series().select("symbol", "timeframe", "first_ts", "last_ts", "rows", "partitions")
-    print_frame(table)
+    print_series(the_lake.series())  # the very table `marketlake info` prints
     query = (
         "select symbol, count(*) as candles, round(avg(close), 2) as avg_close, "
         "round(sum(turnover)) as turnover from candles where timeframe = '60' group by symbol order by symbol"

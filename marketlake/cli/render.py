@@ -13,7 +13,7 @@ from rich.console import Console
 if TYPE_CHECKING:  # pragma: no cover  (polars costs ~0.2 s to import; only tables need it)
     import polars as pl
 
-__all__ = ["console", "err_console", "human_bytes", "print_frame", "print_json", "print_series", "to_jsonable"]
+__all__ = ["console", "err_console", "human_bytes", "print_frame", "print_json", "notice_kernel_compile", "print_series", "to_jsonable"]
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns; tables read better wider.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -94,3 +94,18 @@ def print_series(table: pl.DataFrame) -> None:
     )
     total = human_bytes(int(table["bytes"].sum()))
     print_frame(shown, title=f"{table.height} series, {table['rows'].sum():,} rows, {total}")
+
+
+def notice_kernel_compile(modules: tuple[str, ...]) -> None:
+    """Before a command that runs numba kernels: one line on stderr if they still need compiling.
+
+    Only the first run after an install (or after the cache was cleared) prints it, because that
+    run fills numba's cache; without the line it would sit silent for about ten seconds.
+
+    Args:
+        modules: The kernel modules (``marketlake.core.kernels.<name>``) the command will call.
+    """
+    from marketlake.core.kernels.cache_state import kernels_cold
+
+    if kernels_cold(modules):
+        err_console.print("compiling numba kernels (first run only, ~10 s)…", markup=False, highlight=False)

@@ -138,6 +138,20 @@ def mask_dsn(dsn: str) -> str:
     return f"{user + '@' if user else ''}{where}/{info.get('dbname', '')}"
 
 
+def _check_dsn(dsn: str) -> None:
+    """Reject a DSN libpq cannot parse, before any data is read.
+
+    Raises:
+        ConfigError: the DSN is malformed (the message never echoes it: it may hold a password).
+    """
+    psycopg = _psycopg()
+    try:
+        psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        reason = _first_line(exc).replace(dsn, "<dsn>") if dsn else _first_line(exc)
+        raise ConfigError(f"invalid PostgreSQL DSN: {reason}") from None
+
+
 def connect(dsn: str, *, connect_timeout_s: int = 10, autocommit: bool = False) -> Any:
     """A psycopg connection to ``dsn`` (``application_name=marketlake``).
 
@@ -284,6 +298,9 @@ class _Sender:
         self.on_batch = on_batch
         self.con: Any = None
         self.retried = 0
+        # Retries are for a connection that broke mid-export; when the very first connect fails
+        # (a wrong host, port, password or database) retrying only repeats the same error.
+        self.connected_once = False
 
     def close(self) -> None:
         if self.con is not None:
@@ -295,6 +312,7 @@ class _Sender:
         if self.con is None or self.con.closed or self.con.broken:
             self.close()
             self.con = connect(self.dsn)
+            self.connected_once = True
             ensure_schema(self.con)
             with self.con.transaction():
                 for ds, cols in COLUMNS.items():
@@ -328,6 +346,10 @@ class _Sender:
             except (self.psycopg.OperationalError, SinkError) as exc:
                 # The connection broke (or could not be made): the transaction is gone with it.
                 self.close()
+                if not self.connected_once:
+                    if isinstance(exc, SinkError):
+                        raise  # connect() already says which server and why
+                    raise SinkError(f"postgres {mask_dsn(self.dsn)}: {_first_line(exc)}") from exc
                 if attempt > self.retries:
                     raise SinkError(
                         f"postgres {mask_dsn(self.dsn)}: {label}: gave up after {attempt} attempts: {_first_line(exc)}"
@@ -428,6 +450,7 @@ def export_postgres(
     """
     if batch_rows < 1 or retries < 0:
         raise ConfigError("batch_rows must be >= 1 and retries >= 0")
+    _check_dsn(dsn)
     exchange = exchange or lake.settings.exchange
     category = category or lake.settings.category
     lo = None if start is None else to_ms(start, what="start")
