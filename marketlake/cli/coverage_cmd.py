@@ -41,12 +41,17 @@ def coverage(
     symbols: SymbolsOpt = None,
     timeframes: Annotated[
         Optional[str],
-        typer.Option("--timeframes", help="Comma-separated timeframes; 'trades' for trades (default: every series)."),
+        typer.Option("--timeframes",
+                     help="Comma-separated timeframes; 'trades' for trades (default: every series)."),
     ] = None,
     start: StartOpt = None,
     end: EndOpt = None,
-    exchange: Annotated[Optional[str], typer.Option("--exchange", help="Only this exchange (default: all).")] = None,
-    category: Annotated[Optional[str], typer.Option("--category", help="Only this category (default: all).")] = None,
+    exchange: Annotated[
+        Optional[str], typer.Option("--exchange", help="Only this exchange (default: all).")
+    ] = None,
+    category: Annotated[
+        Optional[str], typer.Option("--category", help="Only this category (default: all).")
+    ] = None,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
 ) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from marketlake.core.intervals import subtract
-from marketlake.core.symbols import parse_symbols
+from marketlake.core.symbols import parse_symbols, validate_category, validate_exchange
 from marketlake.core.timeframes import Timeframe, parse_timeframe
 from marketlake.core.timeutil import TimeLike, ms_to_text, to_ms
 from marketlake.errors import DataValidationError
@@ -143,10 +143,11 @@ def _select(
     stored: pl.DataFrame, ledger: pl.DataFrame, symbols: str | Sequence[str] | None,
     timeframes: str | Sequence[str] | None, exchange: str | None, category: str | None,
 ) -> list[SeriesKey]:
+    columns = ("dataset", "exchange", "category", "symbol", "timeframe")
     keys = {
         SeriesKey(d, e, c, s, t or "")
         for frame in (stored, ledger)
-        for d, e, c, s, t in frame.select("dataset", "exchange", "category", "symbol", "timeframe").unique().iter_rows()
+        for d, e, c, s, t in frame.select(columns).unique().iter_rows()
     }
     syms = set(parse_symbols(symbols)) if symbols is not None else None
     if syms is not None and not syms:
@@ -154,9 +155,11 @@ def _select(
     tf_names, with_trades = _timeframe_names(timeframes)
     out = []
     # A symbol's series together, candles from the shortest timeframe, then its trades.
-    order = sorted(keys, key=lambda k: (k.exchange, k.category, k.symbol, k.dataset == TRADES,
-                                        parse_timeframe(k.timeframe).duration_ms if k.dataset == CANDLES else 0))
-    for k in order:
+    def position(k: SeriesKey) -> tuple[str, str, str, bool, int]:
+        length = parse_timeframe(k.timeframe).duration_ms if k.dataset == CANDLES else 0
+        return (k.exchange, k.category, k.symbol, k.dataset == TRADES, length)
+
+    for k in sorted(keys, key=position):
         if (exchange and k.exchange != exchange) or (category and k.category != category):
             continue
         if syms is not None and k.symbol not in syms:
@@ -227,7 +230,9 @@ def _from_trades(lake: Lake, ledger: pl.DataFrame, key: SeriesKey, tf: Timeframe
     if not own:
         return derived
     taken = [(r.start_ms, r.end_ms) for r in own]
-    return [LedgerRange(a, b, r.status) for r in derived for a, b in subtract([(r.start_ms, r.end_ms)], taken)]
+    return [
+        LedgerRange(a, b, r.status) for r in derived for a, b in subtract([(r.start_ms, r.end_ms)], taken)
+    ]
 
 
 def coverage_grid(
@@ -258,6 +263,9 @@ def coverage_grid(
     """
     if not lake.root.is_dir():
         raise DataValidationError(f"no lake at {lake.root}")
+    # Valid names or one clear error (a typo would otherwise just match nothing).
+    exchange = None if exchange is None else validate_exchange(exchange)
+    category = None if category is None else validate_category(category)
     lo = None if start is None else to_ms(start, what="--start")
     hi = None if end is None else to_ms(end, what="--end")
     if lo is not None and hi is not None and hi <= lo:
@@ -278,7 +286,9 @@ def coverage_grid(
         lo = known[0] if lo is None else lo
         hi = known[1] if hi is None else hi
         if hi <= lo:
-            raise DataValidationError(f"nothing is stored or recorded between {ms_to_text(lo)} and {ms_to_text(hi)}")
+            raise DataValidationError(
+                f"nothing is stored or recorded between {ms_to_text(lo)} and {ms_to_text(hi)}"
+            )
     edges = cell_edges(lo, hi)
     rows = []
     for key in keys:

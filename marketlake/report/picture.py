@@ -16,10 +16,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from marketlake.report.coverage import CoverageGrid
-from marketlake.report.grid import SEVERITY, Cell, CellState, Row
 from marketlake.core.timeutil import ms_to_text
 from marketlake.errors import DataValidationError
+from marketlake.report.coverage import CoverageGrid
+from marketlake.report.grid import SEVERITY, Cell, CellState, Row
 
 __all__ = ["COLORS", "Layout", "cell_tip", "render_html", "render_png", "write_picture"]
 
@@ -102,7 +102,8 @@ class Layout:
     def width(self) -> int:
         """Picture width (room for the last date label, which starts at its cell)."""
         last_label = (self.n_cols - 1) // self.axis_step() * self.axis_step()
-        return max(self.grid_x + max(self.n_cols * self.pitch, last_label * self.pitch + 80) + self.margin, 900)
+        right = max(self.n_cols * self.pitch, last_label * self.pitch + 80)
+        return max(self.grid_x + right + self.margin, 900)
 
     @property
     def height(self) -> int:

@@ -66,6 +66,7 @@ def test_filters_pick_series_and_the_range_cuts_cells(gappy_lake):
     ("kwargs", "message"),
     [
         ({"exchange": "okx"}, "no stored series matches"),
+        ({"category": "futures"}, "invalid category"),
         ({"symbols": "DOGEUSDT"}, "no stored series matches"),
         ({"timeframes": "7"}, "unknown timeframe"),
         ({"start": "2024-01-05", "end": "2024-01-02"}, "must be after"),

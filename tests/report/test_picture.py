@@ -118,7 +118,8 @@ def _screenshot(browser: str, page: str, where: Path) -> Image.Image:
             [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--hide-scrollbars", "--force-device-scale-factor=1", f"--user-data-dir={profile}",
-             f"--screenshot={where / 'shot.png'}", "--window-size=1200,800", (where / "coverage.html").as_uri()],
+             f"--screenshot={where / 'shot.png'}", "--window-size=1200,800",
+             (where / "coverage.html").as_uri()],
             check=True, capture_output=True, timeout=90,
         )
     return Image.open(where / "shot.png").convert("RGB")
@@ -136,7 +137,8 @@ def test_the_command_writes_png_and_html_and_info_prints_the_strips(gappy_lake, 
     assert code == 0, err
     assert "4 series x 6 cells" in out and "1 filled" in out
     assert Image.open(tmp_path / "c.png").format == "PNG"
-    code, out, _ = run(capsys, "coverage", "--lake", lake, "--symbols", "ETHUSDT", "-o", str(tmp_path / "c.html"))
+    html_out = str(tmp_path / "c.html")
+    code, out, _ = run(capsys, "coverage", "--lake", lake, "--symbols", "ETHUSDT", "-o", html_out)
     assert code == 0 and (tmp_path / "c.html").read_text().count('data-state="') == 6
     code, out, _ = run(capsys, "coverage", "--lake", lake, "--timeframes", "60")
     assert code == 0 and "bybit/linear/BTCUSDT/60  |█·✗ ▒ |" in out
