@@ -18,7 +18,7 @@ import typer
 from typer.core import TyperGroup
 
 from marketlake.cli.failures import classify, one_line
-from marketlake.cli.params import check_output_file
+from marketlake.cli.params import check_input_path, check_output_dir, check_output_file
 from marketlake.cli.render import console, err_console, print_json
 from marketlake.core.symbols import CATEGORIES
 from marketlake.errors import DataValidationError
@@ -179,6 +179,8 @@ def import_csv_cmd(
 
     if (symbol is None) != (timeframe is None):
         raise DataValidationError("--symbol and --timeframe go together")
+    for path in paths:
+        check_input_path(path)
     report = import_csv(
         open_lake(lake, config), paths, symbol=symbol, timeframe=timeframe, exchange=exchange, category=category
     )
@@ -215,6 +217,7 @@ def export_csv_cmd(
     """Export candles to the old CSV format, one chronological file per symbol/timeframe."""
     from marketlake.interop.csv import export_csv
 
+    check_output_dir(directory, "export directory")
     files = export_csv(
         open_lake(lake, config), directory, symbols=symbols, timeframes=timeframes,
         start=start, end=end, exchange=exchange, category=category,

@@ -19,6 +19,7 @@ from marketlake.cli.app import (
     app,
     open_lake,
 )
+from marketlake.cli.params import BoundedInt
 from marketlake.cli.render import console, print_json
 from marketlake.errors import DataValidationError
 
@@ -43,14 +44,26 @@ def export_postgres_cmd(
     category: CategoryOpt = None,
     trades: Annotated[bool, typer.Option("--trades/--no-trades", help="Export trades too.")] = False,
     candles: Annotated[bool, typer.Option("--candles/--no-candles", help="Export candles.")] = True,
-    batch_rows: Annotated[int, typer.Option("--batch-rows", help="Rows per COPY batch (one transaction each).")] = 100_000,
-    retries: Annotated[int, typer.Option("--retries", help="Attempts per batch after a broken connection.")] = 5,
+    batch_rows: Annotated[
+        int,
+        typer.Option(
+            "--batch-rows", help="Rows per COPY batch, one transaction each (1..10000000).",
+            parser=BoundedInt(1, 10_000_000),
+        ),
+    ] = 100_000,
+    retries: Annotated[
+        int,
+        typer.Option("--retries", help="Attempts per batch after a broken connection (0..100).", parser=BoundedInt(0, 100)),
+    ] = 5,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Copy candles (and trades) into PostgreSQL tables `candles` / `trades`; a re-run adds what is
-    missing and corrects what the lake changed (COPY into a staging table, then an upsert)."""
+    """Copy candles (and trades) into the PostgreSQL tables candles and trades.
+
+    A re-run adds what is missing and corrects what the lake changed (COPY into a staging table,
+    then an upsert).
+    """
     from marketlake.interop.postgres import export_postgres
 
     if not dsn.strip():

@@ -17,7 +17,7 @@ import typer
 
 from marketlake.errors import DataValidationError
 
-__all__ = ["BoundedFloat", "BoundedInt", "check_output_dir", "check_output_file"]
+__all__ = ["BoundedFloat", "BoundedInt", "check_input_path", "check_output_dir", "check_output_file"]
 
 
 class BoundedFloat:
@@ -176,3 +176,26 @@ def check_output_dir(path: Path, what: str) -> None:
         raise DataValidationError(f"{what} {path}: {found} is not a directory")
     if not os.access(found, os.W_OK | os.X_OK):
         raise DataValidationError(f"{what} {path}: permission denied in {found}")
+
+
+def check_input_path(path: Path) -> None:
+    """An input argument must be an existing regular file or directory.
+
+    Checked with ``stat``, without opening: opening a FIFO blocks until someone writes to it, and
+    reading ``/dev/zero`` never ends.
+
+    Args:
+        path: A file or directory given on the command line.
+
+    Raises:
+        DataValidationError: ``path`` does not exist, cannot be looked at, or is a FIFO, socket or
+            device.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DataValidationError(f"{path}: no such file or directory") from None
+    except OSError as exc:
+        raise DataValidationError(f"{path}: {exc.strerror}") from None
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise DataValidationError(f"{path}: not a regular file or directory (a FIFO or device?)")

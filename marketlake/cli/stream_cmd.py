@@ -9,20 +9,21 @@ import json
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from marketlake.cli.app import CategoryOpt, ConfigOpt, JsonOpt, LakeOpt, app, load_settings
+from marketlake.cli.params import BoundedFloat
 from marketlake.cli.render import console, err_console, print_json
 from marketlake.errors import DataValidationError
-from marketlake.exchanges.bybit.rest import BybitRestClient
-from marketlake.exchanges.bybit.ws_frames import ws_url_for
-from marketlake.ingest.live import LiveRunner
-from marketlake.ingest.live_types import LiveConfig, LiveStats
-from marketlake.net.ratelimit import RateBudget
 from marketlake.settings import Settings
-from marketlake.store import Lake
+
+# The live runner pulls in aiohttp, polars, pyarrow and numba: imported inside the functions.
+if TYPE_CHECKING:  # pragma: no cover
+    from marketlake.exchanges.bybit.rest import BybitRestClient
+    from marketlake.ingest.live_types import LiveConfig, LiveStats
+    from marketlake.store import Lake
 
 __all__ = ["StatusLine", "run_stream", "stream"]
 
@@ -87,6 +88,13 @@ def run_stream(
         ws_url: WebSocket URL (default: derived from the base URL and the category).
         as_json: Status lines as JSON on stderr, the summary as JSON on stdout.
     """
+    from marketlake.cli.ingest_cmd import announce_pause
+    from marketlake.exchanges.bybit.rest import BybitRestClient
+    from marketlake.exchanges.bybit.ws_frames import ws_url_for
+    from marketlake.ingest.live import LiveRunner
+    from marketlake.ingest.live_types import LiveConfig
+    from marketlake.net.ratelimit import RateBudget
+
     status = StatusLine(as_json)
 
     async def main() -> LiveStats:
@@ -107,6 +115,7 @@ def run_stream(
                 loop.add_signal_handler(sig, on_signal)
         try:
             budget = RateBudget(settings.rate_limit_per_5s, state_dir=lake.root / "_meta")
+            announce_pause(budget)
             async with BybitRestClient(settings.base_url, budget=budget) as rest:
                 cfg = config if isinstance(config, LiveConfig) else await config(rest)
                 url = ws_url or ws_url_for(settings.base_url, cfg.category)
@@ -170,17 +179,28 @@ def stream(
         typer.Option("--ws-url", help="WebSocket URL (default: ws(s)://HOST/v5/public/<category>)."),
     ] = None,
     flush_interval: Annotated[
-        float, typer.Option("--flush-interval", help="Seconds between micro-batch writes.")
+        float,
+        typer.Option(
+            "--flush-interval", help="Seconds between micro-batch writes (0.05..3600).", parser=BoundedFloat(0.05, 3600)
+        ),
     ] = 1.0,
     status_interval: Annotated[
-        float, typer.Option("--status-interval", help="Seconds between status lines.")
+        float,
+        typer.Option(
+            "--status-interval", help="Seconds between status lines (0.1..86400).", parser=BoundedFloat(0.1, 86_400)
+        ),
     ] = 10.0,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Stream closed candles (and trades) into the lake over Bybit's WebSocket, healing every
-    disconnect from REST, until Ctrl-C or SIGTERM."""
+    """Stream closed candles (and trades) into the lake over Bybit's WebSocket.
+
+    Every disconnect is healed from REST; runs until Ctrl-C or SIGTERM.
+    """
+    from marketlake.ingest.live_types import LiveConfig
+    from marketlake.store import Lake
+
     settings = load_settings(lake, config, base_url=base_url, category=category)
     if not symbols:
         raise DataValidationError("name the symbols to stream: --symbols BTCUSDT,ETHUSDT")
