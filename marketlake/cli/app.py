@@ -67,6 +67,8 @@ app = typer.Typer(
     cls=_SortedGroup,
     help="A columnar time-series lake for crypto market data.",
     no_args_is_help=True,
+    # Up to 120 columns when the terminal has them: command summaries then fit on one line.
+    context_settings={"max_content_width": 120},
     add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -126,12 +128,13 @@ def open_lake(lake: Path | None, config: Path | None) -> Lake:
     return Lake(settings=settings)
 
 
-def lake_is_absent(root: Path) -> bool:
-    """True when ``root`` holds no lake at all (no data directory), e.g. a mistyped ``--lake``.
+def lake_has_no_data(root: Path) -> bool:
+    """True when ``root`` holds no dataset directory: a new or empty lake, or a mistyped ``--lake``.
 
-    Read-only commands check this first so that looking at a wrong path creates nothing there.
+    Read-only commands check this first: there is nothing to read, so they answer at once without
+    loading the store (fast), and without opening it (which would create its metadata there).
     """
-    return not any((root / name).is_dir() for name in ("candles", "trades", "_meta"))
+    return not any((root / name).is_dir() for name in ("candles", "trades"))
 
 
 @app.command()
@@ -141,7 +144,7 @@ def info(lake: LakeOpt = None, config: ConfigOpt = None, json_: JsonOpt = False)
 
     settings = load_settings(lake, config)
     root = settings.lake_path
-    if lake_is_absent(root):
+    if lake_has_no_data(root):
         # Nothing to list, and opening the store would create its metadata under a mistyped path.
         if json_:
             print_json({"lake": str(root), "series": []})

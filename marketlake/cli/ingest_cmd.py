@@ -309,8 +309,10 @@ def serve(
     lake: Annotated[Optional[Path], typer.Option("--lake", help="Replay this lake instead of a synthetic market.")] = None,
     start: Annotated[Optional[str], typer.Option("--start", help="Market time at start (default: now; with --lake: after its last candle).")] = None,
 ) -> None:
-    """Run the Bybit emulator (REST and WebSocket on one port): a deterministic synthetic market,
-    or an existing lake replayed (``--lake``), for tests, demos and bots."""
+    """Run the Bybit emulator (REST and WebSocket on one port) for tests, demos and bots.
+
+    A deterministic synthetic market, or an existing lake replayed (--lake).
+    """
     from marketlake_emulator import serve as run_emulator
 
     if host not in ("127.0.0.1", "localhost", "::1"):
