@@ -27,7 +27,8 @@ Interval inference (the rules :func:`infer_funding_intervals` applies, in order)
    settlement (spacing k × I between runs of I) stays a gap, and the short or long step into a
    new regime is labelled with the regime it fits.
 4. Rows with no fixed row anywhere take their own spacing when it is one of Bybit's intervals,
-   else ``fallback_minutes``; a lone first row takes the nearest fixed value, else the fallback.
+   else ``fallback_minutes``. The first row (no spacing before it) takes the nearest fixed value,
+   else the second row's, else the fallback.
 """
 
 from __future__ import annotations
@@ -132,8 +133,7 @@ def infer_funding_intervals(
         prev = int(value[fixed[k - 1]]) if k > 0 else 0
         nxt = int(value[fixed[k]]) if k < fixed.size else 0
         if i == 0:
-            out[i] = nxt or fallback_minutes * MINUTE_MS
-            continue
+            continue  # after the others: it may copy row 1
         gap = int(t[i] - t[i - 1])
         if prev and gap <= prev:
             out[i] = prev
@@ -145,8 +145,9 @@ def infer_funding_intervals(
             out[i] = gap
         else:
             out[i] = fallback_minutes * MINUTE_MS
-    if n == 1 and out[0] == 0:
-        out[0] = fallback_minutes * MINUTE_MS
+    if n and out[0] == 0:
+        first_fixed = int(value[fixed[0]]) if fixed.size else 0
+        out[0] = first_fixed or (int(out[1]) if n > 1 else fallback_minutes * MINUTE_MS)
     return (out // MINUTE_MS).astype(np.int32)
 
 

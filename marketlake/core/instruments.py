@@ -165,9 +165,9 @@ def universe_at(
     """The instruments that were listed at ``t`` (epoch ms), with the attributes in force then.
 
     A row counts when ``valid_from <= t < valid_to`` (open rows: no end), its status is in
-    ``statuses`` (None: any), the symbol had launched (``launch_time <= t`` or unknown) and not
-    been delivered (``t < delivery_time`` or none). A delisted symbol is thus in the universe
-    before its delivery time and not after.
+    ``statuses`` (None: any) and the symbol had not been delivered (``t < delivery_time`` or
+    none, which also ends an open row whose symbol has not yet vanished from a snapshot). A
+    delisted symbol is thus in the universe before its delivery time and not after.
 
     Returns:
         The matching history rows, sorted by category and symbol.
@@ -175,7 +175,6 @@ def universe_at(
     h = normalize_instrument_history(history) if history.height else empty_instrument_history()
     at = pl.lit(t).cast(pl.Datetime("ms", "UTC"))
     cond = (pl.col("valid_from") <= at) & (pl.col("valid_to").is_null() | (at < pl.col("valid_to")))
-    cond &= pl.col("launch_time").is_null() | (pl.col("launch_time") <= at)
     cond &= pl.col("delivery_time").is_null() | (at < pl.col("delivery_time"))
     if category is not None:
         cond &= pl.col("category") == category
