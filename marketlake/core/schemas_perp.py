@@ -150,7 +150,9 @@ OPEN_INTEREST_ARROW_SCHEMA: Final = pa.schema(
         pa.field("open_interest", pa.float64(), nullable=False),
     ]
 )
-_INSTRUMENT_NOT_NULL: Final = frozenset({"symbol", "category", "valid_from", "observed_from", "last_seen", "status"})
+_INSTRUMENT_NOT_NULL: Final = frozenset(
+    {"symbol", "category", "valid_from", "observed_from", "last_seen", "status"}
+)
 _ARROW_TYPES: Final = {
     pl.String(): pa.string(),
     _MS: pa.timestamp("ms", tz=UTC),
@@ -234,7 +236,9 @@ def normalize_instrument_snapshot(frame: object) -> pl.DataFrame:
     ``symbol``, ``category`` and ``status`` are required; the other attributes may be missing or
     null (Bybit's spot listing has no launch time, no funding interval ...).
     """
-    return _normalize_table(frame, INSTRUMENT_SNAPSHOT_SCHEMA, ("symbol", "category", "status"), "instruments snapshot")
+    return _normalize_table(
+        frame, INSTRUMENT_SNAPSHOT_SCHEMA, ("symbol", "category", "status"), "instruments snapshot"
+    )
 
 
 def normalize_instrument_history(frame: object) -> pl.DataFrame:

@@ -331,9 +331,13 @@ def _decimal(text: str, what: str, symbol: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise ExchangeProtocolError(f"bybit instruments: {symbol[:30]} {what} {text[:30]!r} is not a number") from None
+        raise ExchangeProtocolError(
+            f"bybit instruments: {symbol[:30]} {what} {text[:30]!r} is not a number"
+        ) from None
     if not np.isfinite(value) or value < 0:
-        raise ExchangeProtocolError(f"bybit instruments: {symbol[:30]} {what} {text[:30]!r} is not a finite size")
+        raise ExchangeProtocolError(
+            f"bybit instruments: {symbol[:30]} {what} {text[:30]!r} is not a finite size"
+        )
     return value
 
 

@@ -84,7 +84,9 @@ def _half_open(start_ms: object, end_ms: object) -> tuple[int, int]:
 
 def _check_category(category: str, allowed: Sequence[str], what: str) -> None:
     if category not in allowed:
-        raise InvalidSymbolError(f"invalid {what} category {str(category)[:40]!r}: use one of {', '.join(allowed)}")
+        raise InvalidSymbolError(
+            f"invalid {what} category {str(category)[:40]!r}: use one of {', '.join(allowed)}"
+        )
 
 
 def _oi_step(interval_time: str) -> int:
@@ -298,7 +300,9 @@ class PerpMarketMixin:
             if not page.full or page.oldest_ms is None or page.oldest_ms <= a:
                 return
             if page.oldest_ms >= b:
-                raise ExchangeProtocolError(f"funding history {category} {symbol}: endTime {b - 1} was not honoured")
+                raise ExchangeProtocolError(
+                    f"funding history {category} {symbol}: endTime {b - 1} was not honoured"
+                )
             b = page.oldest_ms  # Bybit's endTime is inclusive: the next page asks up to oldest - 1
         raise ExchangeProtocolError(f"funding history {category} {symbol}: more than {_MAX_PAGES} pages")
 
@@ -317,12 +321,16 @@ class PerpMarketMixin:
 
     def _check_price_series(self, kind: str, category: str, symbol: str, interval: str) -> Timeframe:
         if kind not in C.PRICE_KINDS:
-            raise DataValidationError(f"invalid price kind {str(kind)[:20]!r}: use one of {', '.join(C.PRICE_KINDS)}")
+            raise DataValidationError(
+                f"invalid price kind {str(kind)[:20]!r}: use one of {', '.join(C.PRICE_KINDS)}"
+            )
         _check_category(category, C.PRICE_KLINE_CATEGORIES[kind], f"{kind} price kline")
         validate_symbol(symbol)
         tf = parse_timeframe(interval)
         if not tf.is_bybit:
-            raise InvalidTimeframeError(f"Bybit serves no {tf.name} klines; use one of {', '.join(C.INTERVALS)}")
+            raise InvalidTimeframeError(
+                f"Bybit serves no {tf.name} klines; use one of {', '.join(C.INTERVALS)}"
+            )
         return tf
 
     async def fetch_price_kline_page(
@@ -340,7 +348,9 @@ class PerpMarketMixin:
         a, b = _half_open(start_ms, end_ms)
         count = tf.count_between(a, b + 1)
         if count > C.KLINE_LIMIT_MAX:
-            raise DataValidationError(f"kline window of {count} candles exceeds {C.KLINE_LIMIT_MAX}; use kline_windows()")
+            raise DataValidationError(
+                f"kline window of {count} candles exceeds {C.KLINE_LIMIT_MAX}; use kline_windows()"
+            )
         path = C.PATH_PRICE_KLINES[kind]
         context = f"GET {path} {category} {symbol} interval {tf.name} [{a}, {b}]"
         params = {
@@ -398,20 +408,26 @@ class PerpMarketMixin:
         self, category: str, symbol: str, interval: str, start_ms: int, end_ms: int, *, concurrency: int = 4
     ) -> pl.DataFrame:
         """Closed mark-price candles opening in ``[start_ms, end_ms]`` (see :meth:`get_price_klines`)."""
-        return await self.get_price_klines("mark", category, symbol, interval, start_ms, end_ms, concurrency=concurrency)
+        return await self.get_price_klines(
+            "mark", category, symbol, interval, start_ms, end_ms, concurrency=concurrency
+        )
 
     async def get_index_price_klines(
         self, category: str, symbol: str, interval: str, start_ms: int, end_ms: int, *, concurrency: int = 4
     ) -> pl.DataFrame:
         """Closed index-price candles opening in ``[start_ms, end_ms]`` (see :meth:`get_price_klines`)."""
-        return await self.get_price_klines("index", category, symbol, interval, start_ms, end_ms, concurrency=concurrency)
+        return await self.get_price_klines(
+            "index", category, symbol, interval, start_ms, end_ms, concurrency=concurrency
+        )
 
     async def get_premium_index_price_klines(
         self, category: str, symbol: str, interval: str, start_ms: int, end_ms: int, *, concurrency: int = 4
     ) -> pl.DataFrame:
         """Closed premium-index candles opening in ``[start_ms, end_ms]`` (linear only; values are
         signed ratios; see :meth:`get_price_klines`)."""
-        return await self.get_price_klines("premium", category, symbol, interval, start_ms, end_ms, concurrency=concurrency)
+        return await self.get_price_klines(
+            "premium", category, symbol, interval, start_ms, end_ms, concurrency=concurrency
+        )
 
     # ------------------------------------------------------------------ open interest
 
@@ -451,7 +467,9 @@ class PerpMarketMixin:
             raise ExchangeProtocolError(f"{context}: answer is for symbol {page.symbol[:30]!r}")
         off = page.ts % step != 0
         if off.any():
-            raise ExchangeProtocolError(f"{context}: row time {int(page.ts[off][0])} is not on the {interval_time} grid")
+            raise ExchangeProtocolError(
+                f"{context}: row time {int(page.ts[off][0])} is not on the {interval_time} grid"
+            )
         keep = (page.ts >= a) & (page.ts < b)
         return OpenInterestChunk(
             interval_time, a, b, open_interest_frame(page.ts[keep], page.open_interest[keep]),
@@ -496,7 +514,9 @@ class PerpMarketMixin:
             if not chunk.full or not cursor or not chunk.frame.height or oldest <= a:
                 return
             if cursor in seen:
-                raise ExchangeProtocolError(f"open interest {category} {symbol}: cursor {cursor[:60]!r} repeats")
+                raise ExchangeProtocolError(
+                    f"open interest {category} {symbol}: cursor {cursor[:60]!r} repeats"
+                )
             seen.add(cursor)
         raise ExchangeProtocolError(f"open interest {category} {symbol}: more than {_MAX_PAGES} pages")
 
@@ -544,11 +564,15 @@ class PerpMarketMixin:
                 for inst in await self.get_instruments(cat, status):
                     found.setdefault((cat, inst.symbol), inst)
         instruments = [found[k] for k in sorted(found)]
-        return InstrumentSnapshot(taken, tuple(categories), instruments, instruments_snapshot_frame(instruments))
+        return InstrumentSnapshot(
+            taken, tuple(categories), instruments, instruments_snapshot_frame(instruments)
+        )
 
 
 def _on_grid(batch: PriceKlineBatch, tf: Timeframe, context: str) -> PriceKlineBatch:
     aligned = tf.floor_array(batch.ts) == batch.ts
     if not aligned.all():
-        raise ExchangeProtocolError(f"{context}: row startTime {int(batch.ts[~aligned][0])} is not on the {tf.name} grid")
+        raise ExchangeProtocolError(
+            f"{context}: row startTime {int(batch.ts[~aligned][0])} is not on the {tf.name} grid"
+        )
     return batch
