@@ -64,7 +64,8 @@ from marketlake.errors import (
 )
 from marketlake.store import Lake
 from marketlake.store.layout import CANDLES, SeriesId
-from marketlake.store.reader import find_series, plan_files, scan_files, subdir_values
+from marketlake.store.reader import scan_files
+from marketlake.store.snapshots import AsOf
 
 __all__ = ["DataFeeder"]
 
@@ -114,12 +115,13 @@ class DataFeeder:
         memory_budget_bytes: int | None = None,
         exchange: str | None = None,
         category: str | None = None,
+        as_of: AsOf | None = None,
     ) -> None:
         if isinstance(lake_or_dir, Lake):
-            self.lake = lake_or_dir
+            self.lake = lake_or_dir if as_of is None else Lake(lake_or_dir.root, settings=lake_or_dir.settings, as_of=as_of)
         else:
             reject_csv_dir(Path(lake_or_dir))
-            self.lake = Lake(lake_or_dir)
+            self.lake = Lake(lake_or_dir, as_of=as_of)
         settings = self.lake.settings
         pct = settings.memory_limit_percent if memory_limit_percent is None else memory_limit_percent
         if isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct <= 100:
@@ -138,7 +140,7 @@ class DataFeeder:
         self._loaded: dict[SeriesId, Loaded] = {}
         self._known: dict[tuple[object, object], SeriesId] = {}
         self._cache = PartitionCache(
-            self.lake.root, min(_MAX_CACHE_BYTES, self.budget_bytes // 8), reader=self._read_partition
+            self.lake, min(_MAX_CACHE_BYTES, self.budget_bytes // 8), reader=self._read_partition
         )
 
     def __repr__(self) -> str:
@@ -356,8 +358,8 @@ class DataFeeder:
         """What :meth:`load_data` with these arguments would hold, in bytes, from footers only."""
         pairs = self._pairs(symbols, timeframes)
         lo, hi = old_window(start_date, end_date)
-        parts = plan_files(self.lake.root, list(dict.fromkeys(s for _, _, s in pairs)), lo, hi)
-        return int(sum(estimate_rows(self.lake.root, parts, lo, hi).values()) * ROW_BYTES)
+        parts = self.lake.plan_files(CANDLES, list(dict.fromkeys(s for _, _, s in pairs)), lo, hi)
+        return int(sum(estimate_rows(parts, lo, hi).values()) * ROW_BYTES)
 
     def scan(
         self,
@@ -382,14 +384,13 @@ class DataFeeder:
         else:
             syms = None if symbols is None else parse_symbols(symbol_items(symbols))
             for sym in syms or []:
-                if not self._symbol_dir(sym).is_dir():
+                if not self._stored_timeframes(sym):
                     raise self._missing_symbol(sym)
             tfs = None if timeframes is None else [parse_timeframe(t) for t in timeframe_items(timeframes)]
-            sids = find_series(
-                self.lake.root, CANDLES, exchange=self.exchange, category=self.category,
-                symbols=syms, timeframes=tfs,
+            sids = self.lake.find_series(
+                CANDLES, exchange=self.exchange, category=self.category, symbols=syms, timeframes=tfs,
             )
-        return scan_files(CANDLES, plan_files(self.lake.root, sids, lo, hi), lo, hi)
+        return scan_files(CANDLES, self.lake.plan_files(CANDLES, sids, lo, hi), lo, hi)
 
     def iter_batches(
         self,
@@ -415,8 +416,8 @@ class DataFeeder:
         pairs = self._pairs(symbols, timeframes)
         lo, hi = half_open_window(start, end)
         sids = list(dict.fromkeys(sid for _, _, sid in pairs))
-        series = [(sid, plan_files(self.lake.root, [sid], lo, hi)) for sid in sids]
-        per_part = estimate_rows(self.lake.root, [p for _, ps in series for p in ps], None, None)
+        series = [(sid, self.lake.plan_files(CANDLES, [sid], lo, hi)) for sid in sids]
+        per_part = estimate_rows([p for _, ps in series for p in ps], None, None)
         largest = [max((per_part[p] for p in ps), default=0) for _, ps in series]
         needed = working_set_bytes(largest, int(rows))
         allowed = self._room_for(needed, set())
@@ -432,7 +433,7 @@ class DataFeeder:
             )
             raise err
         # Validation above runs now; the reading happens as the caller iterates.
-        return merged_batches(self.lake.root, series, lo, hi, int(rows), self._read_partition)
+        return merged_batches(self.lake, series, lo, hi, int(rows), self._read_partition)
 
     def aligned(
         self,
@@ -459,7 +460,7 @@ class DataFeeder:
         base_sid = self._series(symbol, base_timeframe)
         base_tf = _tf(base_sid)
         lo, hi = half_open_window(start, end)
-        base = scan_files(CANDLES, plan_files(self.lake.root, [base_sid], lo, hi), lo, hi)
+        base = scan_files(CANDLES, self.lake.plan_files(CANDLES, [base_sid], lo, hi), lo, hi)
         # Other series are read only over what the join can use: from the candle already closed
         # at `start` (however far back a gap puts it) to the close of the last base candle.
         o_hi = None if hi is None else close_ms(base_tf, base_tf.floor(hi - 1))
@@ -472,20 +473,20 @@ class DataFeeder:
                 bound = available_before(tf, lo)
                 hit = self._cache.last_before(sid, bound)
                 o_lo = bound if hit is None else int(hit[0].ts[hit[1]])
-            others.append((tf, scan_files(CANDLES, plan_files(self.lake.root, [sid], o_lo, o_hi), o_lo, o_hi)))
+            others.append((tf, scan_files(CANDLES, self.lake.plan_files(CANDLES, [sid], o_lo, o_hi), o_lo, o_hi)))
         return aligned_frame(base, base_tf, others)
 
     # ------------------------------------------------------------------ internals
 
-    def _read_partition(self, root: Path, sid: SeriesId, key: str) -> tuple[tuple[Path, ...], pl.DataFrame]:
+    def _read_partition(self, lake: Lake, sid: SeriesId, key: str) -> tuple[tuple[Path, ...], pl.DataFrame]:
         self.partitions_read += 1
-        return read_partition_files(root, sid, key)
+        return read_partition_files(lake, sid, key)
 
     def _read_window(self, sid: SeriesId, lo: int | None, hi: int | None) -> pl.DataFrame:
         """Rows of ``sid`` with open time in ``[lo, hi)``: the planned partitions, read at once."""
 
         def once() -> pl.DataFrame:
-            files = [f for p in plan_files(self.lake.root, [sid], lo, hi) for f in p.files]
+            files = [f for p in self.lake.plan_files(CANDLES, [sid], lo, hi) for f in p.files]
             # Partitions are planned in time order and a partition's live files are in time
             # order, so the concatenation is sorted: cut the boundary partitions by slicing.
             return slice_window(read_files(files), lo, hi)
@@ -531,8 +532,8 @@ class DataFeeder:
     def _check_budget(
         self, sids: list[SeriesId], lo: int | None, hi: int | None, what: str, replacing: set[SeriesId] | None = None
     ) -> int:
-        parts = plan_files(self.lake.root, sids, lo, hi)
-        rows = sum(estimate_rows(self.lake.root, parts, lo, hi).values())
+        parts = self.lake.plan_files(CANDLES, sids, lo, hi)
+        rows = sum(estimate_rows(parts, lo, hi).values())
         needed = int(rows * ROW_BYTES)
         allowed = self._room_for(needed, replacing or set())
         if needed > allowed:
@@ -559,22 +560,24 @@ class DataFeeder:
         if memo is not None:
             return memo
         sid = SeriesId.of(CANDLES, exchange=self.exchange, category=self.category, symbol=symbol, timeframe=timeframe)
-        if self._cache.series_dir(sid).is_dir():
+        stored = self._stored_timeframes(sid.symbol)
+        if _tf(sid).name in stored:
             self._known[(symbol, timeframe)] = sid  # stored series stay stored: remember them
             return sid
-        if not self._symbol_dir(sid.symbol).is_dir():
+        if not stored:
             raise self._missing_symbol(sid.symbol)
-        stored = [t for t in subdir_values(self._symbol_dir(sid.symbol), "timeframe") if t in TIMEFRAMES]
         raise InvalidTimeframeError(
             f"no {_tf(sid).name} candles of {sid.symbol} in {self.lake.root} "
             f"({self.exchange}/{self.category}); stored timeframes: {', '.join(stored) or 'none'}"
         )
 
-    def _symbol_dir(self, symbol: str) -> Path:
-        return self.lake.root / CANDLES / f"exchange={self.exchange}" / f"category={self.category}" / f"symbol={symbol}"
+    def _stored_timeframes(self, symbol: str) -> list[str]:
+        sids = self.lake.find_series(CANDLES, exchange=self.exchange, category=self.category, symbols=[symbol])
+        return [s.timeframe.name for s in sids if s.timeframe is not None]
 
     def _missing_symbol(self, symbol: str) -> InvalidSymbolError:
-        stored = subdir_values(self._symbol_dir(symbol).parent, "symbol")
+        sids = self.lake.find_series(CANDLES, exchange=self.exchange, category=self.category)
+        stored = sorted({s.symbol for s in sids})
         shown = ", ".join(stored[:10]) + (f" ... ({len(stored)} in all)" if len(stored) > 10 else "")
         return InvalidSymbolError(
             f"no candles of {symbol} in {self.lake.root} ({self.exchange}/{self.category}); "

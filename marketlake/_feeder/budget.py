@@ -18,7 +18,6 @@ from typing import Final
 import polars as pl
 
 from marketlake.core.schemas import CANDLE_SCHEMA
-from marketlake.store.catalog import file_stats
 from marketlake.store.reader import PartitionFiles
 
 __all__ = [
@@ -93,28 +92,26 @@ def _proc_memory() -> SystemMemory:
 
 
 def estimate_rows(
-    root: Path, parts: Iterable[PartitionFiles], lo: int | None, hi: int | None
+    parts: Iterable[PartitionFiles], lo: int | None, hi: int | None
 ) -> dict[PartitionFiles, int]:
-    """Rows each partition contributes to ``[lo, hi)``, from footers only (no data is read)."""
+    """Rows each partition contributes to ``[lo, hi)``, from the log's statistics (no file is read)."""
     parts = list(parts)
-    stats = file_stats(root, parts)
     out: dict[PartitionFiles, int] = {}
     for part in parts:
         tf = part.series.timeframe
         n = 0
-        for path in part.files:
-            st = stats.get(path)
-            if st is None or st.rows == 0:
-                continue  # moved away since listed: the read will re-plan
-            if st.first is None or st.last is None or tf is None:
-                n += st.rows
+        for rows, first, last in zip(part.rows, part.first_ms, part.last_ms):
+            if rows == 0:
                 continue
-            a = st.first if lo is None else max(lo, st.first)
-            b = st.last + 1 if hi is None else min(hi, st.last + 1)
-            if a == st.first and b == st.last + 1:
-                n += st.rows  # the whole file is inside the range
+            if first is None or last is None or tf is None:
+                n += rows
+                continue
+            a = first if lo is None else max(lo, first)
+            b = last + 1 if hi is None else min(hi, last + 1)
+            if a == first and b == last + 1:
+                n += rows  # the whole file is inside the range
             elif b > a:
                 # Keys are unique candle open times: a span holds at most one row per period.
-                n += min(st.rows, tf.count_between(a, b))
+                n += min(rows, tf.count_between(a, b))
         out[part] = n
     return out

@@ -1,34 +1,33 @@
 """One partition at a time: reading it, caching it, and the point lookups built on that.
 
 A point lookup (the candle at ``t``, the last candle closed at ``t``, the last ``n`` candles)
-computes the partition key from the time, lists that one partition directory for its live files
-(the store's own rule, :func:`marketlake.store.layout.live_files`) and binary-searches its sorted
-``ts``. Earlier partitions are opened only when the answer lies before the first one (a gap), so a
+computes the partition key from the time, looks that one partition's files up in the table
+version the lake reads, and binary-searches its sorted ``ts``. Earlier partitions are opened only when the answer lies before the first one (a gap), so a
 lookup never scans a whole series.
 
 Partitions read for lookups are kept in a small LRU cache, keyed by series and partition and
-checked against the live file list on every use: a write to the partition changes the list (files
-are never rewritten in place, names never reused), so a cached partition is never stale.
+checked against the partition's file list on every use: a commit to the partition changes the list
+(files are never rewritten in place, names never reused), so a cached partition is never stale.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import numpy as np
 import polars as pl
 
 from marketlake.core.schemas import CANDLE_SCHEMA
 from marketlake.errors import CorruptLakeError
-from marketlake.store.files import list_data_files
-from marketlake.store.layout import SeriesId, live_files
-from marketlake.store.reader import subdir_values
+from marketlake.store.layout import SeriesId
+
+if TYPE_CHECKING:
+    from marketlake.store.lake import Lake
 
 __all__ = ["Part", "PartitionCache", "read_files", "read_partition_files", "retrying", "ts_array"]
 
@@ -60,8 +59,8 @@ def read_files(files: Sequence[Path]) -> pl.DataFrame:
         raise
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, OSError) as exc:
         missing = [f for f in files if not Path(f).exists()]
-        if missing:  # polars reports a vanished file as a ComputeError on some paths
-            raise FileNotFoundError(str(missing[0])) from None
+        if missing:  # the log references it, so this is damage, not a race (fsck, then repair)
+            raise CorruptLakeError(missing[0], "referenced by the log but missing") from None
         raise CorruptLakeError(files[0], f"cannot read candles: {str(exc).splitlines()[0]}") from None
 
 
@@ -77,30 +76,16 @@ def retrying(action: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def live_partition_files(root: Path, sid: SeriesId, key: str) -> tuple[Path, ...]:
-    """The live files of one partition (empty when the partition does not exist)."""
-    return _live_in(sid.directory(root) / f"date={key}")
+def live_partition_files(lake: Lake, sid: SeriesId, key: str) -> tuple[Path, ...]:
+    """The files of one partition in the version ``lake`` reads (empty when it holds nothing)."""
+    base = lake.root / sid.dataset
+    return tuple(base / f.path for f in lake.snapshot(sid.dataset).partition(sid, key))
 
 
-def _live_in(partition_dir: Path) -> tuple[Path, ...]:
-    return tuple(f.path for f in live_files(list_data_files(partition_dir)))
-
-
-def _names_in(partition_dir: Path) -> tuple[str, ...]:
-    try:
-        return tuple(sorted(os.listdir(partition_dir)))
-    except (FileNotFoundError, NotADirectoryError):
-        return ()
-
-
-def read_partition_files(root: Path, sid: SeriesId, key: str) -> tuple[tuple[Path, ...], pl.DataFrame]:
-    """List and read one partition (retried across concurrent rewrites)."""
-
-    def once() -> tuple[tuple[Path, ...], pl.DataFrame]:
-        files = live_partition_files(root, sid, key)
-        return files, read_files(files)
-
-    return retrying(once)
+def read_partition_files(lake: Lake, sid: SeriesId, key: str) -> tuple[tuple[Path, ...], pl.DataFrame]:
+    """List and read one partition."""
+    files = live_partition_files(lake, sid, key)
+    return files, read_files(files)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +96,7 @@ class Part:
     files: tuple[Path, ...]
     frame: pl.DataFrame
     ts: np.ndarray
-    names: tuple[str, ...] = ()  # the directory listing it was read under (the freshness check)
+    names: tuple[Path, ...] = ()  # the file list it was read under (the freshness check)
 
     @property
     def nbytes(self) -> int:
@@ -132,15 +117,15 @@ class PartitionCache:
 
     def __init__(
         self,
-        root: Path,
+        lake: Lake,
         max_bytes: int,
-        reader: Callable[[Path, SeriesId, str], tuple[tuple[Path, ...], pl.DataFrame]] = read_partition_files,
+        reader: Callable[[Lake, SeriesId, str], tuple[tuple[Path, ...], pl.DataFrame]] = read_partition_files,
     ) -> None:
-        self.root = root
+        self.lake = lake
+        self.root = lake.root
         self.max_bytes = max_bytes
         self.reader = reader
         self._parts: OrderedDict[tuple[SeriesId, str], Part] = OrderedDict()
-        self._dirs: dict[SeriesId, Path] = {}  # resolving and checking a series path is not free
         self._bytes = 0
         self.reads = 0  # partitions read from disk so far (tests and benchmarks look at it)
 
@@ -157,29 +142,21 @@ class PartitionCache:
         self._parts.clear()
         self._bytes = 0
 
-    def series_dir(self, sid: SeriesId) -> Path:
-        """``sid``'s directory (validated to lie inside the lake once, then remembered)."""
-        d = self._dirs.get(sid)
-        if d is None:
-            d = self._dirs[sid] = sid.directory(self.root)
-        return d
-
     def get(self, sid: SeriesId, key: str) -> Part | None:
         """Partition ``key`` of ``sid`` (None when it holds no rows), from cache when still current.
 
-        A cached partition is current while its directory lists the same names: every commit
-        adds a file (names are never reused), so a listing is enough to tell.
+        A cached partition is current while the table version lists the same files for it:
+        every commit adds a file (names are never reused), so the list is enough to tell.
         """
-        pdir = self.series_dir(sid) / f"date={key}"
-        names = _names_in(pdir)
+        names = live_partition_files(self.lake, sid, key)
         hit = self._parts.get((sid, key))
         if hit is not None and hit.names == names:
             self._parts.move_to_end((sid, key))
             return hit if hit.frame.height else None
-        if not _live_in(pdir):
+        if not names:
             self._drop((sid, key))
             return None
-        files, frame = self.reader(self.root, sid, key)
+        files, frame = self.reader(self.lake, sid, key)
         self.reads += 1
         part = Part(key, files, frame, ts_array(frame), names)
         self._drop((sid, key))
@@ -250,14 +227,7 @@ class PartitionCache:
 
     def _keys(self, sid: SeriesId) -> list[str]:
         """Partition keys of ``sid`` in time order (keys of one period sort chronologically)."""
-        out = []
-        for key in subdir_values(self.series_dir(sid), "date"):
-            try:
-                sid.period.bounds(key)
-            except ValueError:
-                continue  # not a partition of ours; fsck reports it
-            out.append(key)
-        return out
+        return list(self.lake.snapshot(sid.dataset).partitions(sid))
 
     def _keys_before(self, sid: SeriesId, key: str) -> list[str]:
         return [k for k in self._keys(sid) if k < key]

@@ -47,7 +47,7 @@ class _Cursor:
     """Reads one series partition by partition, restricted to ``[lo, hi)``."""
 
     def __init__(
-        self, root: Path, sid: SeriesId, parts: list[PartitionFiles], lo: int | None, hi: int | None,
+        self, root: Any, sid: SeriesId, parts: list[PartitionFiles], lo: int | None, hi: int | None,
         read: PartReader,
     ) -> None:
         self.root, self.sid, self.lo, self.hi, self.read = root, sid, lo, hi, read
@@ -92,7 +92,7 @@ class _Cursor:
 
 
 def merged_batches(
-    root: Path,
+    root: Any,
     series: Sequence[tuple[SeriesId, list[PartitionFiles]]],
     lo: int | None,
     hi: int | None,
@@ -102,7 +102,7 @@ def merged_batches(
     """Batches of ``rows`` rows (the last one shorter) of every series, in ``ts`` order.
 
     Args:
-        root: The lake root.
+        root: The lake (handed to ``read``).
         series: Each series with its partitions (in time order) overlapping ``[lo, hi)``.
         lo: Inclusive lower bound on ``ts`` (epoch ms), or None.
         hi: Exclusive upper bound, or None.

@@ -206,10 +206,11 @@ def check_lake(
 ) -> LakeCheck:
     """Check every stored candle series matching the filters (all when None)."""
     t0 = time.perf_counter()
+    # Everything stored is checked unless filtered: every exchange and category by default.
     sids = find_series(
-        lake.root, CANDLES,
-        exchange=exchange or lake.settings.exchange,
-        category=category or lake.settings.category,
+        lake.snapshot(CANDLES),
+        exchange=exchange,
+        category=category,
         symbols=None if symbols is None else parse_symbols(symbols),
         timeframes=None if timeframes is None else parse_timeframes(timeframes),  # type: ignore[arg-type]
     )
@@ -261,7 +262,7 @@ def _base_series(
     key = (sid.exchange, sid.category, sid.symbol)
     if key not in cache:
         base_sid = SeriesId(CANDLES, sid.exchange, sid.category, sid.symbol, minute)
-        stored = find_series(lake.root, CANDLES, exchange=sid.exchange, category=sid.category,
+        stored = find_series(lake.snapshot(CANDLES), exchange=sid.exchange, category=sid.category,
                              symbols=[sid.symbol], timeframes=["1"])
         cache.clear()  # one symbol's 1m series at a time: series come in symbol order
         cache[key] = read_series(lake, base_sid) if stored else None

@@ -69,7 +69,8 @@ def create_views(
 ) -> None:
     """(Re)create the ``candles`` and ``trades`` views of ``con`` over the given live files, and
     the ``coverage`` view over the ledger's ranges when given."""
-    con.execute("SET TimeZone = 'UTC'")
+    if con.execute("SELECT current_setting('TimeZone')").fetchone() != ("UTC",):
+        con.execute("SET TimeZone = 'UTC'")  # (a sandboxed connection is locked, and already UTC)
     for dataset in (CANDLES, TRADES):
         files = [f for p in parts.get(dataset, []) for f in p.files]
         con.execute(_view_sql(dataset, files))

@@ -61,7 +61,8 @@ class Maintenance:
             if not table.exists():
                 continue
             keep = protected_paths(self.lake.root, ds)
-            doomed = [p for p in table.vacuum_candidates(retention_s) if p not in keep]
+            # (delta-rs lists tombstones of files a previous vacuum already deleted: skip those)
+            doomed = [p for p in table.vacuum_candidates(retention_s) if p not in keep and (table.path / p).exists()]
             if not dry_run:
                 remove_files([table.path / p for p in doomed])
                 _prune_empty_dirs(table.path, doomed)

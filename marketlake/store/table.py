@@ -188,7 +188,10 @@ class Snapshot:
             "path", "size", "rows", "first_ms", "last_ms", "date"
         ).iter_rows():
             out.setdefault(key, []).append(FileEntry(path, size, rows or 0, first, last, key))
-        hit = {k: out[k] for k in sorted(out)}
+        # Files of a partition in time order (appended files are strictly newer than the ones
+        # before them), so concatenating them keeps ``ts`` sorted.
+        hit = {k: sorted(out[k], key=lambda f: (f.first_ms if f.first_ms is not None else -(2**62), f.path))
+               for k in sorted(out)}
         self._by_series[sid] = hit
         return hit
 

@@ -195,7 +195,7 @@ def _merge_plan(w: _Writer, key: str, rows: pl.DataFrame, compact_after: int) ->
     new_min_ms = int(rows.get_column("ts").dt.epoch("ms").min())  # type: ignore[arg-type]
     if None not in last and new_min_ms > max(last):  # type: ignore[type-var]
         if len(files) + 1 >= compact_after:
-            w.replace_all(plan, files, pl.concat([w.read(files), rows], how="vertical"))
+            w.replace_all(plan, files, pl.concat([w.read(files), rows], how="vertical").sort("ts", maintain_order=True))
         else:
             w.add(plan, rows)
         res.rows_new = rows.height

@@ -1,94 +1,131 @@
-"""fsck reports and removes leftovers and unreadable files, never a good one."""
+"""fsck checks the log against storage; it acts only on what is provably bad, never on a good file."""
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
+import pytest
 
-from tests.helpers import candles
+from marketlake.errors import CorruptLakeError
+from marketlake.settings import Settings
+from marketlake.store import Lake
+from marketlake.store.ledger import Status
+from tests.helpers import MINUTE, T0, candles
 
 
-def _snapshot(root: Path) -> dict[str, str]:
+def _tree(root: Path) -> dict[str, str]:
     out = {}
-    for d, _, fs in os.walk(root / "candles"):
+    for d, _, fs in os.walk(root):
         for f in fs:
             p = Path(d, f)
-            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
 
-def _partition(lake, month="2024-01"):
-    return next((lake.root / "candles").rglob(f"date={month}"))
+def _files_of(lake, month: str) -> list[Path]:
+    sid = lake.find_series("candles")[0]
+    return [lake.root / "candles" / f.path for f in lake.snapshot("candles").partition(sid, month)]
+
+
+def _lake(tmp_path, grace: float = 3600.0) -> Lake:
+    return Lake(tmp_path / "lake", settings=Settings.load(overrides={"gc_grace_seconds": grace}, environ={}))
 
 
 def test_a_healthy_lake_is_left_byte_identical_by_fsck_fix(lake):
     lake.write_candles(candles(1440 * 40), symbol="BTCUSDT", timeframe="1")
     lake.write_candles(candles(10, start=candles(1440 * 40)["ts"][-1] + 60_000), symbol="BTCUSDT", timeframe="1")
-    before = _snapshot(lake.root)
+    before = _tree(lake.root)
     report = lake.fsck(fix=True)
     assert report.ok and report.issues == [] and report.files_checked == 3
     assert report.rows_checked == 1440 * 40 + 10
-    assert _snapshot(lake.root) == before
+    assert _tree(lake.root) == before
 
 
-def test_leftover_temp_files_are_reported_then_removed(lake):
+def test_a_junk_file_beside_a_good_one_is_an_orphan_and_the_good_file_is_never_touched(tmp_path):
+    lake = _lake(tmp_path)
     lake.write_candles(candles(100), symbol="BTCUSDT", timeframe="1")
-    leftover = _partition(lake) / ".tmp-part-00000002.parquet.999.abc.inprogress"
-    leftover.write_bytes(b"half a file")
-    report = lake.fsck()
-    assert not report.ok and [i.kind for i in report.issues] == ["temp"] and leftover.exists()
-    assert lake.read_candles().height == 100  # readers never saw it
-    fixed = lake.fsck(fix=True)
-    assert fixed.ok and not leftover.exists()
+    good = _files_of(lake, "2024-01")[0]
+    junk = good.parent / "part-00000007.parquet"
+    junk.write_bytes(b"JUNKJUNK")
+    report = lake.fsck(fix=True)
+    assert [(i.kind, i.fixed) for i in report.issues] == [("orphan", False)]  # younger than the retention
+    assert junk.exists() and good.exists()
+    assert lake.read_candles().height == 100
+    os.utime(junk, (1, 1))  # as if it had lain there for decades
+    assert [(i.kind, i.fixed) for i in lake.fsck(fix=True).issues] == [("orphan", True)]
+    assert not junk.exists() and good.exists() and lake.fsck().ok
     assert lake.read_candles().height == 100
 
 
-def test_superseded_files_left_by_a_crash_are_moved_out(lake):
-    df = candles(100)
-    lake.write_candles(df, symbol="BTCUSDT", timeframe="1")
-    pdir = _partition(lake)
-    old = pdir / "part-00000001.parquet"
-    stale = old.read_bytes()
-    lake.write_candles(df.with_columns(pl.col("close") + 1), symbol="BTCUSDT", timeframe="1")
-    old.write_bytes(stale)  # as if the writer died between publishing part-2 and moving part-1 out
-    assert lake.read_candles()["close"].equals(df["close"] + 1)
+def test_a_crashed_writers_uncommitted_file_is_an_orphan_removed_only_after_the_retention(tmp_path):
+    lake = _lake(tmp_path, grace=0)
+    lake.write_candles(candles(100), symbol="BTCUSDT", timeframe="1")
+    good = _files_of(lake, "2024-01")[0]
+    stray = good.parent / "part-0123456789abcdef0123456789abcdef.parquet"
+    shutil.copy(good, stray)
     report = lake.fsck(fix=True)
-    assert [i.kind for i in report.issues] == ["superseded"] and not old.exists()
-    assert lake.read_candles()["close"].equals(df["close"] + 1)
+    assert [(i.kind, i.fixed) for i in report.issues] == [("orphan", True)] and not stray.exists()
+    assert good.exists() and lake.read_candles().height == 100
 
 
-def test_an_unreadable_file_is_quarantined_not_deleted(lake):
+def test_an_unreadable_file_is_quarantined_dropped_from_the_log_and_forgotten_by_the_ledger(lake):
     lake.write_candles(candles(1440 * 40), symbol="BTCUSDT", timeframe="1")
-    bad = next(_partition(lake, "2024-02").iterdir())
-    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])  # truncated
+    sid = lake.find_series("candles")[0]
+    lake.ledger.record(sid, T0, T0 + 1440 * 40 * MINUTE, Status.PRESENT)
+    bad = _files_of(lake, "2024-02")[0]
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])  # truncated by a failing disk
+    with pytest.raises(CorruptLakeError):
+        lake.read_candles("BTCUSDT", "1")
     report = lake.fsck()
-    assert [i.kind for i in report.issues] == ["unreadable"]
-    assert bad.exists()
-    lake.fsck(fix=True)
-    assert not bad.exists()
-    assert list((lake.root / "_meta" / "quarantine").rglob(bad.name))
+    assert [i.kind for i in report.issues] == ["unreadable"] and bad.exists()
+    fixed = lake.fsck(fix=True)
+    assert [(i.kind, i.fixed) for i in fixed.issues] == [("unreadable", True)]
+    assert not bad.exists() and list((lake.root / "_meta" / "quarantine").rglob(bad.name))
     assert lake.fsck().ok
     assert lake.read_candles().height == 1440 * 31  # January is intact
+    feb = T0 + 1440 * 31 * MINUTE
+    present = [(c.start_ms, c.end_ms) for c in lake.ledger.ranges(sid) if c.status == Status.PRESENT]
+    assert present == [(T0, feb)]  # February is no longer claimed: check reports it, repair re-fetches
 
 
-def test_foreign_files_are_reported_and_never_touched(lake):
-    lake.write_candles(candles(10), symbol="BTCUSDT", timeframe="1")
-    note = _partition(lake) / "notes.txt"
-    note.write_text("mine")
+def test_a_missing_file_is_reported_and_its_reference_dropped_by_fix(lake):
+    lake.write_candles(candles(1440 * 40), symbol="BTCUSDT", timeframe="1")
+    shutil.rmtree(_files_of(lake, "2024-02")[0].parent)  # a month folder deleted by hand
+    assert [i.kind for i in lake.fsck().issues] == ["missing"]
+    lake.fsck(fix=True)
+    assert lake.fsck().ok and lake.read_candles().height == 1440 * 31
+
+
+def test_a_readable_file_that_differs_from_the_log_is_reported_never_removed(lake):
+    lake.write_candles(candles(100), symbol="BTCUSDT", timeframe="1")
+    f = _files_of(lake, "2024-01")[0]
+    table = pq.read_table(f)
+    pq.write_table(table.slice(0, 50), f)  # someone rewrote it in place
     report = lake.fsck(fix=True)
-    assert [i.kind for i in report.issues] == ["foreign"] and not report.ok
-    assert note.read_text() == "mine"
+    assert [(i.kind, i.fixed) for i in report.issues] == [("mismatch", False)]
+    assert f.exists() and not report.ok
+    assert lake.read_candles().height == 50
 
 
-def test_trash_is_purged_after_the_grace_period(tmp_path):
-    from marketlake.settings import Settings
-    from marketlake.store import Lake
+def test_fsck_of_a_lake_that_does_not_exist_creates_nothing(tmp_path):
+    lake = Lake(tmp_path / "nothing", settings=Settings.load(environ={}))
+    assert lake.fsck().ok and lake.series().is_empty()
+    assert not (tmp_path / "nothing").exists()
 
-    lake = Lake(tmp_path / "l", settings=Settings.load(overrides={"gc_grace_seconds": 0}, environ={}))
-    df = candles(10)
+
+def test_vacuum_keeps_files_of_named_snapshots_and_deletes_the_rest(tmp_path):
+    lake = _lake(tmp_path, grace=0)
+    df = candles(100)
     lake.write_candles(df, symbol="BTCUSDT", timeframe="1")
-    lake.write_candles(df.with_columns(pl.col("close") + 1), symbol="BTCUSDT", timeframe="1")
-    assert list((lake.root / "_meta" / "trash").iterdir())
-    assert lake.fsck(fix=True).trash_purged == 1
-    assert not list((lake.root / "_meta" / "trash").iterdir())
+    lake.create_snapshot("before")
+    for i in range(3):
+        lake.write_candles(df.with_columns(pl.col("close") + i + 1), symbol="BTCUSDT", timeframe="1")
+    removed = lake.vacuum()
+    assert len(removed) == 2  # the two intermediate versions' files; the snapshot's file stays
+    old = Lake(lake.root, settings=lake.settings, as_of="before").read_candles()
+    assert old["close"].equals(df["close"])
+    lake.delete_snapshot("before")
+    assert len(lake.vacuum()) == 1

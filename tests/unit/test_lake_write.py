@@ -9,7 +9,6 @@ import pytest
 
 from marketlake.settings import Settings
 from marketlake.store import Lake
-from marketlake.store.layout import live_files, parse_data_file
 from tests.helpers import MINUTE, T0, candles, stored
 
 
@@ -87,48 +86,57 @@ def test_within_one_frame_the_last_row_for_a_key_wins(lake):
     assert back.height == 3 and back["close"][1] == dup["close"][0]
 
 
-def test_newer_rows_are_appended_as_delta_files_without_rewriting_the_partition(lake):
+def _data_files(root: Path) -> dict[str, str]:
+    return {k: v for k, v in _files(root).items() if "_delta_log" not in k}
+
+
+def test_newer_rows_are_added_as_one_more_file_without_rewriting_the_partition(lake):
     df = candles(1000)
     lake.write_candles(df.head(900), symbol="BTCUSDT", timeframe="1")
-    before = _files(lake.root)
+    before = _data_files(lake.root)
     result = lake.write_candles(df.tail(100), symbol="BTCUSDT", timeframe="1")
-    assert result.rows_new == 100
-    after = _files(lake.root)
+    assert result.rows_new == 100 and result.files_written == 1
+    after = _data_files(lake.root)
     assert set(before.items()) <= set(after.items())  # nothing stored was rewritten
-    assert [Path(p).name for p in set(after) - set(before)] == ["delta-00000002.parquet"]
+    assert len(set(after) - set(before)) == 1
+    assert len(lake.snapshot("candles").partition(lake.find_series("candles")[0], "2024-01")) == 2
     assert lake.read_candles("BTCUSDT", "1").height == 1000
 
 
-def test_deltas_are_compacted_after_the_configured_count(tmp_path):
+def test_each_write_is_one_delta_transaction_across_its_partitions(lake):
+    v0 = lake.versions()["candles"]
+    result = lake.write_candles(candles(60 * 24 * 40), symbol="BTCUSDT", timeframe="1")
+    assert result.partitions == ["2024-01", "2024-02"]
+    assert lake.versions()["candles"] == result.version
+    history = lake.table("candles").history(1)[0]
+    assert history["marketlake.operation"] == "write_candles"
+    assert result.version == (v0 + 2 if v0 < 0 else v0 + 1)  # (a new table: version 0 is its creation)
+
+
+def test_files_are_folded_once_a_partition_reaches_the_configured_count(tmp_path):
     lake = Lake(tmp_path / "lake", settings=Settings.load(overrides={"compact_after_deltas": 4}, environ={}))
     df = candles(100)
+    sid = None
     for i in range(10):
         lake.write_candles(df.slice(i * 10, 10), symbol="BTCUSDT", timeframe="1")
         back = lake.read_candles("BTCUSDT", "1")
         assert back.height == (i + 1) * 10 and back["ts"].is_unique().all()
-    pdir = next((lake.root / "candles").rglob("date=2024-01"))
-    names = sorted(p.name for p in pdir.iterdir())
-    assert len(names) <= 4 and any(n.startswith("part-") for n in names)
+        sid = lake.find_series("candles")[0]
+        assert len(lake.snapshot("candles").partition(sid, "2024-01")) < 4
     lake.compact()
-    assert [p.name for p in pdir.iterdir() if p.name.startswith("delta")] == []
+    assert len(lake.snapshot("candles").partition(sid, "2024-01")) == 1
     assert lake.read_candles("BTCUSDT", "1").select(stored(df).columns).equals(stored(df))
 
 
-def test_superseded_files_leave_the_tree_so_a_plain_glob_sees_no_duplicates(lake):
+def test_replaced_files_stay_readable_for_a_reader_of_the_older_version(lake):
     df = candles(500)
     lake.write_candles(df, symbol="BTCUSDT", timeframe="1")
+    pinned = Lake(lake.root, settings=lake.settings, as_of=lake.versions()["candles"])
     lake.write_candles(df.with_columns(pl.col("close") + 1), symbol="BTCUSDT", timeframe="1")
-    globbed = pl.read_parquet(str(lake.root / "candles" / "**" / "*.parquet"))
-    assert globbed.height == 500
-    assert list((lake.root / "_meta" / "trash").iterdir())  # kept for a grace period
-
-
-def test_live_set_is_the_newest_part_and_the_deltas_after_it(tmp_path):
-    names = ["part-00000001.parquet", "delta-00000002.parquet", "part-00000003.parquet",
-             "delta-00000004.parquet", "delta-00000005.parquet"]
-    files = [parse_data_file(tmp_path / n) for n in names]
-    assert [f.path.name for f in live_files(files)] == names[2:]
-    assert parse_data_file(tmp_path / ".tmp-part-00000001.parquet.1.x.inprogress") is None
+    assert pinned.read_candles("BTCUSDT", "1")["close"].equals(stored(df)["close"])
+    assert lake.read_candles("BTCUSDT", "1")["close"].equals(stored(df)["close"] + 1)
+    # Delta readers see one version: never both files.
+    assert pl.read_delta(str(lake.root / "candles")).height == 500
 
 
 def test_trades_merge_by_trade_id(lake):
