@@ -172,10 +172,17 @@ class EmulatorArchive:
         )
 
 
+def _trimmed(price: object) -> str:
+    """A REST trade price (padded to the price scale, ``"0.2270"``) as the archive files write it
+    (``0.227``)."""
+    text = str(price)
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def _spot_csv(trades: list[dict[str, object]]) -> str:
     lines = ["id,timestamp,price,volume,side,rpi"]
     for i, t in enumerate(trades, 1):
-        lines.append(f"{i},{t['time']},{t['price']},{t['size']},{str(t['side']).lower()},0")
+        lines.append(f"{i},{t['time']},{_trimmed(t['price'])},{t['size']},{str(t['side']).lower()},0")
     return "\n".join(lines) + "\n"
 
 
@@ -198,7 +205,7 @@ def _trading_csv(spec: InstrumentSpec, trades: list[dict[str, object]]) -> str:
         else:
             home, foreign = size, size * price
         lines.append(
-            f"{seconds},{spec.symbol},{t['side']},{t['size']},{t['price']},{tick},{t['execId']},"
+            f"{seconds},{spec.symbol},{t['side']},{t['size']},{_trimmed(t['price'])},{tick},{t['execId']},"
             f"{foreign * 1e8:.7e},{home:.10g},{foreign:.10g},0"
         )
     header = "timestamp,symbol,side,size,price,tickDirection,trdMatchID,grossValue,homeNotional,foreignNotional,RPI"

@@ -41,6 +41,8 @@ from marketlake_emulator.market_types import (
     combine,
     concat_candles,
     format_decimal,
+    format_fixed,
+    parse_units,
     format_decimal_column,
     make_instrument,
     seeded_outages,
@@ -372,24 +374,30 @@ class SyntheticMarket:
 
     def forming_candle(self, spec: InstrumentSpec, tf: Timeframe, now_ms: int) -> RawCandles:
         """The candle still forming at ``now_ms`` (0 or 1 row): complete minutes so far plus the
-        current minute's part, scaled by how much of the minute has passed."""
+        trades of the current minute up to ``now_ms`` (none yet: the minute adds nothing), so it
+        changes only when a trade happens, as on Bybit.
+
+        Its turnover is the exact sum of those trades' price x size (the closed candle's turnover
+        uses the minute's drawn average price instead, see :meth:`recent_trades`).
+        """
         bucket = tf.floor(now_ms)
         minute = (now_ms // MINUTE_MS) * MINUTE_MS
-        frac = (now_ms - minute) / MINUTE_MS
         parts: list[Agg | None] = [self._span(spec, bucket, minute) if minute > bucket else None]
-        day = minute // DAY_MS
-        blk = self._block(spec, day)
-        i = (minute - day * DAY_MS) // MINUTE_MS
-        if frac > 0 and blk.present[i]:
-            o, c = int(blk.open[i]), int(blk.close[i])
-            tu = spec.tick_units
-            cf = o + round(frac * (c - o) / tu) * tu
-            hf = max(o, cf) + int(frac * (int(blk.high[i]) - max(o, c)) / tu) * tu
-            lf = max(min(o, cf) - int(frac * (min(o, c) - int(blk.low[i])) / tu) * tu, tu)
-            vf = int(frac * int(blk.volume[i]) / spec.lot_units) * spec.lot_units
-            vwap = min(max(int(blk.high[i] + blk.low[i]) // 2 // tu * tu, lf), hf)
-            tv = int(self._turnover(spec, np.array([vf]), np.array([vwap]))[0])
-            parts.append((o, hf, lf, cf, vf, tv))
+        done = [t for t in self.minute_trades(spec, minute) if int(t["time"]) <= now_ms]  # type: ignore[call-overload]
+        if done:
+            prices = [parse_units(str(t["price"]), spec.price_scale) for t in done]
+            sizes = [parse_units(str(t["size"]), spec.qty_scale) for t in done]
+            # price x size carries price_scale + qty_scale decimals; rescale to the turnover's.
+            shift = spec.price_scale + spec.qty_scale - spec.turnover_scale
+            if spec.category == "inverse":  # turnover in the base coin: size / price
+                turnover = sum(
+                    size * 10 ** (spec.turnover_scale + spec.price_scale - spec.qty_scale) // price
+                    for price, size in zip(prices, sizes, strict=True)
+                )
+            else:
+                raw = sum(p * q for p, q in zip(prices, sizes, strict=True))
+                turnover = raw // 10**shift if shift >= 0 else raw * 10**-shift
+            parts.append((prices[0], max(prices), min(prices), prices[-1], sum(sizes), turnover))
         agg = combine(parts)
         if agg is None:
             empty = np.empty(0, dtype=np.int64)
@@ -411,13 +419,29 @@ class SyntheticMarket:
         reverses it): candles with ``start <= ts <= end`` (both optional), at most ``limit``,
         the forming candle included when in range.
 
+        An unaligned ``start`` with an ``end`` includes the candle containing ``start``; ``start``
+        after ``end`` is an empty range.
+
         Anchoring: with ``end`` (or neither bound) the newest ``limit`` candles up to ``end``;
         with only ``start`` the oldest ``limit`` candles from ``start`` (as the recorded ccxt
         payload shows). A client paging in windows of at most ``limit`` candles is unaffected.
         """
         upper = now_ms if end_ms is None else min(end_ms, now_ms)
         listed = tf.floor((spec.launch_ms // MINUTE_MS) * MINUTE_MS)
-        lower = listed if start_ms is None else max(start_ms, listed)
+        if start_ms is not None and end_ms is not None and start_ms > end_ms:
+            # No recorded Bybit answer for start > end was found (docs, issues); the documented
+            # range semantics (candles in [start, end]) make it an empty range: retCode 0 and an
+            # empty list, as Bybit answers any range without candles.
+            return concat_candles(spec, [])
+        if start_ms is None:
+            lower = listed
+        elif end_ms is None:
+            lower = max(start_ms, listed)
+        else:
+            # With both bounds Bybit includes the candle containing an unaligned start (mainnet,
+            # start=1683472808000 end=1683472876000 -> 1683472800000 and 1683472860000); with
+            # start alone it begins at the next aligned open (the recorded ccxt answer).
+            lower = max(tf.floor(start_ms), listed)
         if upper < lower:
             return concat_candles(spec, [])
         forming_open = tf.floor(now_ms)
@@ -548,7 +572,7 @@ class SyntheticMarket:
                 {
                     "execId": exec_id,
                     "symbol": spec.symbol,
-                    "price": format_decimal(prices[k], spec.price_scale),
+                    "price": format_fixed(prices[k], spec.price_scale),  # "51444.40", as Bybit
                     "size": format_decimal(sizes[k] * spec.lot_units, spec.qty_scale),
                     "side": side,
                     "time": str(minute + times[k]),

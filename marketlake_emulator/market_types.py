@@ -44,6 +44,25 @@ def format_decimal(units: int, scale: int) -> str:
     return f"{sign}{whole}.{frac:0{scale}d}".rstrip("0")
 
 
+def format_fixed(units: int, scale: int) -> str:
+    """Write ``units * 10**-scale`` with exactly ``scale`` decimals (``51444.40``, ``1190.000``):
+    how Bybit writes trade prices and order-size limits, unlike kline values (trimmed)."""
+    if scale == 0:
+        return str(units)
+    sign = "-" if units < 0 else ""
+    whole, frac = divmod(abs(units), 10**scale)
+    return f"{sign}{whole}.{frac:0{scale}d}"
+
+
+def parse_units(text: str, scale: int) -> int:
+    """The inverse of :func:`format_decimal` / :func:`format_fixed`: ``"51444.40"`` at scale 2 is
+    5144440 (exact: no float on the way)."""
+    whole, _, frac = text.partition(".")
+    sign = -1 if whole.startswith("-") else 1
+    frac = (frac + "0" * scale)[:scale]
+    return sign * (abs(int(whole or "0")) * 10**scale + int(frac or "0"))
+
+
 _POW10_DESC: Final = np.array([10**k for k in range(18, -1, -1)], dtype=np.int64)  # 10**18 .. 1
 
 

@@ -23,15 +23,13 @@ import contextlib
 import logging
 import signal
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any, Final, Self
 
 import msgspec
 from aiohttp import web
 
-from marketlake.core.timeframes import parse_timeframe
 from marketlake.exchanges.bybit import constants as C
 from marketlake_emulator.control import (
     EmulatorClock,
@@ -41,7 +39,10 @@ from marketlake_emulator.control import (
 from marketlake_emulator.archive import EmulatorArchive
 from marketlake_emulator.ws import EmulatorWs, WsFaultConfig
 from marketlake_emulator.ws_config import read_admin_json
-from marketlake_emulator.market import InstrumentSpec, SyntheticMarket
+from marketlake_emulator.answers import Answer, ParamError, params_error
+from marketlake_emulator.derivatives import DerivativesModel
+from marketlake_emulator.endpoints import MarketEndpoints
+from marketlake_emulator.market import SyntheticMarket
 
 __all__ = ["BybitEmulator", "serve"]
 
@@ -49,33 +50,6 @@ log = logging.getLogger(__name__)
 
 _JSON: Final = "application/json; charset=utf-8"
 _ADMIN: Final = "/_emulator"
-_MAX_INT_PARAM: Final = 10**15
-
-
-class _ParamError(Exception):
-    """A request parameter Bybit would refuse with retCode 10001."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    ret_code: int
-    ret_msg: str
-    result: dict[str, Any]
-
-
-def _params_error(message: str) -> _Answer:
-    return _Answer(C.RetCode.PARAMS_ERROR, message, {})
-
-
-def _int_param(
-    query: Any, name: str, default: int | None, lo: int = 0, hi: int = _MAX_INT_PARAM
-) -> int | None:
-    raw = query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 16 or not lo <= int(raw) <= hi:
-        raise _ParamError(f"params error: {name} invalid (expected an integer in [{lo}, {hi}])")
-    return int(raw)
 
 
 class BybitEmulator:
@@ -111,6 +85,8 @@ class BybitEmulator:
         self.control = EmulatorControl(faults or FaultConfig(), EmulatorClock(start_ms, speed), seed)
         self.ws = EmulatorWs(self.market, self.control.clock, ws_faults)
         self.archive = EmulatorArchive(self.market, self.control)
+        self.derivatives = DerivativesModel(self.market)
+        self.endpoints = MarketEndpoints(self.market, self.derivatives)
         self.host = host
         self.port = port
         self.app = self._build_app()
@@ -167,12 +143,7 @@ class BybitEmulator:
 
     def _build_app(self) -> web.Application:
         app = web.Application()
-        self._endpoints: dict[str, Callable[[Any, int], _Answer]] = {
-            C.PATH_KLINE: self._kline,
-            C.PATH_INSTRUMENTS: self._instruments,
-            C.PATH_RECENT_TRADE: self._recent_trade,
-            C.PATH_SERVER_TIME: self._server_time,
-        }
+        self._endpoints: dict[str, Callable[[Any, int], Answer]] = self.endpoints.routes()
         for path in self._endpoints:
             app.router.add_get(path, self._serve)
         app.router.add_get(f"{_ADMIN}/state", self._admin_state)
@@ -209,7 +180,7 @@ class BybitEmulator:
             C.HEADER_LIMIT_RESET: str(server_ms + int(wait * 1000) + (1 if wait else 0)),
         }
 
-    def _envelope(self, answer: _Answer, server_ms: int) -> bytes:
+    def _envelope(self, answer: Answer, server_ms: int) -> bytes:
         return msgspec.json.encode(
             {
                 "retCode": int(answer.ret_code),
@@ -269,7 +240,7 @@ class BybitEmulator:
             return reply(f.status_5xx, body, None, fault, content_type="text/html")
         server_ms = ctl.clock.now_ms()
         if fault == "10016":
-            answer = _Answer(C.RetCode.SERVER_ERROR, C.MSG_SERVER_ERROR, {})
+            answer = Answer(C.RetCode.SERVER_ERROR, C.MSG_SERVER_ERROR, {})
             return reply(
                 200,
                 self._envelope(answer, server_ms),
@@ -279,7 +250,7 @@ class BybitEmulator:
             )
         over = f.api_limit is not None and ctl.api_window.count(mono, f.window_seconds) >= f.api_limit
         if fault == "10006" or over:
-            answer = _Answer(C.RetCode.TOO_MANY_VISITS, C.MSG_TOO_MANY_VISITS, {})
+            answer = Answer(C.RetCode.TOO_MANY_VISITS, C.MSG_TOO_MANY_VISITS, {})
             headers = self._limit_headers(mono, server_ms)
             if fault == "10006" and not over:
                 # A forced 10006 still says when to come back: one window from now at most.
@@ -291,110 +262,12 @@ class BybitEmulator:
         ctl.api_window.add(mono)
         try:
             answer = self._endpoints[request.path](request.query, server_ms)
-        except _ParamError as exc:
-            answer = _params_error(str(exc))
+        except ParamError as exc:
+            answer = params_error(str(exc))
         body = self._envelope(answer, server_ms)
         if fault == "truncated":
             body = body[: max(1, len(body) // 2)]
         return reply(200, body, answer.ret_code, fault, self._limit_headers(mono, server_ms))
-
-    # ------------------------------------------------------------------ endpoints
-
-    def _spec(self, category: str, symbol: str | None) -> InstrumentSpec | None:
-        if not symbol or not self.market.has(symbol, category):
-            return None
-        return self.market.instrument(symbol, category)
-
-    def _kline(self, q: Any, now_ms: int) -> _Answer:
-        category = q.get("category") or "linear"
-        if category not in C.KLINE_CATEGORIES:
-            return _params_error(C.MSG_ILLEGAL_CATEGORY)
-        symbol = q.get("symbol")
-        if not symbol:
-            return _params_error("params error: symbol is required")
-        interval = q.get("interval")
-        if not interval:
-            return _params_error("params error: interval is required")
-        if interval not in C.INTERVALS:
-            return _params_error(f"params error: interval invalid, use one of {','.join(C.INTERVALS)}")
-        start = _int_param(q, "start", None)
-        end = _int_param(q, "end", None)
-        limit = _int_param(q, "limit", C.KLINE_LIMIT_DEFAULT, 1, C.KLINE_LIMIT_MAX)
-        if start is not None and end is not None and start > end:
-            return _params_error("params error: start must not be after end")
-        spec = self._spec(category, symbol)
-        if spec is None:
-            return _params_error(C.MSG_NOT_SUPPORTED_SYMBOLS)
-        assert limit is not None
-        raw = self.market.select_klines(spec, parse_timeframe(interval), start, end, limit, now_ms)
-        return _Answer(
-            0, C.MSG_OK, {"symbol": symbol, "category": category, "list": msgspec.Raw(raw.wire_json())}
-        )
-
-    def _instruments(self, q: Any, now_ms: int) -> _Answer:
-        category = q.get("category")
-        if not category:
-            return _params_error("params error: category is required")
-        if category not in C.CATEGORIES:
-            return _params_error(C.MSG_ILLEGAL_CATEGORY)
-        status = q.get("status") or None
-        if status is not None and status not in C.INSTRUMENT_STATUSES:
-            return _params_error(
-                f"params error: status invalid, use one of {','.join(C.INSTRUMENT_STATUSES)}"
-            )
-        specs = self.market.instruments(category)
-        wanted = status or "Trading"
-        specs = [s for s in specs if s.status(now_ms) == wanted]
-        if q.get("symbol"):
-            specs = [s for s in specs if s.symbol == q["symbol"]]
-        if q.get("baseCoin") and category != "spot":
-            specs = [s for s in specs if s.base_coin == q["baseCoin"]]
-        if category == "spot":
-            # Spot has no pagination: limit/cursor are ignored and nextPageCursor is absent.
-            return _Answer(0, C.MSG_OK, {"category": "spot", "list": [_spot_item(s, now_ms) for s in specs]})
-        limit = _int_param(q, "limit", C.INSTRUMENTS_LIMIT_DEFAULT, 1, C.INSTRUMENTS_LIMIT_MAX)
-        assert limit is not None
-        cursor = q.get("cursor")
-        if cursor:
-            last = _cursor_last(cursor)
-            specs = [s for s in specs if s.symbol > last]
-        page, rest = specs[:limit], specs[limit:]
-        next_cursor = (
-            urllib.parse.quote(f"first={page[0].symbol}&last={page[-1].symbol}", safe="")
-            if rest and page
-            else ""
-        )
-        return _Answer(
-            0,
-            C.MSG_OK,
-            {
-                "category": category,
-                "list": [_derivative_item(s, now_ms) for s in page],
-                "nextPageCursor": next_cursor,
-            },
-        )
-
-    def _recent_trade(self, q: Any, now_ms: int) -> _Answer:
-        category = q.get("category")
-        if not category:
-            return _params_error("params error: category is required")
-        if category not in C.TRADE_LIMITS or category == "option":
-            return _params_error(C.MSG_ILLEGAL_CATEGORY)
-        symbol = q.get("symbol")
-        if not symbol:
-            return _params_error("params error: symbol is required")
-        default, most = C.TRADE_LIMITS[category]
-        limit = _int_param(q, "limit", default, 1, most)
-        assert limit is not None
-        spec = self._spec(category, symbol)
-        if spec is None:
-            return _params_error(C.MSG_NOT_SUPPORTED_SYMBOLS)
-        trades = self.market.recent_trades(spec, now_ms, limit)
-        return _Answer(0, C.MSG_OK, {"category": category, "list": trades})
-
-    def _server_time(self, q: Any, now_ms: int) -> _Answer:
-        nano = now_ms * 1_000_000 + int(time.time_ns() % 1_000_000)
-        return _Answer(0, C.MSG_OK, {"timeSecond": str(nano // 1_000_000_000), "timeNano": str(nano)})
 
     # ------------------------------------------------------------------ admin routes
 
@@ -472,78 +345,6 @@ class BybitEmulator:
             for r in self.control.log.records
         ]
         return web.Response(body=msgspec.json.encode(rows), content_type="application/json")
-
-
-def _cursor_last(cursor: str) -> str:
-    decoded = urllib.parse.unquote(cursor)
-    parsed = urllib.parse.parse_qs(decoded, strict_parsing=False)
-    last = parsed.get("last")
-    if not last or not last[0]:
-        raise _ParamError("params error: cursor invalid")
-    return last[0]
-
-
-def _risk() -> dict[str, str]:
-    return {"priceLimitRatioX": "0.05", "priceLimitRatioY": "0.1"}
-
-
-def _derivative_item(s: InstrumentSpec, now_ms: int) -> dict[str, Any]:
-    contract = "InversePerpetual" if s.category == "inverse" else "LinearPerpetual"
-    max_qty = str(10**6 * s.lot_units // 10**s.qty_scale or 1)
-    return {
-        "symbol": s.symbol,
-        "contractType": contract,
-        "status": s.status(now_ms),
-        "baseCoin": s.base_coin,
-        "quoteCoin": s.quote_coin,
-        "launchTime": str(s.launch_ms),
-        "deliveryTime": str(s.delist_ms or 0),
-        "deliveryFeeRate": "",
-        "priceScale": str(s.price_scale),
-        "leverageFilter": {"minLeverage": "1", "maxLeverage": "50.00", "leverageStep": "0.01"},
-        "priceFilter": {"minPrice": s.tick_size, "maxPrice": "9999999.00", "tickSize": s.tick_size},
-        "lotSizeFilter": {
-            "maxOrderQty": max_qty,
-            "minOrderQty": s.qty_step,
-            "qtyStep": s.qty_step,
-            "postOnlyMaxOrderQty": max_qty,
-            "maxMktOrderQty": max_qty,
-            "minNotionalValue": "5",
-        },
-        "unifiedMarginTrade": True,
-        "fundingInterval": 480,
-        "settleCoin": s.base_coin if s.category == "inverse" else s.quote_coin,
-        "copyTrading": "none",
-        "upperFundingRate": "0.005",
-        "lowerFundingRate": "-0.005",
-        "isPreListing": False,
-        "preListingInfo": None,
-        "riskParameters": _risk(),
-        "symbolType": "",
-    }
-
-
-def _spot_item(s: InstrumentSpec, now_ms: int) -> dict[str, Any]:
-    return {
-        "symbol": s.symbol,
-        "baseCoin": s.base_coin,
-        "quoteCoin": s.quote_coin,
-        "innovation": "0",
-        "status": s.status(now_ms),
-        "marginTrading": "none",
-        "stTag": "0",
-        "lotSizeFilter": {
-            "basePrecision": s.qty_step,
-            "quotePrecision": "0.0000001",
-            "minOrderQty": s.qty_step,
-            "maxOrderQty": "1000000",
-            "minOrderAmt": "5",
-            "maxOrderAmt": "8000000",
-        },
-        "priceFilter": {"tickSize": s.tick_size},
-        "riskParameters": _risk(),
-        "symbolType": "",
-    }
 
 
 def serve(

@@ -9,8 +9,8 @@ What it speaks, as the recorded payloads in ``../shared/fixtures/bybit`` show:
   ``error:handler not found,topic:<t>`` (the text Bybit sends), more than 10 args on spot with
   ``args size >10``, more than 21,000 characters of args on linear/inverse likewise.
 * ``{"op": "ping"}`` answered with the pong of the market (``ret_msg: "pong"``, ``op: "ping"``).
-* ``kline.{interval}.{symbol}`` pushes: on every push tick the forming candle (``confirm:
-  false``), and once a candle's period has ended on the market clock, that candle with
+* ``kline.{interval}.{symbol}`` pushes: the forming candle (``confirm: false``) when a trade
+  changed it, at most once per ``kline_update_ms`` of market time (Bybit: about once a second), and once a candle's period has ended on the market clock, that candle with
   ``confirm: true`` (``end = start + interval - 1``), in order, exactly the candle REST serves.
 * ``publicTrade.{symbol}`` pushes: the trades whose time passed since the last tick, ascending,
   in batches of at most ``trade_batch_max``, the same trades ``/v5/market/recent-trade`` serves.
@@ -74,7 +74,8 @@ _TRADE_CACHE_MINUTES: Final = 4096
 class _Req(msgspec.Struct):
     op: str
     args: list[str] = []
-    req_id: str | None = None
+    # ccxt.pro sends an integer; Bybit accepts it and echoes it back as a string ("req_id":"3").
+    req_id: str | int | None = None
 
 
 @dataclass(slots=True)
@@ -82,6 +83,8 @@ class _KlineTopic:
     spec: InstrumentSpec
     tf: Timeframe
     cur_open: int  # open of the candle forming at the last tick: the next one to confirm
+    last_update_ms: int = -(2**62)  # market time of the last confirm:false push
+    last_row: tuple[int, ...] | None = None  # what that push carried (no change, no push)
 
 
 @dataclass(slots=True)
@@ -303,13 +306,14 @@ class EmulatorWs:
         except msgspec.DecodeError:
             await self._reply(conn, "", False, "error:request is not valid JSON", None)
             return
-        self.requests.append(WsRequestRecord(conn.record.conn_id, req.op, tuple(req.args), req.req_id, True))
+        rid = None if req.req_id is None else str(req.req_id)
+        self.requests.append(WsRequestRecord(conn.record.conn_id, req.op, tuple(req.args), rid, True))
         if req.op == "ping":
-            await self._reply(conn, "ping", True, "pong", req.req_id)
+            await self._reply(conn, "ping", True, "pong", rid)
             return
         if req.op not in ("subscribe", "unsubscribe"):
             self._mark_failed()
-            await self._reply(conn, req.op, False, f"error:op {req.op[:40]} is not supported", req.req_id)
+            await self._reply(conn, req.op, False, f"error:op {req.op[:40]} is not supported", rid)
             return
         error = self._check_args(conn.record.category, req.args)
         now = self.clock.now_ms()
@@ -323,7 +327,7 @@ class EmulatorWs:
                 built[topic] = state
         if error is not None:
             self._mark_failed()
-            await self._reply(conn, req.op, False, error, req.req_id)
+            await self._reply(conn, req.op, False, error, rid)
             return
         if req.op == "subscribe":
             for topic, state in built.items():
@@ -332,7 +336,7 @@ class EmulatorWs:
             for topic in req.args:
                 conn.topics.pop(topic, None)
         conn.record.topics = set(conn.topics)
-        await self._reply(conn, req.op, True, req.op if conn.record.category == "spot" else "", req.req_id)
+        await self._reply(conn, req.op, True, req.op if conn.record.category == "spot" else "", rid)
 
     def _mark_failed(self) -> None:
         last = self.requests[-1]
@@ -469,10 +473,13 @@ class EmulatorWs:
                 row = closed.take(slice(i, i + 1))
                 out.append((self._kline_frame(topic, t, row, True, now), f"c{int(row.ts[0])}"))
             t.cur_open = forming
-        if self.faults.kline_updates:
+        if self.faults.kline_updates and now - t.last_update_ms >= self.faults.kline_update_ms:
             live = market.forming_candle(t.spec, t.tf, now)
             if len(live):
-                out.append((self._kline_frame(topic, t, live, False, now), f"f{int(live.ts[0])}"))
+                row = tuple(int(c[0]) for c in (live.ts, live.open, live.high, live.low, live.close, live.volume))
+                if row != t.last_row:  # Bybit pushes the forming candle on change only
+                    t.last_row, t.last_update_ms = row, now
+                    out.append((self._kline_frame(topic, t, live, False, now), f"f{int(live.ts[0])}"))
         return out
 
     def _kline_frame(self, topic: str, t: _KlineTopic, row: Any, confirm: bool, now: int) -> bytes:

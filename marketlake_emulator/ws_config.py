@@ -49,7 +49,9 @@ class WsFaultConfig:
     Attributes:
         push_interval_s: Real seconds between push ticks of a connection.
         trade_batch_max: Most trades in one ``publicTrade`` push.
-        kline_updates: Push the forming candle (``confirm: false``) on every tick.
+        kline_updates: Push the forming candle (``confirm: false``) when it changed.
+        kline_update_ms: Least market time between two such pushes of a topic (Bybit pushes
+            about once a second; in market time, so a sped-up market keeps the ratio).
         p_close1006 ... p_oversized: Probability per push tick and connection of each fault of
             :data:`WS_FAULT_KINDS`.
         delay_s: How long a ``delay`` fault holds a connection's frames (real seconds).
@@ -64,6 +66,7 @@ class WsFaultConfig:
     push_interval_s: float = 0.1
     trade_batch_max: int = 100
     kline_updates: bool = True
+    kline_update_ms: int = 1000
     p_close1006: float = 0.0
     p_reset: float = 0.0
     p_goaway: float = 0.0
@@ -87,6 +90,8 @@ class WsFaultConfig:
         """Raise ``ValueError`` on an out-of-range knob."""
         if not 0.0 < self.push_interval_s <= 60.0:
             raise ValueError("push_interval_s must be within (0, 60]")
+        if self.kline_update_ms < 0:
+            raise ValueError("kline_update_ms must be >= 0")
         if self.trade_batch_max < 1:
             raise ValueError("trade_batch_max must be >= 1")
         for f in fields(self):
