@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
@@ -21,7 +22,7 @@ from marketlake.cli.failures import classify, one_line
 from marketlake.cli.params import check_input_path, check_output_dir, check_output_file
 from marketlake.cli.render import console, err_console, print_json
 from marketlake.core.symbols import CATEGORIES
-from marketlake.errors import DataValidationError
+from marketlake.errors import DataValidationError, LakeError
 from marketlake.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,12 +121,15 @@ def load_settings(lake: Path | None, config: Path | None, **overrides: object) -
     return Settings.load(config, overrides={"lake_root": str(lake) if lake else None, **overrides})
 
 
-def open_lake(lake: Path | None, config: Path | None) -> Lake:
-    """The lake the flags point at."""
+def open_lake(lake: Path | None, config: Path | None, *, as_of: str | None = None) -> Lake:
+    """The lake the flags point at (read as of a snapshot, version or time when ``as_of``)."""
     from marketlake.store import Lake
 
     settings = load_settings(lake, config)
-    return Lake(settings=settings)
+    pinned: object = None
+    if as_of is not None:
+        pinned = int(as_of) if as_of.strip().isdigit() else as_of
+    return Lake(settings=settings, as_of=pinned)  # type: ignore[arg-type]
 
 
 def lake_has_no_data(root: Path) -> bool:
@@ -144,6 +148,8 @@ def info(lake: LakeOpt = None, config: ConfigOpt = None, json_: JsonOpt = False)
 
     settings = load_settings(lake, config)
     root = settings.lake_path
+    if root.exists() and not root.is_dir():
+        raise LakeError(f"lake root {root} exists and is not a directory")
     if lake_has_no_data(root):
         # Nothing to list, and opening the store would create its metadata under a mistyped path.
         if json_:
@@ -157,10 +163,18 @@ def info(lake: LakeOpt = None, config: ConfigOpt = None, json_: JsonOpt = False)
     the_lake = Lake(settings=settings)
     table = the_lake.series()
     if json_:
-        print_json({"lake": str(the_lake.root), "series": table.to_dicts()})
+        from marketlake.store.snapshots import describe
+
+        print_json({
+            "lake": str(the_lake.root), "versions": the_lake.versions(),
+            "snapshots": [describe(s) for s in the_lake.snapshots()], "series": table.to_dicts(),
+        })
         return
     console.print(f"lake: {the_lake.root}")
     print_series(table)
+    from marketlake.cli.lake_cmd import print_versions
+
+    print_versions(the_lake)
     from marketlake.cli.coverage_cmd import print_coverage_strips
 
     print_coverage_strips(the_lake)
@@ -199,7 +213,7 @@ def import_csv_cmd(
                 + ")"
             )
         for rej in report.rejected:
-            err_console.print(f"rejected {rej}")
+            err_console.print(f"error: rejected {one_line(rej)}", markup=False, soft_wrap=True)
     if report.rejected:
         raise typer.Exit(2)
 
@@ -238,10 +252,14 @@ def sql(
     query: Annotated[str, typer.Argument(help="SQL over the views `candles` and `trades`.")],
     format_: Annotated[str, typer.Option("--format", help="table, csv, json or parquet.")] = "table",
     output: Annotated[Optional[Path], typer.Option("--output", help="Write to this file.")] = None,
+    as_of: Annotated[Optional[str], typer.Option(
+        "--as-of", help="Query the lake as it was: a snapshot name, a candles table version or an ISO time.")] = None,
+    full_engine: Annotated[bool, typer.Option(
+        "--full-engine", help="Unrestricted DuckDB (file access outside the lake, ATTACH, COPY TO, extensions).")] = False,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Run a SQL query (DuckDB) against the lake."""
+    """Run a SQL query (DuckDB) against the lake; read-only outside the lake unless --full-engine."""
     if format_ not in ("table", "csv", "json", "parquet"):
         raise DataValidationError(f"--format must be table, csv, json or parquet, not {format_!r}")
     if format_ == "parquet" and output is None:
@@ -250,7 +268,7 @@ def sql(
         raise DataValidationError("--format table prints to the terminal; use csv, json or parquet with --output")
     if output is not None:
         check_output_file(output, "--output")
-    frame = open_lake(lake, config).sql(query)
+    frame = open_lake(lake, config, as_of=as_of).sql(query, full_engine=full_engine)
     if format_ == "table":
         from marketlake.cli.render import print_frame
 
@@ -261,24 +279,41 @@ def sql(
         _emit(frame.write_json(), output)
     else:
         assert output is not None
-        frame.write_parquet(output)
+        write_output(output, "--output", lambda: frame.write_parquet(output))
 
 
 def _emit(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
     else:
-        output.write_text(text)
+        write_output(output, "--output", lambda: output.write_text(text))
+
+
+def write_output(path: Path, what: str, write: Callable[[], object]) -> None:
+    """Run ``write`` (which writes ``path``); a failure names the flag and the path.
+
+    The path is the user's, not the lake's: whatever goes wrong there (a read-only or full file
+    system, /proc) is bad input, exit status 2.
+
+    Raises:
+        DataValidationError: ``write`` raised an ``OSError``.
+    """
+    try:
+        write()
+    except OSError as exc:
+        raise DataValidationError(f"{what} {path}: cannot write: {exc.strerror or exc}") from None
 
 
 @app.command()
 def fsck(
-    fix: Annotated[bool, typer.Option("--fix", help="Remove leftovers, quarantine unreadable files.")] = False,
+    fix: Annotated[bool, typer.Option(
+        "--fix", help="Drop references to missing or unreadable files (quarantined, ranges forgotten for repair); "
+        "delete orphans older than the retention.")] = False,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Check every file of the lake; exit 1 when something needs attention."""
+    """Check every file the lake's log references, and the files it does not; exit 1 when something needs attention."""
     report = open_lake(lake, config).fsck(fix=fix)
     if json_:
         print_json(report.to_dict())
@@ -288,7 +323,7 @@ def fsck(
             console.print(f"{state} {issue.kind}: {issue.path}: {issue.detail}")
         console.print(
             f"{report.files_checked:,} files, {report.rows_checked:,} rows checked; "
-            f"{len(report.issues)} issue(s)" + (f"; {report.trash_purged} trashed file(s) purged" if fix else "")
+            f"{len(report.issues)} issue(s)" + (f"; {report.vacuumed} unreferenced file(s) vacuumed" if fix else "")
         )
     if not report.ok:
         raise typer.Exit(1)
@@ -296,9 +331,10 @@ def fsck(
 
 @app.command()
 def compact(lake: LakeOpt = None, config: ConfigOpt = None) -> None:
-    """Fold live-flush delta files into their partition's main file; purge old trash."""
+    """Fold each partition's files into one, checkpoint the tables, vacuum what no version needs."""
     result = open_lake(lake, config).compact()
-    console.print(f"{result.files_written} partition(s) compacted")
+    console.print(f"{len(result.partitions)} partition(s) compacted"
+                  + (f" (version {result.version})" if result.version is not None else ""))
 
 
 # Commands defined in sibling modules register themselves on ``app`` when imported.
@@ -306,6 +342,7 @@ from marketlake.cli import archive_cmd, ingest_cmd, quality_cmd  # noqa: E402,F4
 from marketlake.cli import stream_cmd  # noqa: E402,F401
 from marketlake.cli import compat_cmd  # noqa: E402,F401
 from marketlake.cli import coverage_cmd  # noqa: E402,F401
+from marketlake.cli import lake_cmd  # noqa: E402,F401
 
 def _fail(message: str) -> None:
     err_console.print(f"error: {message}", markup=False, soft_wrap=True, highlight=False)

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from marketlake.cli.app import CategoryOpt, ConfigOpt, JsonOpt, LakeOpt, app, load_settings
+from marketlake.cli.app import ConfigOpt, JsonOpt, LakeOpt, app, load_settings
 from marketlake.cli.ingest_cmd import run_async
 from marketlake.cli.params import BoundedInt
 from marketlake.cli.render import console, err_console, human_bytes, notice_kernel_compile, print_json
 from marketlake.core.symbols import parse_symbols
 from marketlake.errors import DataValidationError, ExchangeError
+from marketlake.exchanges.bybit.constants import ARCHIVE_CATEGORIES
 
 # The archive ingest pulls in aiohttp, polars and numba: imported inside the command.
 if TYPE_CHECKING:  # pragma: no cover
@@ -84,7 +85,11 @@ def archive(
     days: Annotated[
         Optional[int], typer.Option("--days", help="The last N completed days (1..36500).", parser=BoundedInt(1, 36_500))
     ] = None,
-    category: CategoryOpt = None,
+    category: Annotated[
+        Optional[str],
+        # Bybit publishes no option archives: the help lists what the error accepts, from one tuple.
+        typer.Option("--category", help=f"One of {', '.join(ARCHIVE_CATEGORIES)} (default: settings, linear)."),
+    ] = None,
     candles: Annotated[
         Optional[str],
         typer.Option("--candles", help="Also build sub-minute candles from the trades, e.g. 1s,5s."),

@@ -53,7 +53,8 @@ def _os_message(exc: OSError) -> str:
 
 
 def _module_of(exc: BaseException) -> str:
-    return type(exc).__module__.split(".", 1)[0]
+    # DuckDB's exceptions live in its extension module `_duckdb`.
+    return type(exc).__module__.split(".", 1)[0].lstrip("_")
 
 
 def classify(exc: BaseException) -> tuple[int, str]:

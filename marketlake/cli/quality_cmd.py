@@ -20,6 +20,7 @@ from marketlake.cli.app import (
     app,
     load_settings,
     open_lake,
+    write_output,
 )
 from marketlake.cli.ingest_cmd import BaseUrlOpt, announce_pause, run_async
 from marketlake.cli.params import BoundedFloat, check_output_file
@@ -108,12 +109,13 @@ def check(
 
     if report is not None:
         check_output_file(report, "--report")  # before a long check, not after it
-    notice_kernel_compile(("check",))
+    _announce_compile_unless_bad(lake, config, timeframes, exchange, category)
     result = check_lake(
         open_lake(lake, config), symbols, timeframes, exchange=exchange, category=category, consistency=consistency
     )
     if report is not None:
-        report.write_text(json.dumps(to_jsonable(result.report()), indent=2))
+        text = json.dumps(to_jsonable(result.report()), indent=2)
+        write_output(report, "--report", lambda: report.write_text(text))
     if json_:
         print_json(result.to_dict())
     else:
@@ -122,6 +124,25 @@ def check(
             console.print(f"report written to {report}")
     if result.has_issues:
         raise typer.Exit(1)
+
+
+def _announce_compile_unless_bad(
+    lake: Path | None, config: Path | None, timeframes: str | None, exchange: str | None, category: str | None
+) -> None:
+    """The first-run compile notice, but only when the kernels will run: not before a bad name is
+    rejected (the error must be the only line) and not for a lake without data."""
+    from marketlake.cli.app import lake_has_no_data
+    from marketlake.core.symbols import validate_category, validate_exchange
+    from marketlake.core.timeframes import parse_timeframes
+
+    if category is not None:
+        validate_category(category)
+    if exchange is not None:
+        validate_exchange(exchange)
+    if timeframes is not None:
+        parse_timeframes(timeframes)
+    if not lake_has_no_data(load_settings(lake, config).lake_path):
+        notice_kernel_compile(("check",))
 
 
 def _render_repair(rep: RepairReport) -> None:
@@ -168,7 +189,7 @@ def repair(
 
     settings = load_settings(lake, config, base_url=base_url, archive_url=archive_url)
     the_lake = Lake(settings=settings)
-    notice_kernel_compile(("check",))
+    _announce_compile_unless_bad(lake, config, timeframes, exchange, category)
 
     async def main() -> RepairReport:
         if not refetch:
