@@ -149,6 +149,8 @@ class Lake:
         and is never vacuumed away."""
         self._writable()
         current = {ds: self.snapshot(ds) for ds in DATASETS}
+        if all(s.version < 0 for s in current.values()):
+            raise DataValidationError(f"nothing to snapshot: {self.root} holds no table yet")
         return snaps.create_snapshot(self.root, name, note, current, get_clock().now_ms())
 
     def snapshots(self) -> list[snaps.SnapshotInfo]:

@@ -1,6 +1,7 @@
 """The CLI parses flags, calls the library and renders; user errors are one line, no traceback."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -97,9 +98,11 @@ def test_fsck_exit_status_reflects_what_it_found(capsys, lake_dir):
     lake.write_candles(candles(10), symbol="BTCUSDT", timeframe="1")
     assert run(capsys, "fsck", "--lake", str(lake_dir))[0] == 0
     pdir = next((lake_dir / "candles").rglob("date=*"))
-    (pdir / ".tmp-part-00000009.parquet.1.a.inprogress").write_bytes(b"x")
+    junk = pdir / "part-00000009.parquet"
+    junk.write_bytes(b"x")
+    os.utime(junk, (1, 1))  # older than any retention
     code, out, _ = run(capsys, "fsck", "--lake", str(lake_dir), "--json")
-    assert code == 1 and json.loads(out)["issues"][0]["kind"] == "temp"
+    assert code == 1 and json.loads(out)["issues"][0]["kind"] == "orphan"
     assert run(capsys, "fsck", "--fix", "--lake", str(lake_dir))[0] == 0
     assert run(capsys, "fsck", "--lake", str(lake_dir))[0] == 0
 

@@ -270,24 +270,18 @@ def test_a_directory_of_old_csv_files_is_refused_with_the_import_command(tmp_pat
         DataFeeder(tmp_path)
 
 
-def test_a_partition_replaced_between_listing_and_reading_is_listed_again(
-    market: Lake, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from marketlake._feeder import parts
-
-    real = parts.read_files
-    calls = []
-
-    def vanishing_once(files):  # what a concurrent rewrite moving the file to the trash looks like
-        calls.append(files)
-        if len(calls) == 1:
-            raise FileNotFoundError(str(files[0]))
-        return real(files)
-
-    monkeypatch.setattr(parts, "read_files", vanishing_once)
-    candle = DataFeeder(market).get_data_at_timestamp("BTCUSDT", "1", "2024-02-01 12:00")
-    assert candle is not None and candle["timestamp"] == ms("2024-02-01 12:00")
-    assert len(calls) == 2
+def test_a_feeder_as_of_a_snapshot_keeps_its_inputs_while_the_lake_changes(market: Lake) -> None:
+    market.create_snapshot("bt")
+    feeder = DataFeeder(market.root, as_of="bt")
+    before = feeder.get_data_at_timestamp("BTCUSDT", "1", "2024-02-01 12:00")
+    t = ms("2024-02-01 12:00")
+    market.write_candles(
+        pl.DataFrame({"ts": [t], "open": [1.0], "high": [1.0], "low": [1.0], "close": [1.0], "volume": [1.0]}),
+        symbol="BTCUSDT", timeframe="1",
+    )
+    assert DataFeeder(market.root, as_of="bt").get_data_at_timestamp("BTCUSDT", "1", "2024-02-01 12:00") == before
+    assert feeder.get_data_at_timestamp("BTCUSDT", "1", "2024-02-01 12:00") == before
+    assert DataFeeder(market).get_data_at_timestamp("BTCUSDT", "1", "2024-02-01 12:00")["close"] == 1.0
 
 
 def test_a_feeder_opens_a_lake_directory_given_as_a_path(market: Lake) -> None:
