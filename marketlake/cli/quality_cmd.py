@@ -56,6 +56,7 @@ def _render_check(result: LakeCheck) -> None:
             "gaps": len(s.unexplained),
             "missing": sum(g.missing_candles for g in s.unexplained),
             "outages": len(s.explained),
+            "unstored": sum(s.sid.timeframe.count_between(a, b) for a, b in s.unstored) if s.sid.timeframe else 0,
             "dups": r.duplicate_count,
             "invalid": r.invalid_count,
             "misaligned": int(r.misaligned_rows.size),
@@ -71,6 +72,11 @@ def _render_check(result: LakeCheck) -> None:
             console.print(f"  gap in {s.sid.label()}: {describe_gap(g)}")
         if len(s.unexplained) > 5:
             console.print(f"  ... {len(s.unexplained) - 5} more gaps in {s.sid.label()}")
+        for a, b in s.unstored[:5]:
+            console.print(
+                f"  {s.sid.label()}: {ms_to_datetime(a):%Y-%m-%d %H:%M} → {ms_to_datetime(b):%Y-%m-%d %H:%M} "
+                "fetched before but not stored (lost or removed); `marketlake repair` re-fetches it"
+            )
     for label, ranges in result.trade_gaps.items():
         lost = sum(b - a for a, b in ranges) / 60_000
         symbol, category = label.rsplit("/", 1)[-1], label.split("/")[1]

@@ -5,6 +5,12 @@ out-of-order and misaligned rows and invalid candles in one pass. Gaps are then 
 the coverage ledger: a gap the exchange itself has (recorded as verified empty: an outage, the
 time before listing) is *explained* and not an issue; any other gap is. Higher timeframes that have
 a stored 1-minute series beside them are compared with its resample (cross-timeframe consistency).
+
+The ledger is also checked against the data: every candle of a range it records as ``present``
+must be stored (for exchange timeframes, where ``present`` means "fetched, all of it kept").
+Ranges that are not (*unstored*: a file lost, quarantined by ``fsck --fix`` or deleted by hand,
+at the edge of a series where no gap shows) are issues, and ``repair`` re-fetches them. Series
+the ledger knows but the lake no longer holds at all are checked too.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import polars as pl
 from marketlake.core.consistency import ConsistencyResult, check_consistency
 from marketlake.core.integrity import CheckResult, Gap, check_candles, format_ts
 from marketlake.core.intervals import merge
+from marketlake.core.schemas import CANDLE_SCHEMA
 from marketlake.core.symbols import parse_symbols
 from marketlake.core.timeframes import Timeframe, parse_timeframe, parse_timeframes
+from marketlake.errors import CorruptLakeError
 from marketlake.store import Lake
 from marketlake.store.layout import CANDLES, TRADES, SeriesId
 from marketlake.store.ledger import Status
@@ -54,13 +62,15 @@ class SeriesCheck:
     explained: list[Gap] = field(default_factory=list)
     filled: int = 0
     consistency: ConsistencyResult | None = None
+    unstored: list[tuple[int, int]] = field(default_factory=list)
+    damaged: str | None = None
 
     @property
     def has_issues(self) -> bool:
         """Any fault other than an explained gap."""
         r = self.result
         return bool(
-            self.unexplained or r.invalid_count or r.duplicate_count
+            self.unexplained or self.unstored or self.damaged or r.invalid_count or r.duplicate_count
             or r.misaligned_rows.size or r.out_of_order_rows.size
             or (self.consistency is not None and not self.consistency.ok)
         )
@@ -81,6 +91,8 @@ class SeriesCheck:
             gaps=[self.result.gap_entry(g) for g in self.unexplained],
             explained_gaps=[self.result.gap_entry(g) for g in self.explained],
             filled_candles=self.filled,
+            unstored=[[a, b] for a, b in self.unstored],
+            damaged=self.damaged,
             consistency=None if self.consistency is None else self.consistency.to_dict(),
         )
         return out
@@ -135,6 +147,7 @@ def read_series(lake: Lake, sid: SeriesId) -> pl.DataFrame:
 
 
 _DAY_MS = 86_400_000
+_EMPTY = pl.DataFrame(schema={c: CANDLE_SCHEMA[c] for c in _COLUMNS})
 
 
 def _classify(lake: Lake, sid: SeriesId, result: CheckResult) -> tuple[list[Gap], list[Gap]]:
@@ -214,16 +227,26 @@ def check_lake(
         symbols=None if symbols is None else parse_symbols(symbols),
         timeframes=None if timeframes is None else parse_timeframes(timeframes),  # type: ignore[arg-type]
     )
+    if lake.has_ledger:
+        sids = _with_ledger_series(lake, sids, exchange, category, symbols, timeframes)
     out = LakeCheck()
     minute = parse_timeframe("1")
     base_cache: dict[tuple[str, str, str], pl.DataFrame | None] = {}
     for sid in sids:
         tf = sid.timeframe
         assert tf is not None
-        frame = read_series(lake, sid)
+        damaged = None
+        try:
+            frame = read_series(lake, sid)
+        except CorruptLakeError as exc:
+            # A file the log references is missing or unreadable: report it (repair drops the
+            # reference and re-fetches its range) and check what the ledger claims against nothing.
+            damaged, frame = str(exc), _EMPTY.clone()
         result = check_candles(frame.drop("filled"), tf)
         unexplained, explained = _classify(lake, sid, result)
-        sc = SeriesCheck(sid, result, unexplained, explained, int(frame.get_column("filled").sum()))
+        sc = SeriesCheck(sid, result, unexplained, explained, int(frame.get_column("filled").sum()), damaged=damaged)
+        if lake.has_ledger and tf.is_bybit:
+            sc.unstored = unstored_ranges(lake, sid, frame.get_column("ts").dt.epoch("ms").to_numpy())
         if consistency and tf.name in CONSISTENCY_TIMEFRAMES:
             base = _base_series(lake, sid, minute, base_cache)
             if base is not None and base.height:
@@ -236,6 +259,59 @@ def check_lake(
             None if symbols is None else parse_symbols(symbols),
         )
     out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _with_ledger_series(
+    lake: Lake, sids: list[SeriesId], exchange: str | None, category: str | None,
+    symbols: str | Sequence[str] | None, timeframes: str | Sequence[str] | None,
+) -> list[SeriesId]:
+    """``sids`` plus candle series the ledger claims something of but the lake holds nothing of."""
+    table = lake.ledger.table().filter(
+        (pl.col("dataset") == CANDLES) & (pl.col("status") == Status.PRESENT.value)
+    )
+    if exchange is not None:
+        table = table.filter(pl.col("exchange") == exchange)
+    if category is not None:
+        table = table.filter(pl.col("category") == category)
+    if symbols is not None:
+        table = table.filter(pl.col("symbol").is_in(parse_symbols(symbols)))
+    if timeframes is not None:
+        table = table.filter(pl.col("timeframe").is_in([t.name for t in parse_timeframes(timeframes)]))  # type: ignore[arg-type]
+    have = set(sids)
+    out = list(sids)
+    for row in table.select("exchange", "category", "symbol", "timeframe").unique().sort(pl.all()).iter_rows():
+        try:
+            sid = SeriesId.of(CANDLES, exchange=row[0], category=row[1], symbol=row[2], timeframe=row[3])
+        except ValueError:
+            continue
+        if sid not in have:
+            have.add(sid)
+            out.append(sid)
+    return out
+
+
+def unstored_ranges(lake: Lake, sid: SeriesId, stored_ts: np.ndarray) -> list[tuple[int, int]]:
+    """Ranges the ledger records as ``present`` whose candles are not all stored, as
+    ``[first missing open, end)`` runs in time order."""
+    tf = sid.timeframe
+    assert tf is not None
+    present = merge(
+        (c.start_ms, c.end_ms) for c in lake.ledger.ranges(sid) if c.status is Status.PRESENT
+    )
+    stored = np.sort(stored_ts.astype(np.int64))
+    out: list[tuple[int, int]] = []
+    for a, b in present:
+        lo, hi = int(np.searchsorted(stored, a, "left")), int(np.searchsorted(stored, b, "left"))
+        opens = tf.opens_between(a, b)
+        if hi - lo >= opens.size:
+            continue  # every expected candle is there (the common case: no array work)
+        missing = np.flatnonzero(~np.isin(opens, stored[lo:hi], assume_unique=True))
+        if missing.size == 0:
+            continue
+        cuts = np.flatnonzero(np.diff(missing) != 1) + 1
+        for run in np.split(missing, cuts):
+            out.append((int(opens[run[0]]), tf.next_open(int(opens[run[-1]]))))
     return out
 
 

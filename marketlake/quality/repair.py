@@ -27,7 +27,7 @@ import polars as pl
 
 from marketlake.clock import get_clock
 from marketlake.core.integrity import CheckResult, reasons_of
-from marketlake.core.intervals import Interval
+from marketlake.core.intervals import Interval, merge
 from marketlake.core.symbols import parse_symbols
 from marketlake.core.timeutil import ms_to_datetime
 from marketlake.exchanges.bybit.archive import BybitArchiveClient
@@ -72,6 +72,8 @@ class RepairReport:
     trade_days_fetched: int = 0
     #: Lost trade ranges still open (e.g. a day Bybit has not published yet).
     trade_gaps_left: int = 0
+    #: References to missing or unreadable files dropped (their ranges are then re-fetched).
+    files_dropped: int = 0
 
     @property
     def gaps_left(self) -> int:
@@ -85,13 +87,17 @@ class RepairReport:
             "refetch_failures": self.refetch_failures,
             "trade_days_fetched": self.trade_days_fetched,
             "trade_gaps_left": self.trade_gaps_left,
+            "files_dropped": self.files_dropped,
             "series": [{k: getattr(s, k) for k in s.__slots__} for s in self.series],  # type: ignore[attr-defined]
         }
 
 
 def _holes(sc: SeriesCheck) -> list[Interval]:
+    """What is missing: unexplained gaps between stored candles, and ranges the ledger claims
+    present that are not stored (at the edges of a series too), merged, in time order."""
     tf = sc.result.timeframe
-    return [(tf.next_open(tf.floor(g.previous_ts)), tf.floor(g.current_ts)) for g in sc.unexplained]
+    gaps = [(tf.next_open(tf.floor(g.previous_ts)), tf.floor(g.current_ts)) for g in sc.unexplained]
+    return merge([*gaps, *sc.unstored])
 
 
 def _quarantine_reasons(result: CheckResult) -> dict[int, str]:
@@ -151,7 +157,18 @@ async def repair_lake(
     report = RepairReport()
     by_label: dict[str, SeriesRepair] = {}
     scope = dict(exchange=exchange, category=category)
-    for sc in check_lake(lake, symbols, timeframes, consistency=False, **scope).series:
+    first = check_lake(lake, symbols, timeframes, consistency=False, **scope)
+    damaged = {sc.sid for sc in first.series if sc.damaged}
+    if damaged:
+        # Files the log references that are missing or unreadable: drop the references (an
+        # unreadable file goes to the quarantine); the ledger still claims their ranges, so the
+        # check below reports them as not stored and they are re-fetched.
+        from marketlake.store.fsck import run_fsck
+
+        fixed = run_fsck(lake, fix=True, series=damaged)
+        report.files_dropped = sum(1 for i in fixed.issues if i.fixed)
+        first = check_lake(lake, symbols, timeframes, consistency=False, **scope)
+    for sc in first.series:
         sid, tf = sc.sid, sc.sid.timeframe
         assert tf is not None
         rep = by_label.setdefault(sid.label(), SeriesRepair(sid.label()))
@@ -171,7 +188,7 @@ async def repair_lake(
         for sc in after.series:
             tf = sc.sid.timeframe
             assert tf is not None
-            if sc.sid.exchange != "bybit" or not tf.is_bybit or not sc.unexplained:
+            if sc.sid.exchange != "bybit" or not tf.is_bybit or not (sc.unexplained or sc.unstored):
                 continue
             windows: list[tuple[int, int]] = []
             for a, b in _holes(sc):
@@ -179,7 +196,7 @@ async def repair_lake(
                 windows.extend(kline_windows(tf, a, b - 1))
             candles = sum(tf.count_between(a, tf.next_open(b)) for a, b in windows)
             plan.series.append(SeriesPlan(sc.sid, windows[0][0], tf.next_open(windows[-1][1]), tuple(windows), candles))
-            by_label[sc.sid.label()].gaps_refetched = len(sc.unexplained)
+            by_label[sc.sid.label()].gaps_refetched = len(_holes(sc))
         if plan.series:
             stats = await HistoricalIngest(lake, client, run_args={"repair": True}).run(plan)
             report.refetch_failures.extend(stats.failures)
@@ -201,7 +218,7 @@ async def repair_lake(
                                    exchange=sc.sid.exchange, category=sc.sid.category)
                 rep.candles_filled = frame.height
             continue
-        rep.gaps_left = len(sc.unexplained)
+        rep.gaps_left = len(_holes(sc))
     if timeframes is None and lake.has_ledger:
         await _recover_trades(lake, symbols, exchange, category, archive, report)
     return report

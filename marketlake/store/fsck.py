@@ -15,8 +15,9 @@ and for every other file under a table:
   be a commit in flight).
 
 ``fix`` commits the removal of ``missing`` and ``unreadable`` references (an unreadable file is
-moved to ``_meta/quarantine/``, never deleted) and makes the coverage ledger forget their ranges,
-so ``check`` reports the hole and ``repair`` re-fetches it from the exchange. It then vacuums.
+moved to ``_meta/quarantine/``, never deleted). The coverage ledger keeps claiming their ranges,
+so ``check`` reports them as fetched-but-not-stored and ``repair`` re-fetches them from the
+exchange. It then vacuums.
 A referenced file a reader can read is never removed.
 """
 
@@ -185,8 +186,12 @@ def _sid_of(dataset: str, values: dict[str, Any]) -> SeriesId | None:
         return None
 
 
-def run_fsck(lake: Lake, *, fix: bool = False) -> FsckReport:
-    """Check every table of ``lake``; see the module docstring."""
+def run_fsck(lake: Lake, *, fix: bool = False, series: set[SeriesId] | None = None) -> FsckReport:
+    """Check every table of ``lake``; see the module docstring.
+
+    ``series`` limits the check to the referenced files of those series (no orphan scan, no
+    vacuum): what ``repair`` runs for the series ``check`` found damaged.
+    """
     report = FsckReport()
     retention = lake.settings.gc_grace_seconds
     for dataset in DATASETS:
@@ -199,6 +204,8 @@ def run_fsck(lake: Lake, *, fix: bool = False) -> FsckReport:
         for row in snap.files.iter_rows(named=True):
             f = FileEntry(row["path"], row["size"], row["rows"] or 0, row["first_ms"], row["last_ms"], row["date"])
             sid = _sid_of(dataset, row)
+            if series is not None and sid not in series:
+                continue
             found = _check_file(table.path / f.path, f, dataset, sid)
             if found is None:
                 report.files_checked += 1
@@ -210,6 +217,8 @@ def run_fsck(lake: Lake, *, fix: bool = False) -> FsckReport:
                 bad.append((sid, f, kind))
         if fix and bad:
             _drop_bad(lake, dataset, bad)
+        if series is not None:
+            continue
         referenced = set(snap.files.get_column("path").to_list())
         known = ever_referenced(table.path)
         now = time.time()
@@ -229,13 +238,13 @@ def run_fsck(lake: Lake, *, fix: bool = False) -> FsckReport:
                 "no version of the log references it" + ("" if old else f" (younger than the {retention:.0f} s retention: kept)"),
                 fix and old,
             ))
-    if fix:
+    if fix and series is None:
         report.vacuumed = len(lake.vacuum())
     return report
 
 
 def _drop_bad(lake: Lake, dataset: str, bad: list[tuple[SeriesId, FileEntry, str]]) -> None:
-    """Commit the removal of missing/unreadable references; quarantine the files; forget ranges."""
+    """Commit the removal of missing/unreadable references; quarantine the unreadable files."""
     table = lake.table(dataset)
     for _ in range(50):
         snap = table.snapshot()
@@ -255,9 +264,3 @@ def _drop_bad(lake: Lake, dataset: str, bad: list[tuple[SeriesId, FileEntry, str
             target = lake.root / META_DIR / "quarantine" / dataset / f.path
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(src, target)
-        lo, hi = sid.period.bounds(f.key)
-        if f.first_ms is not None and f.last_ms is not None:
-            step = sid.timeframe.duration_ms if sid.timeframe is not None else 1
-            lo, hi = f.first_ms, f.last_ms + step
-        if lake.has_ledger:
-            lake.ledger.forget(sid, lo, hi)
