@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +37,7 @@ from marketlake.store.writer import (
     replace_plan,
     transform_plan,
     write_series,
+    write_series_chunks,
 )
 
 __all__ = ["Lake", "WriteResult"]
@@ -200,6 +201,35 @@ class Lake:
         """
         sid = self._sid(symbol, timeframe, exchange, category)
         return self._write(sid, normalize_candles(frame), "ts")
+
+    def write_candles_chunks(
+        self,
+        chunks: Callable[[], Iterable[pl.DataFrame | Any]],
+        *,
+        symbol: str,
+        timeframe: str | int | Timeframe,
+        exchange: str | None = None,
+        category: str | None = None,
+    ) -> WriteResult:
+        """Merge candles arriving in chunks as ONE transaction, in bounded memory: a file of any
+        size is stored whole or not at all.
+
+        Args:
+            chunks: Called to (re)start the stream of frames (each as for :meth:`write_candles`);
+                called again if a concurrent writer forces a re-plan.
+            symbol, timeframe, exchange, category: As for :meth:`write_candles`.
+
+        Raises:
+            As :meth:`write_candles`; whatever ``chunks`` raises (nothing is committed then).
+        """
+        self._writable()
+        sid = self._sid(symbol, timeframe, exchange, category)
+        result = write_series_chunks(
+            self.table(CANDLES), sid, chunks, normalize_candles,
+            compact_after=self.settings.compact_after_deltas, operation="write_candles",
+        )
+        self._after_write(result)
+        return result
 
     def write_trades(
         self,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +45,7 @@ from marketlake.store.table import (
     partition_values,
 )
 
-__all__ = ["WriteResult", "partition_slices", "read_entries", "write_series"]
+__all__ = ["WriteResult", "partition_slices", "read_entries", "write_series", "write_series_chunks"]
 
 _CONFLICT_ATTEMPTS: Final = 100
 
@@ -312,6 +312,85 @@ def write_series(
             _discard(root, sid, plans)
             raise
         result.partitions = [p.key for p in plans if p.adds or p.removes]
+        result.files_written = len(adds)
+        return result
+    raise LakeWriteError(f"{sid.label()}: gave up after {_CONFLICT_ATTEMPTS} conflicting concurrent writes")
+
+
+def write_series_chunks(
+    table: DatasetTable,
+    sid: SeriesId,
+    chunks: Callable[[], Iterable[pl.DataFrame]],
+    prepare: Callable[[pl.DataFrame], pl.DataFrame],
+    *,
+    compact_after: int,
+    operation: str,
+) -> WriteResult:
+    """Merge a stream of row chunks into ``sid`` as ONE transaction, holding only the partitions
+    the current chunk touches in memory (a file of any size imports in bounded memory).
+
+    A partition is planned and its file written once a chunk moves past it (time-sorted input
+    writes each partition once). If a later chunk comes back to a written partition, the file
+    is read back, merged with the new rows (the later row wins) and rewritten; the count of
+    unchanged rows then includes stored rows of that partition. ``chunks`` is called again to
+    replay the input when a concurrent writer changed a planned partition before the commit.
+
+    Raises:
+        As :func:`write_series`; and whatever ``chunks`` or ``prepare`` raise (nothing committed).
+    """
+    root = table.root
+    for attempt in range(_CONFLICT_ATTEMPTS):
+        snap = table.snapshot()
+        w = _Writer(root, sid, snap)
+        plans: dict[str, _Plan] = {}
+        buffer: dict[str, list[pl.DataFrame]] = {}
+        key_col = _key_column(sid)
+
+        def flush(key: str) -> None:
+            rows = pl.concat(buffer.pop(key), how="vertical")
+            rows = rows.unique(subset=key_col, keep="last", maintain_order=True).sort("ts", maintain_order=True)
+            earlier = plans.pop(key, None)
+            if earlier is not None:  # back to a partition already written: fold it in again
+                mine = [a for a in earlier.adds]
+                if mine:
+                    staged = read_entries(root, sid.dataset, [
+                        FileEntry(a.path, a.size, a.rows, None, None, key) for a in mine
+                    ])
+                    rows = _merge(staged, rows, key_col)
+                    remove_files([root / sid.dataset / a.path for a in mine])
+            plans[key] = _merge_plan(w, key, rows, compact_after)
+
+        try:
+            for chunk in chunks():
+                df = prepare(chunk)
+                if df.is_empty():
+                    continue
+                df = df.sort("ts", maintain_order=True)
+                pieces = partition_slices(df.get_column("ts").dt.epoch("ms").to_numpy(), sid)
+                for pkey, a, b in pieces:
+                    buffer.setdefault(pkey, []).append(df.slice(a, b - a))
+                newest = pieces[-1][0]
+                for pkey in [k for k in buffer if k != newest]:
+                    flush(pkey)
+            for pkey in list(buffer):
+                flush(pkey)
+            result = WriteResult()
+            for p in plans.values():
+                result += p.result
+            adds = [a for p in plans.values() for a in p.adds]
+            removes = [(f, partition_values(sid, p.key)) for p in plans.values() for f in p.removes]
+            if not adds and not removes:
+                return result
+            expect = {(sid, p.key): p.read for p in plans.values() if p.adds or p.removes}
+            result.version = table.commit(adds, removes, expect, operation=operation)
+        except CommitConflict:
+            _discard(root, sid, list(plans.values()))
+            time.sleep(random.uniform(0, 0.001 * min(2**attempt, 64)))
+            continue
+        except BaseException:
+            _discard(root, sid, list(plans.values()))
+            raise
+        result.partitions = sorted(p.key for p in plans.values() if p.adds or p.removes)
         result.files_written = len(adds)
         return result
     raise LakeWriteError(f"{sid.label()}: gave up after {_CONFLICT_ATTEMPTS} conflicting concurrent writes")
