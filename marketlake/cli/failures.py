@@ -73,6 +73,9 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return ConfigError.exit_code, "input nested too deeply to read (a config or data file?)"
     if isinstance(exc, MemoryError):
         return DataValidationError.exit_code, "out of memory: ask for less (fewer symbols, a shorter range)"
+    if isinstance(exc, TimeoutError):
+        # What escapes a client's own timeouts and retries (asyncio, aiohttp): the exchange's.
+        return ExchangeError.exit_code, f"network: timed out{': ' + one_line(exc) if str(exc) else ''}"
     if isinstance(exc, OSError):
         # Checked by errno, not by subclass: aiohttp's and asyncio's connection errors are OSErrors.
         if exc.errno in _NETWORK_ERRNOS or _module_of(exc) == "aiohttp":
@@ -92,7 +95,7 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return LakeError.exit_code, f"cannot read the lake: {one_line(exc)} (run `marketlake fsck`)"
     if module in ("pyarrow", "polars"):
         return LakeError.exit_code, f"cannot read the lake: {one_line(exc)} (run `marketlake fsck`)"
-    if module == "aiohttp" or isinstance(exc, TimeoutError):
+    if module == "aiohttp":
         return ExchangeError.exit_code, f"network: {one_line(exc) or type(exc).__name__}"
     # A bug: still one line, but say what it is so it can be reported.
     return 1, f"internal error ({type(exc).__name__}): {one_line(exc)}; please report it"

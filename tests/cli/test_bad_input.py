@@ -98,6 +98,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     assert main(["info", "--lake", str(lake)]) == 0
     for f in (bad / "candles").rglob("*.parquet"):
         f.write_bytes(b"PAR1 this is not a parquet file PAR1")
+    # A damaged ledger (what a disk that filled up mid-write can leave): SQLite refuses it.
+    (bad / "_meta").mkdir(exist_ok=True)
+    (bad / "_meta" / "ledger.sqlite").write_bytes(b"this is not an SQLite database" * 100)
     (root / "afile").write_text("x\n")
     (root / "adir").mkdir()
     os.mkfifo(root / "fifo")
@@ -256,6 +259,8 @@ for cmd in (["info"], ["check"], ["sql", "select 1"], ["export-csv", "{root}/out
     case(f"{cmd[0]} --lake <a file>", [*cmd, "--lake", "{root}/afile"], 3, "not a directory")
 for cmd in (["sql", "select count(*) from candles"], ["export-csv", "{root}/out-bad"], ["check"]):
     case(f"{cmd[0]} over damaged Parquet", [*cmd, "--lake", "{bad}"], 3, "")
+case("ingest over a damaged ledger", ["ingest", "--symbols", "BTCUSDT", "--days", "1", "--dry-run",
+                                      "--base-url", "{emu}", "--lake", "{bad}"], 3, "")
 
 # Cases that would hang (or eat the memory) if a guard regressed: run in a subprocess.
 SUBPROCESS_CASES: list[tuple[str, list[str], int, str]] = [

@@ -22,7 +22,6 @@ def test_info_on_missing_lake_creates_nothing(tmp_path: Path, monkeypatch: pytes
     assert _tree(tmp_path) == []
 
 
-@pytest.mark.xfail(reason="store: lead (Lake.series() creates _meta/filestats.sqlite under any root)", strict=True)
 def test_listing_a_missing_lake_through_the_library_creates_nothing(tmp_path: Path) -> None:
     from marketlake.settings import Settings
     from marketlake.store import Lake
