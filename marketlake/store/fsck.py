@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,11 +187,18 @@ def _sid_of(dataset: str, values: dict[str, Any]) -> SeriesId | None:
         return None
 
 
-def run_fsck(lake: Lake, *, fix: bool = False, series: set[SeriesId] | None = None) -> FsckReport:
+def run_fsck(
+    lake: Lake,
+    *,
+    fix: bool = False,
+    series: set[SeriesId] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> FsckReport:
     """Check every table of ``lake``; see the module docstring.
 
     ``series`` limits the check to the referenced files of those series (no orphan scan, no
-    vacuum): what ``repair`` runs for the series ``check`` found damaged.
+    vacuum): what ``repair`` runs for the series ``check`` found damaged. ``progress(done, total)``
+    is called after each referenced file is checked.
     """
     report = FsckReport()
     retention = lake.settings.gc_grace_seconds
@@ -201,7 +209,10 @@ def run_fsck(lake: Lake, *, fix: bool = False, series: set[SeriesId] | None = No
         snap = table.snapshot()
         report.versions[dataset] = snap.version
         bad: list[tuple[SeriesId, FileEntry, str]] = []
-        for row in snap.files.iter_rows(named=True):
+        total = snap.files.height
+        for n, row in enumerate(snap.files.iter_rows(named=True), 1):
+            if progress is not None:
+                progress(n, total)
             f = FileEntry(row["path"], row["size"], row["rows"] or 0, row["first_ms"], row["last_ms"], row["date"])
             sid = _sid_of(dataset, row)
             if series is not None and sid not in series:

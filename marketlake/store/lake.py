@@ -644,14 +644,14 @@ class Lake:
 
     # ------------------------------------------------------------------ checking
 
-    def fsck(self, *, fix: bool = False) -> FsckReport:
+    def fsck(self, *, fix: bool = False, progress: Callable[[int, int], None] | None = None) -> FsckReport:
         """Check every table's log against storage; with ``fix``, drop references to missing or
         unreadable files (moved to the quarantine, their ranges forgotten by the ledger so
         ``repair`` re-fetches them) and delete orphans older than the retention. A readable
         referenced file is never touched."""
         if fix:
             self._writable()
-        return run_fsck(self, fix=fix)
+        return run_fsck(self, fix=fix, progress=progress)
 
     # ------------------------------------------------------------------ internals
 
