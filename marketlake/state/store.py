@@ -290,7 +290,12 @@ class StateStore:
         return self._lake_latest(symbol, parse_timeframe(interval).name)
 
     def _lake_latest(self, symbol: str, interval: str | None) -> dict[str, Any] | None:
-        """The newest stored candle (of ``interval``, else of the shortest stored timeframe)."""
+        """The newest stored candle of ``interval``; without one, the candle that closed last
+        across the stored timeframes (ties: the shortest timeframe).
+
+        The close time decides, not the timeframe: a 1s series built from yesterday's trade
+        archive must not hide the 1m candle that closed a minute ago.
+        """
         assert self.lake is not None
         series = self.lake.series("candles").filter(
             (pl.col("symbol") == validate_symbol(symbol))
@@ -301,9 +306,7 @@ class StateStore:
             series = series.filter(pl.col("timeframe") == interval)
         if series.is_empty():
             return None
-        row = series.with_columns(
-            dur=pl.col("timeframe").map_elements(lambda t: parse_timeframe(t).duration_ms, return_dtype=pl.Int64)
-        ).sort("dur").row(0, named=True)
+        row = max(series.iter_rows(named=True), key=_closed_last_key)
         last = row["last_ts"]
         frame = self.lake.read_candles(symbol, row["timeframe"], last, None)
         if frame.is_empty():
@@ -316,6 +319,14 @@ class StateStore:
             "open": c["open"], "high": c["high"], "low": c["low"], "close": c["close"],
             "volume": c["volume"], "turnover": c["turnover"], "confirm": True, "source": "lake",
         }
+
+
+def _closed_last_key(row: Mapping[str, Any]) -> tuple[int, int]:
+    """Sort key of a ``Lake.series()`` row: its last candle's close time, then the shorter
+    timeframe first (so ``max`` picks the latest close and, on a tie, the finest series)."""
+    tf = parse_timeframe(row["timeframe"])
+    last_open = int(row["last_ts"].timestamp() * 1000)
+    return tf.next_open(last_open), -tf.duration_ms
 
 
 def open_state_store(

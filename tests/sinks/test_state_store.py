@@ -254,7 +254,8 @@ def test_bad_values_and_names_rejected(kind: str, tmp_path: Path, request: pytes
 
 def test_market_data_falls_back_to_the_lake(kind: str, tmp_path: Path, request: pytest.FixtureRequest, lake: Lake) -> None:
     lake.write_candles(candles(10), symbol="BTCUSDT", timeframe="1")
-    lake.write_candles(candles(3, step=300_000, seed=1), symbol="BTCUSDT", timeframe="5")
+    # The last 5m candle closes with the last 1m one (T0 + 10 min): on the tie the 1m close wins.
+    lake.write_candles(candles(2, step=300_000, seed=1), symbol="BTCUSDT", timeframe="5")
     last_1m = candles(10).row(-1, named=True)
 
     async def main() -> None:
@@ -263,10 +264,35 @@ def test_market_data_falls_back_to_the_lake(kind: str, tmp_path: Path, request: 
             assert fallback == {"symbol": "BTCUSDT", "price": last_1m["close"], "volume": last_1m["volume"],
                                 "timestamp": last_1m["ts"], "source": "lake"}
             c5 = await store.latest_candle("BTCUSDT", "5m")
-            assert c5 is not None and c5["timestamp"] == T0 + 2 * 300_000 and c5["source"] == "lake"
+            assert c5 is not None and c5["timestamp"] == T0 + 300_000 and c5["source"] == "lake"
             assert await store.latest_price("ETHUSDT") is None
             await store.set_latest_price("BTCUSDT", 99.0, timestamp=T0 + 1)
             assert (await store.latest_price("BTCUSDT"))["price"] == 99.0  # type: ignore[index]
+
+    run(main)
+
+
+def test_the_lake_fallback_price_is_the_close_of_the_candle_that_closed_last(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, lake: Lake
+) -> None:
+    day = 86_400_000
+    # Yesterday's 1s candles (built from the trade archive), today's 1m and 1h candles: the newest
+    # close is the last 1m candle's (it closes at T0 + 1 d + 90 min), neither the finest series'
+    # (yesterday) nor the 1h candle's (it closes at T0 + 1 d + 60 min).
+    lake.write_candles(candles(50, step=1_000, seed=2), symbol="BTCUSDT", timeframe="1s")
+    lake.write_candles(candles(90, start=T0 + day, seed=3), symbol="BTCUSDT", timeframe="1")
+    lake.write_candles(candles(1, start=T0 + day, step=3_600_000, seed=4), symbol="BTCUSDT", timeframe="60")
+    last_1m = candles(90, start=T0 + day, seed=3).row(-1, named=True)
+
+    async def main() -> None:
+        async with make_store(kind, tmp_path, request, lake=lake) as store:
+            got = await store.latest_price("BTCUSDT")
+            assert got is not None and got["price"] == last_1m["close"] and got["timestamp"] == last_1m["ts"]
+            # An hour candle that closes after the last minute wins: it is the newest close.
+            lake.write_candles(candles(2, start=T0 + day, step=3_600_000, seed=4), symbol="BTCUSDT", timeframe="60")
+            last_1h = candles(2, start=T0 + day, step=3_600_000, seed=4).row(-1, named=True)
+            got = await store.latest_price("BTCUSDT")
+            assert got is not None and got["price"] == last_1h["close"] and got["timestamp"] == last_1h["ts"]
 
     run(main)
 
