@@ -12,6 +12,13 @@ Ingest plans from it (fetch only what is neither present nor empty, resume after
 ``check`` tells unexplained gaps from verified-empty ones, ``repair`` re-fetches. It also keeps a
 log of ingest runs and of stream events (disconnects, backfills).
 
+A run records the process that owns it (host, pid and, on Linux, the process's start time, so a
+recycled pid is not mistaken for it) and a heartbeat the runner renews every
+:data:`RUN_HEARTBEAT_S`. A run killed outright (SIGKILL, a power cut) cannot close its record, so
+each new run first marks ``killed`` every ``running`` run whose owner is gone: on this host the
+process check decides (it is exact); for a run of another host (a lake on a shared filesystem)
+a heartbeat older than :data:`RUN_STALE_MS` does.
+
 It lives in ``_meta/ledger.sqlite`` (WAL; every change is one ``BEGIN IMMEDIATE`` transaction, so
 several processes can record at once). SQLite rather than Parquet because the ledger is many small
 updates under concurrency, which is what SQLite is for; it is exposed to DuckDB as a registered
@@ -23,6 +30,8 @@ from __future__ import annotations
 import bisect
 import contextlib
 import json
+import os
+import socket
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -38,7 +47,13 @@ from marketlake.clock import get_clock
 from marketlake.core.intervals import Interval, merge, subtract
 from marketlake.store.layout import META_DIR, SeriesId
 
-__all__ = ["Coverage", "Ledger", "Status"]
+__all__ = ["RUN_HEARTBEAT_S", "RUN_STALE_MS", "Coverage", "Ledger", "Status", "process_token"]
+
+#: Seconds between a runner's heartbeats.
+RUN_HEARTBEAT_S = 60.0
+#: A run of another host whose heartbeat is older than this is dead (10 beats missed: a paused
+#: laptop or a slow shared filesystem must not declare a live run killed).
+RUN_STALE_MS = 10 * 60_000
 
 
 class Status(StrEnum):
@@ -62,6 +77,10 @@ CREATE INDEX IF NOT EXISTS coverage_series
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, started_ms INTEGER NOT NULL, finished_ms INTEGER,
     status TEXT NOT NULL, args TEXT, stats TEXT
+);
+CREATE TABLE IF NOT EXISTS run_procs (
+    run_id TEXT PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, proc_token TEXT,
+    heartbeat_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
     ts_ms INTEGER NOT NULL, run_id TEXT, kind TEXT NOT NULL, dataset TEXT, exchange TEXT,
@@ -223,14 +242,57 @@ class Ledger:
     # ----------------------------------------------------------------- runs and events
 
     def start_run(self, kind: str, args: dict[str, Any]) -> str:
-        """Open a run record (``ingest``, ``stream``, ``repair`` ...); return its id."""
-        run_id = f"{get_clock().now_ms()}-{uuid.uuid4().hex[:8]}"
+        """Open a run record (``ingest``, ``stream``, ``repair`` ...) owned by this process;
+        return its id. Runs whose process is gone are marked ``killed`` first
+        (:meth:`reap_dead_runs`)."""
+        self.reap_dead_runs()
+        now = get_clock().now_ms()
+        run_id = f"{now}-{uuid.uuid4().hex[:8]}"
+        pid = os.getpid()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO runs VALUES (?, ?, ?, NULL, 'running', ?, NULL)",
-                (run_id, kind, get_clock().now_ms(), json.dumps(args, default=str)),
+                (run_id, kind, now, json.dumps(args, default=str)),
+            )
+            db.execute(
+                "INSERT INTO run_procs VALUES (?, ?, ?, ?, ?)",
+                (run_id, socket.gethostname(), pid, process_token(pid), now),
             )
         return run_id
+
+    def heartbeat(self, run_id: str) -> None:
+        """Record that ``run_id``'s process is still alive (runners call it every
+        :data:`RUN_HEARTBEAT_S`)."""
+        with self._tx() as db:
+            db.execute("UPDATE run_procs SET heartbeat_ms = ? WHERE run_id = ?", (get_clock().now_ms(), run_id))
+
+    def reap_dead_runs(self, *, stale_ms: int = RUN_STALE_MS) -> list[str]:
+        """Mark ``killed`` every ``running`` run whose process is gone; return their ids.
+
+        A run of this host is dead when its pid is not alive, or is alive as another process (a
+        recycled pid: the start-time token differs). A run of another host, or one recorded
+        without an owner (by an older marketlake), is dead when its last sign of life (heartbeat,
+        else its start) is older than ``stale_ms``. A killed run's ``finished_ms`` is that last
+        sign of life: the run ended some time after it.
+        """
+        host = socket.gethostname()
+        now = get_clock().now_ms()
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT r.run_id, r.started_ms, p.host, p.pid, p.proc_token, p.heartbeat_ms "
+                "FROM runs r LEFT JOIN run_procs p USING (run_id) WHERE r.status = 'running'"
+            ).fetchall()
+            dead: list[tuple[int, str]] = []
+            for run_id, started, run_host, pid, token, beat in rows:
+                last_seen = beat if beat is not None else started
+                if run_host == host and pid is not None:
+                    alive = _process_alive(pid) and (token is None or process_token(pid) in (None, token))
+                else:
+                    alive = now - last_seen <= stale_ms
+                if not alive:
+                    dead.append((last_seen, run_id))
+            db.executemany("UPDATE runs SET status = 'killed', finished_ms = ? WHERE run_id = ?", dead)
+        return [run_id for _, run_id in dead]
 
     def finish_run(self, run_id: str, status: str, stats: dict[str, Any]) -> None:
         """Close a run record with its outcome (``ok``, ``failed``, ``interrupted``) and figures."""
@@ -241,12 +303,17 @@ class Ledger:
             )
 
     def runs(self) -> pl.DataFrame:
-        """Every run, newest first."""
-        rows = self._db.execute("SELECT * FROM runs ORDER BY started_ms DESC").fetchall()
+        """Every run, newest first, with its owner (host, pid) and last heartbeat when known."""
+        rows = self._db.execute(
+            "SELECT r.run_id, r.kind, r.started_ms, r.finished_ms, r.status, r.args, r.stats, "
+            "p.host, p.pid, p.heartbeat_ms FROM runs r LEFT JOIN run_procs p USING (run_id) "
+            "ORDER BY r.started_ms DESC"
+        ).fetchall()
         return pl.DataFrame(
             rows,
             schema={"run_id": pl.String, "kind": pl.String, "started_ms": pl.Int64, "finished_ms": pl.Int64,
-                    "status": pl.String, "args": pl.String, "stats": pl.String},
+                    "status": pl.String, "args": pl.String, "stats": pl.String, "host": pl.String,
+                    "pid": pl.Int64, "heartbeat_ms": pl.Int64},
             orient="row",
         )
 
@@ -279,6 +346,33 @@ class Ledger:
                     "start_ms": pl.Int64, "end_ms": pl.Int64, "detail": pl.String},
             orient="row",
         )
+
+
+def _process_alive(pid: int) -> bool:
+    """True when a process ``pid`` exists on this host (signal 0 probes without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by another user
+    except OSError:
+        return False
+    return True
+
+
+def process_token(pid: int) -> str | None:
+    """What tells process ``pid`` apart from a later one given the same pid: the boot id and the
+    process's start time (Linux ``/proc``); None where that is not available, or it is gone."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 is the start time; field 2 (the command name) may hold spaces and parentheses,
+    # so count from the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return f"{boot}:{fields[19]}" if len(fields) > 19 else None
 
 
 def _touching(db: sqlite3.Connection, key: tuple[str, ...], lo: int, hi: int) -> list[tuple]:

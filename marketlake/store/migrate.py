@@ -77,10 +77,21 @@ def _has_partitions(path: Path) -> bool:
 
 
 def is_legacy_lake(root: Path) -> bool:
-    """True when a dataset of ``root`` is still in the previous format (data, no Delta log)."""
+    """True when a dataset of ``root`` is still in the previous format: no Delta log, and a data
+    file named by the old protocol (``part-NNNNNNNN``/``delta-NNNNNNNN``) under it."""
     return any(
-        _has_partitions(root / ds) and not (root / ds / "_delta_log").is_dir() for ds in DATASETS
+        not (root / ds / "_delta_log").is_dir() and _has_old_file(root / ds) for ds in DATASETS
     )
+
+
+def _has_old_file(table_root: Path) -> bool:
+    if not _has_partitions(table_root):
+        return False
+    for _, dirnames, filenames in os.walk(table_root):
+        dirnames.sort()
+        if any(_OLD_FILE.fullmatch(n) for n in filenames):
+            return True
+    return False
 
 
 def _partitions(table_root: Path, dataset: str) -> list[tuple[dict[str, str], Path]]:

@@ -317,6 +317,16 @@ class DatasetTable:
             if not self.exists():  # (a concurrent creator winning is fine)
                 raise LakeWriteError(f"cannot create the {self.dataset} table at {self.path}: {exc}") from None
 
+    def ensure(self) -> None:
+        """Create the table (an empty log) if it does not exist yet: before any data file is
+        written, so a concurrent reader never sees data directories without a log."""
+        if self._pinned is not None:
+            raise LakeWriteError(f"this lake is read-only (as of {self._pinned})")
+        if not self.exists():
+            with self._lock:
+                if not self.exists():
+                    self._create()
+
     def commit(
         self,
         adds: Sequence[NewFile],
@@ -364,7 +374,13 @@ class DatasetTable:
                     continue
                 except Exception as exc:
                     raise LakeWriteError(f"cannot commit to {self.path}: {_first_line(exc)}") from None
-                return self.snapshot().version
+                # Our commit is version snap.version + 1, made of exactly these actions: derive its
+                # file list from the previous one instead of re-reading the whole log's file list
+                # (what keeps a bulk write of many series from paying O(files) per commit).
+                self._snapshot = Snapshot(
+                    self.root, self.dataset, snap.version + 1, _apply(snap.files, adds, removes)
+                )
+                return snap.version + 1
         raise LakeWriteError(f"{self.path}: gave up committing after {_COMMIT_ATTEMPTS} concurrent commits")
 
     def checkpoint(self) -> None:
@@ -396,6 +412,26 @@ class DatasetTable:
             if not rel.startswith(("_", ".")):  # the log and hidden files are never data
                 out.append(rel)
         return sorted(out)
+
+
+def _apply(
+    files: pl.DataFrame, adds: Sequence[NewFile], removes: Sequence[tuple[FileEntry, Mapping[str, str]]]
+) -> pl.DataFrame:
+    """``files`` after a commit of ``adds`` and ``removes``."""
+    gone = {f.path for f, _ in removes}
+    kept = files.filter(~pl.col("path").is_in(list(gone))) if gone else files
+    if not adds:
+        return kept
+    new = pl.DataFrame(
+        {
+            "path": [a.path for a in adds], "size": [a.size for a in adds], "rows": [a.rows for a in adds],
+            "first_ms": [a.first_us // 1000 for a in adds], "last_ms": [a.last_us // 1000 for a in adds],
+            **{c: [a.partition_values.get(c) for a in adds]
+               for c in ("exchange", "category", "symbol", "timeframe", "date")},
+        },
+        schema=_SNAPSHOT_SCHEMA,
+    )
+    return pl.concat([kept, new], how="vertical").sort("path")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -276,6 +276,7 @@ def write_series(
         CorruptLakeError: a stored file of a planned partition cannot be read.
     """
     root = table.root
+    table.ensure()
     for attempt in range(_CONFLICT_ATTEMPTS):
         snap = table.snapshot()
         w = _Writer(root, sid, snap)
@@ -339,6 +340,7 @@ def write_series_chunks(
         As :func:`write_series`; and whatever ``chunks`` or ``prepare`` raise (nothing committed).
     """
     root = table.root
+    table.ensure()
     for attempt in range(_CONFLICT_ATTEMPTS):
         snap = table.snapshot()
         w = _Writer(root, sid, snap)
