@@ -303,7 +303,7 @@ def test_the_archive_command_plans_fetches_and_reports_in_json(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--symbols", "BTCUSDT", "--days", "0"], "--days must be >= 1"),
+        (["--symbols", "BTCUSDT", "--days", "0"], "'--days': 0 is out of range"),
         (["--symbols", "BTCUSDT", "--start", "2024-13-01"], "--start must be a date YYYY-MM-DD"),
         (["--symbols", "BTCUSDT"], "say which days"),
         (["--symbols", "../etc", "--days", "2"], "invalid symbol"),
@@ -340,6 +340,14 @@ def test_an_archive_run_killed_with_sigkill_resumes_to_the_exact_lake(tmp_path):
             assert stored(lake, sym, "linear").equals(truth(emu, sym, "linear", start, end))
         # A kill mid-write may leave a temp or a superseded file (invisible to readers), nothing else.
         assert {i.kind for i in lake.fsck().issues} <= {"temp", "superseded"}
+        # The killed runs could not close their records; the run after them marked them killed
+        # (a kill that came before the run was recorded leaves no record at all).
+        listed = json.loads(_cli("runs", "--json", "--lake", str(root)).stdout)
+        statuses = [r["status"] for r in listed]
+        assert statuses[0] == "ok" and set(statuses[1:]) <= {"killed"}
+        assert all(r["pid"] and r["host"] for r in listed)
+        if len(statuses) > 1:
+            assert "killed" in _cli("runs", "--lake", str(root)).stdout
 
 
 def test_sub_minute_candles_built_from_archive_days_equal_the_kernel_on_the_truth_and_leave_no_gap(tmp_path):
