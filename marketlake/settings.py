@@ -47,9 +47,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         api_key: Bybit API key (public data needs none); masked in repr.
         api_secret: Bybit API secret; masked in repr.
         rate_limit_per_5s: Share of Bybit's 600 requests / 5 s this machine may use.
-        gc_grace_seconds: How long superseded Parquet files stay on disk so that readers holding a
-            file list (a LazyFrame, a DuckDB view) keep working; ``fsck --fix`` removes them sooner.
-        compact_after_deltas: Fold a partition's delta files into its main file once this many exist.
+        gc_grace_seconds: The vacuum retention: how long a file a commit replaced stays on disk,
+            so readers of an older version (a LazyFrame, a DuckDB view, ``as_of``) keep working,
+            and how old a never-committed file must be before vacuum deletes it. Named
+            snapshots are kept regardless. Default one hour.
+        compact_after_deltas: Fold a partition's files into one once it holds this many (live
+            flushes add one small file each).
         memory_limit_percent: Share of system memory the DataFeeder may use.
 
     Every ``MARKETLAKE_*`` environment variable must name a field (a typo is a
@@ -66,7 +69,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     api_key: str = ""
     api_secret: str = ""
     rate_limit_per_5s: int = 500
-    gc_grace_seconds: float = 300.0
+    gc_grace_seconds: float = 3600.0
     compact_after_deltas: int = 16
     memory_limit_percent: float = 90.0
 
