@@ -343,6 +343,7 @@ from marketlake.cli import stream_cmd  # noqa: E402,F401
 from marketlake.cli import compat_cmd  # noqa: E402,F401
 from marketlake.cli import coverage_cmd  # noqa: E402,F401
 from marketlake.cli import lake_cmd  # noqa: E402,F401
+from marketlake.cli import runs_cmd  # noqa: E402,F401
 
 def _fail(message: str) -> None:
     err_console.print(f"error: {message}", markup=False, soft_wrap=True, highlight=False)

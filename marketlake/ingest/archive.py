@@ -44,6 +44,7 @@ from marketlake.errors import DataValidationError, ExchangeError, LakeError
 from marketlake.exchanges.bybit import constants as C
 from marketlake.exchanges.bybit.archive import BybitArchiveClient
 from marketlake.exchanges.bybit.parse_archive import parse_trade_dump
+from marketlake.ingest.heartbeat import keep_alive
 from marketlake.store import Lake
 from marketlake.store.layout import CANDLES, TRADES, SeriesId
 from marketlake.store.ledger import Status
@@ -233,6 +234,7 @@ class ArchiveIngest:
         t0 = self._t0 = time.monotonic()
         self.run_id = self.lake.ledger.start_run("archive", self.run_args)
         queue: asyncio.Queue[tuple[SeriesId, dt.date]] = asyncio.Queue()
+        beat = asyncio.create_task(keep_alive(self.lake.ledger, self.run_id))
         status = "ok"
         try:
             # Workers start first: the first symbol's days download while later indexes are read.
@@ -253,6 +255,7 @@ class ArchiveIngest:
             status = "interrupted"
             raise
         finally:
+            beat.cancel()
             st.elapsed = time.monotonic() - t0
             st.requests, st.retries = self.client.stats.requests, self.client.stats.retries
             st.bytes_downloaded = self.client.stats.bytes_downloaded

@@ -32,6 +32,7 @@ from marketlake.errors import (
     ExchangeRequestError,
 )
 from marketlake.exchanges.bybit.rest import BybitRestClient, KlinePage
+from marketlake.ingest.heartbeat import keep_alive
 from marketlake.ingest.planner import Plan, SeriesPlan
 from marketlake.store import Lake
 from marketlake.store.ledger import Status
@@ -176,6 +177,7 @@ class HistoricalIngest:
         requests_before = self.client.stats.requests
         retries_before = self.client.stats.retries
         workers = [asyncio.create_task(self._worker(queue, run_id)) for _ in range(self.concurrency)]
+        beat = asyncio.create_task(keep_alive(ledger, run_id))
         status = "ok"
         try:
             await asyncio.gather(*workers)
@@ -187,6 +189,7 @@ class HistoricalIngest:
             await asyncio.gather(*workers, return_exceptions=True)
             raise
         finally:
+            beat.cancel()
             # Whatever was fetched is written, also on cancellation (shielded from it).
             with contextlib.suppress(BaseException):
                 await asyncio.shield(self._flush_all(states, run_id))

@@ -52,6 +52,7 @@ from marketlake.exchanges.bybit.ws import (
 )
 from marketlake.exchanges.bybit.ws_frames import KlinePush, ws_url_for
 from marketlake.ingest.callbacks import Callback, CallbackHub
+from marketlake.ingest.heartbeat import keep_alive
 from marketlake.ingest.live_tracks import FlushBatch, KlineTrack, TradeCandles, TradeTrack
 from marketlake.ingest.live_types import (
     LiveCandle,
@@ -199,7 +200,7 @@ class LiveRunner:
             self._stop.set()
         self._started = time.monotonic()
         await self._init_tracks()
-        self._run_id = self.writer.run_id = self.lake.ledger.start_run(
+        run_id = self._run_id = self.writer.run_id = self.lake.ledger.start_run(
             "stream", {**self.run_args, "topics": self.config.topics(), "ws_url": self.ws_url}
         )
         opts = {"category": self.config.category, **self.ws_options}
@@ -210,6 +211,7 @@ class LiveRunner:
             asyncio.create_task(self._filler(), name="filler"),
             asyncio.create_task(self._flusher(), name="flusher"),
             asyncio.create_task(self._status(), name="status"),
+            asyncio.create_task(keep_alive(self.lake.ledger, run_id), name="heartbeat"),
         ]
         stopper = asyncio.create_task(self._stop.wait())
         status = "ok"

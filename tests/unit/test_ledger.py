@@ -125,3 +125,88 @@ def test_record_and_record_many_match_a_point_by_point_model(tmp_path_factory, o
     for prev, cur in zip(got, got[1:]):
         assert prev.end_ms <= cur.start_ms
         assert not (prev.end_ms == cur.start_ms and prev.status == cur.status)
+
+
+# ----------------------------------------------------------------- run bookkeeping
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and was reaped): nothing answers on it now."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+def test_a_run_records_its_process_and_heartbeat(ledger):
+    import os
+    import socket
+
+    from marketlake.clock import ManualClock, use_clock
+
+    with use_clock(ManualClock(1_000_000)) as clock:
+        run = ledger.start_run("ingest", {})
+        clock.advance(42)
+        ledger.heartbeat(run)
+    row = ledger.runs().row(0, named=True)
+    assert (row["pid"], row["host"], row["heartbeat_ms"]) == (os.getpid(), socket.gethostname(), 1_042_000)
+    assert row["status"] == "running"
+
+
+def test_a_run_whose_process_died_is_marked_killed_when_the_next_run_starts(tmp_path):
+    import subprocess
+    import sys
+
+    # A real process opens a run and dies without closing it (os._exit: no finally, like SIGKILL).
+    code = (
+        "import os, sys; from marketlake.store.ledger import Ledger; "
+        f"r = Ledger({str(tmp_path)!r}).start_run('archive', {{}}); print(r, flush=True); os._exit(9)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    dead = done.stdout.strip()
+    with Ledger(tmp_path) as led:
+        assert led.runs().row(0, named=True)["status"] == "running"
+        beat = led.runs().row(0, named=True)["heartbeat_ms"]
+        mine = led.start_run("ingest", {})
+        runs = {r["run_id"]: r for r in led.runs().iter_rows(named=True)}
+        assert runs[dead]["status"] == "killed" and runs[dead]["finished_ms"] == beat
+        assert runs[mine]["status"] == "running"  # this process is alive: never reaped
+
+
+def test_dead_and_recycled_pids_on_this_host_are_killed_live_ones_are_not(ledger):
+    import os
+
+    alive, dead, recycled = (ledger.start_run("stream", {}) for _ in range(3))
+    ledger._db.execute("UPDATE run_procs SET pid = ? WHERE run_id = ?", (_dead_pid(), dead))
+    if ledger._db.execute("SELECT proc_token FROM run_procs WHERE run_id = ?", (recycled,)).fetchone()[0]:
+        # Our own pid, but the record says another process held it: a recycled pid.
+        ledger._db.execute("UPDATE run_procs SET proc_token = 'other-boot:1' WHERE run_id = ?", (recycled,))
+        expected = {dead, recycled}
+    else:  # pragma: no cover  (no /proc: the pid check alone)
+        expected = {dead}
+    assert set(ledger.reap_dead_runs()) == expected
+    status = dict(ledger.runs().select("run_id", "status").iter_rows())
+    assert status[alive] == "running" and all(status[r] == "killed" for r in expected)
+    assert os.getpid() in ledger.runs()["pid"].to_list()
+    assert ledger.reap_dead_runs() == []  # a killed run stays killed; nothing else changes
+
+
+def test_runs_of_other_hosts_and_runs_without_an_owner_die_by_their_heartbeat(ledger):
+    from marketlake.clock import ManualClock, use_clock
+    from marketlake.store.ledger import RUN_STALE_MS
+
+    with use_clock(ManualClock(10_000_000)) as clock:
+        remote = ledger.start_run("ingest", {})
+        ledger._db.execute("UPDATE run_procs SET host = 'elsewhere', pid = 1 WHERE run_id = ?", (remote,))
+        # A run an older marketlake opened: no owner recorded, only its start.
+        ledger._db.execute("INSERT INTO runs VALUES ('legacy', 'ingest', ?, NULL, 'running', '{}', NULL)", (10_000_000,))
+        clock.advance(RUN_STALE_MS / 1000 - 1)
+        ledger.heartbeat(remote)  # the other host still beats
+        assert ledger.reap_dead_runs() == []
+        clock.advance(2)
+        assert ledger.reap_dead_runs() == ["legacy"]
+        clock.advance(RUN_STALE_MS / 1000 + 1)
+        assert ledger.reap_dead_runs() == [remote]
+    status = dict(ledger.runs().select("run_id", "status").iter_rows())
+    assert status == {remote: "killed", "legacy": "killed"}
