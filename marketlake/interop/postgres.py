@@ -448,6 +448,7 @@ def export_postgres(
         SinkError: PostgreSQL refused, or the connection kept failing. Batches committed before
             the failure stay; a re-run inserts the rest.
     """
+    lake = lake.pinned()  # every batch reads the same table version, whatever writers commit meanwhile
     if batch_rows < 1 or retries < 0:
         raise ConfigError("batch_rows must be >= 1 and retries >= 0")
     _check_dsn(dsn)

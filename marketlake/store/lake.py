@@ -104,6 +104,14 @@ class Lake:
         pinned = "" if self.as_of is None else f", as_of={self.as_of!r}"
         return f"Lake({str(self.root)!r}{pinned})"
 
+    def pinned(self) -> Lake:
+        """A read-only view of this lake at the versions it reads now: every read through it sees
+        the same version, whatever writers commit meanwhile (exports, long reports)."""
+        view = Lake(self.root, settings=self.settings)
+        view._pinned = {ds: self.snapshot(ds) for ds in DATASETS}
+        view.as_of = {ds: s.version for ds, s in view._pinned.items()}
+        return view
+
     @property
     def read_only(self) -> bool:
         """True for a lake opened ``as_of`` a snapshot, version or time."""

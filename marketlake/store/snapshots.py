@@ -70,8 +70,9 @@ def snapshots_dir(root: Path) -> Path:
 
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        shown = repr(name) if len(repr(name)) <= 40 else repr(name)[:37] + "..."
         raise DataValidationError(
-            f"snapshot name {name!r}: use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"snapshot name {shown}: use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
 
@@ -217,14 +218,18 @@ def _empty(root: Path, ds: str) -> Snapshot:
 def _at_version(root: Path, ds: str, version: int) -> Snapshot:
     if version < 0:
         raise DataValidationError(f"as_of version {version}: versions start at 0")
-    table = DatasetTable(root, ds, pinned=version)
-    if not table.exists():
+    if not DatasetTable(root, ds).exists():
         raise DataValidationError(f"as_of version {version}: this lake has no {ds} table")
+    newest = DatasetTable(root, ds).version()
+    if version > newest:
+        raise DataValidationError(f"as_of version {version}: the {ds} table is at version {newest}")
+    table = DatasetTable(root, ds, pinned=version)
     try:
         return table.snapshot()
     except LakeError as exc:
         raise DataValidationError(
-            f"as_of version {version} of {ds}: not in the log (it keeps 7 days; use a named snapshot): {exc}"
+            f"as_of version {version} of {ds} is no longer in the log (it keeps 7 days; "
+            f"name a snapshot to keep a version longer)"
         ) from None
 
 

@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 
 from marketlake.core.schemas import CANDLE_ARROW_SCHEMA, TRADE_ARROW_SCHEMA
-from marketlake.errors import CorruptLakeError, LakeError, LakeWriteError
+from marketlake.errors import LakeError, LakeWriteError
 from marketlake.store.layout import CANDLES, TRADES, SeriesId, partition_columns
 
 __all__ = [
@@ -440,7 +440,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _lake_error(path: Path, exc: BaseException) -> LakeError:
-    return CorruptLakeError(path, f"cannot read the Delta log: {_first_line(exc)}")
+    # A damaged log is not something fsck can mend (the log is the truth it checks against):
+    # say what delta-rs found, short, and where to look.
+    reason = _first_line(exc).removeprefix("Kernel error: ")
+    if len(reason) > 160:
+        reason = reason[:157] + "..."
+    return LakeError(
+        f"{path}: the Delta log cannot be read ({reason}); restore {path / '_delta_log'} from a "
+        "backup: marketlake never rewrites a log entry"
+    )
 
 
 def partition_values(sid: SeriesId, key: str) -> dict[str, str]:
