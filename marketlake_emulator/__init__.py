@@ -2,8 +2,8 @@
 
 One entry point: :class:`Emulator` (an aiohttp server on 127.0.0.1 speaking Bybit's public REST,
 WebSocket and daily-archive wire formats over a deterministic synthetic market) and
-:func:`serve` (run it until interrupted, as ``marketlake serve`` does). The knobs a test turns
-are re-exported here too.
+:func:`serve` (run it until interrupted); :func:`serve_command` is ``marketlake serve``'s body
+(option checks, lake replay). The knobs a test turns are re-exported here too.
 
 Product code (``marketlake.*``) never imports this package, except lazily inside the ``serve``
 and ``demo`` CLI commands; ``tests/unit/test_emulator_package.py`` holds it to that. The
@@ -21,6 +21,7 @@ Usage::
 
 from __future__ import annotations
 
+from marketlake_emulator.cli import serve_command
 from marketlake_emulator.control import EmulatorClock, FaultConfig
 from marketlake_emulator.market import SyntheticMarket
 from marketlake_emulator.server import BybitEmulator, serve
@@ -37,4 +38,5 @@ __all__ = [
     "SyntheticMarket",
     "WsFaultConfig",
     "serve",
+    "serve_command",
 ]

@@ -30,6 +30,7 @@ from typing import Any, Final, Self
 import msgspec
 from aiohttp import web
 
+from marketlake.errors import ConfigError
 from marketlake.exchanges.bybit import constants as C
 from marketlake_emulator.control import (
     EmulatorClock,
@@ -371,6 +372,9 @@ def serve(
         faults: Initial faults.
         on_ready: Called with the base URL once the server listens.
         market: The market to serve instead of a generated one (e.g. a lake replay).
+
+    Raises:
+        ConfigError: it cannot listen on ``host:port``.
     """
 
     async def main() -> None:
@@ -381,11 +385,17 @@ def serve(
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGTERM, stop.set)
-        async with emu:
+        try:
+            await emu.start()
+        except OSError as exc:  # a port in use, an address not of this machine: bad settings
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        try:
             log.info("bybit emulator listening on %s", emu.url)
             if on_ready is not None:
                 on_ready(emu.url)
             await stop.wait()
+        finally:
+            await emu.stop()
 
     try:
         asyncio.run(main())

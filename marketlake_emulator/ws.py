@@ -291,6 +291,8 @@ class EmulatorWs:
     # ------------------------------------------------------------------ requests and acks
 
     async def _reply(self, conn: _Conn, op: str, ok: bool, message: str, req_id: str | None) -> None:
+        if self.faults.reply_latency_s > 0:
+            await asyncio.sleep(self.faults.reply_latency_s)
         spot = conn.record.category == "spot"
         body: dict[str, Any] = {"success": ok, "ret_msg": message, "conn_id": conn.record.conn_id}
         if not spot:

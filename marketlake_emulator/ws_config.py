@@ -61,6 +61,10 @@ class WsFaultConfig:
             ``connect_window_s``; None = no limit (the log still shows the peak).
         connect_window_s: The window of ``connect_limit``, real seconds.
         record_sends: Keep ``(topic, key, time_ns)`` of every push sent (latency benchmarks).
+        reply_latency_s: Real seconds before each answer to a request: the network round trip a
+            client of the real exchange always has. pybit 5.x stores a subscription's ``req_id``
+            only after sending it, so an ack arriving within microseconds (a local server with no
+            latency) finds no entry and pybit closes the socket; a few ms avoid that race.
     """
 
     push_interval_s: float = 0.1
@@ -82,6 +86,7 @@ class WsFaultConfig:
     connect_limit: int | None = None
     connect_window_s: float = C.WS_CONNECT_WINDOW_SECONDS
     record_sends: bool = False
+    reply_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -97,6 +102,8 @@ class WsFaultConfig:
         for f in fields(self):
             if f.name.startswith("p_") and not 0.0 <= getattr(self, f.name) <= 1.0:
                 raise ValueError(f"{f.name} must be within [0, 1]")
+        if not 0.0 <= self.reply_latency_s <= 10.0:
+            raise ValueError("reply_latency_s must be within [0, 10]")
         if self.delay_s < 0 or self.connect_window_s <= 0:
             raise ValueError("delay_s must be >= 0 and connect_window_s > 0")
         if not 1 <= self.oversized_bytes <= 256 * 2**20:

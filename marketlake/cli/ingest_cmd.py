@@ -302,34 +302,40 @@ def _backfill_then_stream(
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port (0: any free one).")] = 8765,
-    symbols: Annotated[str, typer.Option("--symbols", help="How many linear symbols (N), or a comma-separated list.")] = "10",
+    port: Annotated[int, typer.Option(help="TCP port 0..65535 (0: any free one).")] = 8765,
+    symbols: Annotated[str, typer.Option("--symbols", help="How many linear symbols (1..9999), or a comma-separated list.")] = "10",
     seed: Annotated[int, typer.Option(help="Market seed.")] = 0,
-    speed: Annotated[float, typer.Option(help="Market-time speed-up (market ms per real ms).")] = 1.0,
+    speed: Annotated[float, typer.Option(help="Market-time speed-up (market ms per real ms; 0 freezes it).")] = 1.0,
     lake: Annotated[Optional[Path], typer.Option("--lake", help="Replay this lake instead of a synthetic market.")] = None,
+    exchange: Annotated[Optional[str], typer.Option("--exchange", help="With --lake: whose candles to serve (default: bybit, or the lake's only exchange).")] = None,
     start: Annotated[Optional[str], typer.Option("--start", help="Market time at start (default: now; with --lake: after its last candle).")] = None,
 ) -> None:
     """Run the Bybit emulator (REST and WebSocket on one port) for tests, demos and bots.
 
     A deterministic synthetic market, or an existing lake replayed (--lake).
     """
-    from marketlake_emulator import serve as run_emulator
+    from marketlake_emulator import serve_command
 
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        err_console.print(f"warning: serving on {host}: reachable from other machines")
-    names: int | list[str] = int(symbols) if symbols.isdigit() else symbols.split(",")
-    start_ms = None if start is None else to_ms(start, what="--start")
-    market = None
-    if lake is not None:
+    def opener(root: Path) -> Lake:
         from marketlake.store import Lake
-        from marketlake_emulator.replay import LakeMarket
 
-        market = LakeMarket(Lake(lake, settings=load_settings(lake, None)))
-        if start_ms is None:
-            start_ms = market.last_ms + 86_400_000  # every stored candle closed, even D
+        return Lake(root, settings=load_settings(root, None))
 
-    def ready(url: str) -> None:
-        what = f"replaying {lake}" if lake is not None else "synthetic market"
+    def ready(url: str, what: str) -> None:
+        # Warned once listening: bad input before that is one line, the error alone.
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            err_console.print(f"warning: serving on {host}: reachable from other machines")
         console.print(f"bybit emulator ({what}) listening on {url} (Ctrl-C stops it)")
 
-    run_emulator(host, port, names, seed, speed, start_ms=start_ms, on_ready=ready, market=market)
+    serve_command(
+        host=host,
+        port=port,
+        symbols=symbols,
+        seed=seed,
+        speed=speed,
+        start_ms=None if start is None else to_ms(start, what="--start"),
+        lake_dir=lake,
+        open_lake=opener,
+        exchange=exchange,
+        on_ready=ready,
+    )
