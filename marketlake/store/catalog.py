@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from marketlake.store.layout import CANDLES
+from marketlake.store.datasets import spec
 from marketlake.store.table import Snapshot
 
 __all__ = ["SERIES_SCHEMA", "series_table"]
@@ -35,7 +35,7 @@ def series_table(snapshots: list[Snapshot]) -> pl.DataFrame:
         if snap.files.is_empty():
             continue
         f = snap.files
-        if snap.dataset != CANDLES:
+        if not spec(snap.dataset).has_timeframe:
             f = f.with_columns(pl.lit(None, dtype=pl.String).alias("timeframe"))
         frames.append(
             f.group_by("exchange", "category", "symbol", "timeframe").agg(

@@ -12,27 +12,10 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from marketlake.store.layout import CANDLES, TRADES
+from marketlake.store.datasets import CANDLES, DATASETS, spec
 from marketlake.store.reader import PartitionFiles
 
 __all__ = ["create_views", "sandbox"]
-
-_HIVE = {
-    CANDLES: ("exchange", "category", "symbol", "timeframe", "date"),
-    TRADES: ("exchange", "category", "symbol", "date"),
-}
-_COLUMNS = {
-    CANDLES: (
-        ("ts", "TIMESTAMPTZ"), ("open", "DOUBLE"), ("high", "DOUBLE"), ("low", "DOUBLE"),
-        ("close", "DOUBLE"), ("volume", "DOUBLE"), ("turnover", "DOUBLE"), ("trades", "BIGINT"),
-        ("buy_volume", "DOUBLE"), ("filled", "BOOLEAN"),
-    ),
-    TRADES: (
-        ("ts", "TIMESTAMPTZ"), ("price", "DOUBLE"), ("size", "DOUBLE"), ("side", "VARCHAR"),
-        ("trade_id", "VARCHAR"), ("tick_direction", "VARCHAR"), ("is_block_trade", "BOOLEAN"),
-    ),
-}
-
 
 # Columns added after the first release, read from older files with their default.
 _DEFAULTS = {(CANDLES, "filled"): 'coalesce("filled", false) AS "filled"'}
@@ -43,8 +26,8 @@ def _quote(text: str) -> str:
 
 
 def _view_sql(dataset: str, files: list[Path]) -> str:
-    hive = _HIVE[dataset]
-    cols = _COLUMNS[dataset]
+    hive = spec(dataset).hive
+    cols = spec(dataset).duck_columns()
     typed = ", ".join([*(f'NULL::VARCHAR AS "{h}"' for h in hive), *(f'NULL::{t} AS "{c}"' for c, t in cols)])
     if not files:
         return f"CREATE OR REPLACE VIEW {dataset} AS SELECT {typed} WHERE false"
@@ -67,11 +50,11 @@ def create_views(
     parts: dict[str, list[PartitionFiles]],
     coverage: pa.Table | None = None,
 ) -> None:
-    """(Re)create the ``candles`` and ``trades`` views of ``con`` over the given live files, and
-    the ``coverage`` view over the ledger's ranges when given."""
+    """(Re)create one view per dataset (``candles``, ``trades``, ``funding``, ``mark_candles`` ...)
+    over the given files, and the ``coverage`` view over the ledger's ranges when given."""
     if con.execute("SELECT current_setting('TimeZone')").fetchone() != ("UTC",):
         con.execute("SET TimeZone = 'UTC'")  # (a sandboxed connection is locked, and already UTC)
-    for dataset in (CANDLES, TRADES):
+    for dataset in DATASETS:
         files = [f for p in parts.get(dataset, []) for f in p.files]
         con.execute(_view_sql(dataset, files))
     if coverage is not None:
@@ -82,7 +65,7 @@ def create_views(
 def sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> None:
     """Restrict ``con`` to reading the lake: file access only under its tables, no extension
     installs or loads, and the configuration locked so a query cannot lift it."""
-    dirs = [str(root / ds) + "/" for ds in (CANDLES, TRADES)]
+    dirs = [str(root / ds) + "/" for ds in DATASETS]
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
     con.execute(f"SET allowed_directories = [{', '.join(_quote(d) for d in dirs)}]")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 
-from marketlake.core.schemas import REQUIRED_COLUMNS
+from marketlake.store.datasets import spec
 from marketlake.store.layout import DATASETS, META_DIR, SeriesId
 from marketlake.store.table import CommitConflict, FileEntry, data_arrow_schema, partition_values
 
@@ -111,7 +111,7 @@ def _check_file(path: Path, f: FileEntry, dataset: str, sid: SeriesId | None) ->
         return "unreadable", f"cannot decode: {text}"
     expected = data_arrow_schema(dataset).names
     names = table.schema.names
-    if [n for n in expected if n in names] != names or any(c not in names for c in REQUIRED_COLUMNS[dataset]):
+    if [n for n in expected if n in names] != names or any(c not in names for c in spec(dataset).required):
         return "unreadable", f"columns {names} are not {expected}"
     if size != f.size:
         return "mismatch", f"{size} bytes on disk, {f.size} in the log"
@@ -119,7 +119,7 @@ def _check_file(path: Path, f: FileEntry, dataset: str, sid: SeriesId | None) ->
         return "mismatch", f"{table.num_rows} rows on disk, {f.rows} in the log"
     if table.num_rows:
         ts = table.column("ts").cast("int64")
-        div = 1 if dataset == "candles" else 1000
+        div = 1 if spec(dataset).ts_unit == "ms" else 1000
         first, last = min(ts.to_numpy()) // div, max(ts.to_numpy()) // div
         if f.first_ms is not None and (first, last) != (f.first_ms, f.last_ms):
             return "mismatch", "ts range differs from the log"
@@ -181,7 +181,7 @@ def _sid_of(dataset: str, values: dict[str, Any]) -> SeriesId | None:
     try:
         return SeriesId.of(
             dataset, exchange=values["exchange"], category=values["category"], symbol=values["symbol"],
-            timeframe=values.get("timeframe") if dataset == "candles" else None,
+            timeframe=values.get("timeframe") if spec(dataset).has_timeframe else None,
         )
     except (KeyError, ValueError):
         return None

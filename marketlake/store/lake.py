@@ -26,6 +26,7 @@ from marketlake.store.fsck import FsckReport, run_fsck
 from marketlake.store.layout import CANDLES, DATASETS, META_DIR, TRADES, SeriesId
 from marketlake.store.ledger import Ledger
 from marketlake.store.maintenance import Maintenance
+from marketlake.store.perp import PerpLakeMixin
 from marketlake.store.quarantine import read_quarantine, write_quarantine
 from marketlake.store.reader import PartitionFiles, find_series, plan_files, scan_files
 from marketlake.store.table import DatasetTable, Snapshot
@@ -58,7 +59,7 @@ Timeframes = str | int | Timeframe | Sequence[str | int | Timeframe] | None
 _WRITE_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
-class Lake:
+class Lake(PerpLakeMixin):
     """A lake of Delta Lake tables (one per dataset) of hive-partitioned Parquet under one root.
 
     Args:
@@ -590,6 +591,8 @@ class Lake:
         """Rebuild ``con``'s views over the current files (and ``coverage``, once a ledger exists)."""
         coverage = self.ledger.table().to_arrow() if self.has_ledger else None
         create_views(con, {ds: self._all_parts(ds) for ds in DATASETS}, coverage)
+        # The instrument history is small: a registered Arrow table (no file access needed).
+        con.register("instruments", self.instrument_history().to_arrow())
 
     @property
     def has_ledger(self) -> bool:

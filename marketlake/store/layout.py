@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 import numpy as np
 
@@ -37,22 +37,13 @@ __all__ = [
     "partition_period",
 ]
 
-CANDLES: Final = "candles"
-TRADES: Final = "trades"
-DATASETS: Final = (CANDLES, TRADES)
-Dataset = Literal["candles", "trades"]
+from marketlake.store.datasets import CANDLES, DATASETS, TRADES, spec  # noqa: E402  (re-exported)
 
 META_DIR: Final = "_meta"
 
-_PARTITION_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
-    CANDLES: ("exchange", "category", "symbol", "timeframe", "date"),
-    TRADES: ("exchange", "category", "symbol", "date"),
-}
-
-
 def partition_columns(dataset: str) -> tuple[str, ...]:
     """The hive/Delta partition columns of ``dataset``, outermost first."""
-    return _PARTITION_COLUMNS[dataset]
+    return spec(dataset).hive
 
 
 class Period(Enum):
@@ -121,6 +112,8 @@ def partition_period(dataset: str, timeframe: Timeframe | None) -> Period:
     """The partition period of a dataset / timeframe (candles of 5m and longer: one per year)."""
     if dataset == TRADES:
         return _TRADES_PERIOD
+    if spec(dataset).year_periods:
+        return Period.YEAR
     assert timeframe is not None
     return _CANDLE_PERIODS.get(timeframe.name, Period.YEAR)
 
@@ -155,11 +148,11 @@ class SeriesId:
     ) -> SeriesId:
         """Validate every part and build the id (the only way paths get their names)."""
         if dataset not in DATASETS:
-            raise DataValidationError(f"unknown dataset {dataset!r}; use candles or trades")
+            raise DataValidationError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
         tf = None
-        if dataset == CANDLES:
+        if spec(dataset).has_timeframe:
             if timeframe is None:
-                raise DataValidationError("candles need a timeframe")
+                raise DataValidationError(f"{dataset} need a timeframe")
             tf = parse_timeframe(timeframe)
         return cls(
             dataset=dataset,

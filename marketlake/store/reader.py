@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Final
 
 import polars as pl
 
-from marketlake.core.schemas import CANDLE_DEFAULTS, CANDLE_SCHEMA, TRADE_SCHEMA
 from marketlake.core.symbols import validate_category, validate_exchange, validate_symbol
 from marketlake.core.timeframes import TIMEFRAMES, Timeframe, parse_timeframe
 from marketlake.core.timeutil import ms_to_datetime
-from marketlake.store.layout import CANDLES, SeriesId
+from marketlake.store.datasets import spec
+from marketlake.store.layout import SeriesId
 
 if TYPE_CHECKING:
     from marketlake.store.table import Snapshot
@@ -109,7 +109,7 @@ def plan_files(
 
 
 def _labels(dataset: str) -> dict[str, pl.DataType]:
-    if dataset == CANDLES:
+    if spec(dataset).has_timeframe:
         return {"symbol": pl.String(), "timeframe": pl.String()}
     return {"symbol": pl.String()}
 
@@ -117,7 +117,7 @@ def _labels(dataset: str) -> dict[str, pl.DataType]:
 def _ts_literal(ms: int, dataset: str) -> pl.Expr:
     # A typed datetime literal (not an epoch expression on the column) keeps the comparison
     # eligible for Parquet row-group pruning by statistics.
-    unit = "ms" if dataset == CANDLES else "us"
+    unit = spec(dataset).ts_unit
     return pl.lit(ms_to_datetime(ms), dtype=pl.Datetime(unit, "UTC"))
 
 
@@ -125,15 +125,15 @@ def scan_data_files(dataset: str, files: Sequence[Path]) -> pl.LazyFrame:
     """Scan data files of one series in the stored schema.
 
     Files written before an optional column was added read it as its default (schema evolution
-    by addition: new columns are nullable or have a default in ``CANDLE_DEFAULTS``).
+    by addition: new columns are nullable or have a default in the dataset's spec).
     """
-    schema = CANDLE_SCHEMA if dataset == CANDLES else TRADE_SCHEMA
+    ds = spec(dataset)
     lf = pl.scan_parquet(
-        list(files), schema=schema, hive_partitioning=False, glob=False,
+        list(files), schema=ds.schema, hive_partitioning=False, glob=False,
         missing_columns="insert", extra_columns="ignore",
     )
-    if dataset == CANDLES:
-        lf = lf.with_columns(pl.col(c).fill_null(v) for c, v in CANDLE_DEFAULTS.items())
+    if ds.defaults:
+        lf = lf.with_columns(pl.col(c).fill_null(v) for c, v in ds.defaults.items())
     return lf
 
 
@@ -147,8 +147,8 @@ def scan_files(
     """
     schema_labels = _labels(dataset)
     if not parts:
-        return pl.LazyFrame(schema={**schema_labels, **(CANDLE_SCHEMA if dataset == CANDLES else TRADE_SCHEMA)})
-    schema = CANDLE_SCHEMA if dataset == CANDLES else TRADE_SCHEMA
+        return pl.LazyFrame(schema={**schema_labels, **spec(dataset).schema})
+    schema = spec(dataset).schema
     by_series: dict[SeriesId, list[Path]] = {}
     for p in parts:
         by_series.setdefault(p.series, []).extend(p.files)

@@ -32,9 +32,9 @@ from typing import Any, Final
 import polars as pl
 import pyarrow as pa
 
-from marketlake.core.schemas import CANDLE_ARROW_SCHEMA, TRADE_ARROW_SCHEMA
 from marketlake.errors import LakeError, LakeWriteError
-from marketlake.store.layout import CANDLES, TRADES, SeriesId, partition_columns
+from marketlake.store.datasets import spec
+from marketlake.store.layout import SeriesId, partition_columns
 
 __all__ = [
     "CommitConflict",
@@ -94,7 +94,7 @@ class NewFile:
 
 def data_arrow_schema(dataset: str) -> pa.Schema:
     """The columns stored in a data file of ``dataset`` (partition columns live in the paths)."""
-    return CANDLE_ARROW_SCHEMA if dataset == CANDLES else TRADE_ARROW_SCHEMA
+    return spec(dataset).arrow_schema
 
 
 def table_arrow_schema(dataset: str) -> pa.Schema:
@@ -160,13 +160,14 @@ class Snapshot:
 
     def series_ids(self) -> list[SeriesId]:
         """Every series with at least one file, in (exchange, category, symbol, timeframe) order."""
-        cols = ["exchange", "category", "symbol"] + (["timeframe"] if self.dataset == CANDLES else [])
+        has_tf = spec(self.dataset).has_timeframe
+        cols = ["exchange", "category", "symbol"] + (["timeframe"] if has_tf else [])
         out: list[SeriesId] = []
         for row in self.files.select(cols).unique().sort(cols).iter_rows():
             try:
                 out.append(SeriesId.of(
                     self.dataset, exchange=row[0], category=row[1], symbol=row[2],
-                    timeframe=row[3] if self.dataset == CANDLES else None,
+                    timeframe=row[3] if has_tf else None,
                 ))
             except ValueError:
                 continue  # a name we would not write; fsck reports the files

@@ -33,7 +33,8 @@ import pyarrow as pa
 
 from marketlake.errors import CorruptLakeError, LakeWriteError
 from marketlake.store.files import remove_files, write_data_file
-from marketlake.store.layout import CANDLES, SeriesId
+from marketlake.store.datasets import spec
+from marketlake.store.layout import SeriesId
 from marketlake.store.reader import scan_data_files
 from marketlake.store.table import (
     CommitConflict,
@@ -90,7 +91,7 @@ class WriteResult:
 
 
 def _key_column(sid: SeriesId) -> str:
-    return "ts" if sid.dataset == CANDLES else "trade_id"
+    return spec(sid.dataset).key
 
 
 def read_entries(lake_root: Path, dataset: str, files: Sequence[FileEntry]) -> pl.DataFrame:
@@ -420,9 +421,7 @@ def replace_plan(rows_by_key: dict[str, pl.DataFrame], lo: int, hi: int, sid: Se
 
 
 def _empty_rows(w: _Writer) -> pl.DataFrame:
-    from marketlake.core.schemas import CANDLE_SCHEMA, TRADE_SCHEMA
-
-    return pl.DataFrame(schema=CANDLE_SCHEMA if w.sid.dataset == CANDLES else TRADE_SCHEMA)
+    return pl.DataFrame(schema=spec(w.sid.dataset).schema)
 
 
 def transform_plan(transform: Callable[[pl.DataFrame], pl.DataFrame]) -> PlanFn:
