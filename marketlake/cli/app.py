@@ -19,6 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from marketlake.cli.failures import classify, one_line
+from marketlake.cli.feedback import ProgressOpt
 from marketlake.cli.params import check_input_path, check_output_dir, check_output_file
 from marketlake.cli.render import console, err_console, print_json
 from marketlake.core.symbols import CATEGORIES
@@ -309,12 +310,17 @@ def fsck(
     fix: Annotated[bool, typer.Option(
         "--fix", help="Drop references to missing or unreadable files (quarantined, ranges forgotten for repair); "
         "delete orphans older than the retention.")] = False,
+    progress: ProgressOpt = None,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """Check every file the lake's log references, and the files it does not; exit 1 when something needs attention."""
-    report = open_lake(lake, config).fsck(fix=fix)
+    from marketlake.cli.feedback import progress_bar, show_progress
+
+    the_lake = open_lake(lake, config)
+    with progress_bar("fsck", "files", show_progress(progress, json_)) as on_progress:
+        report = the_lake.fsck(fix=fix, progress=on_progress)
     if json_:
         print_json(report.to_dict())
     else:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
 from marketlake.cli.app import ConfigOpt, JsonOpt, LakeOpt, app, load_settings
+from marketlake.cli.feedback import RetryLine, exit_interrupted
 from marketlake.cli.ingest_cmd import run_async
 from marketlake.cli.params import BoundedInt
 from marketlake.cli.render import console, err_console, human_bytes, notice_kernel_compile, print_json
@@ -50,12 +51,17 @@ def _render_plan(plans: list[SymbolPlan], as_json: bool) -> None:
         return
     for p in plans:
         span = f"{p.days[0]} .. {p.days[-1]}" if p.days else "nothing to fetch"
-        console.print(f"{p.sid.label():<40} {len(p.days):>5} day(s)  {span}")
-    console.print(f"plan: {sum(len(p.days) for p in plans)} day file(s) for {len(plans)} symbol(s)")
+        stored = f"; candles of {len(p.rebuild)} stored day(s) from their trades" if p.rebuild else ""
+        console.print(f"{p.sid.label():<40} {len(p.days):>5} day(s)  {span}{stored}")
+    rebuild = sum(len(p.rebuild) for p in plans)
+    console.print(
+        f"plan: {sum(len(p.days) for p in plans)} day file(s) for {len(plans)} symbol(s)"
+        + (f", candles of {rebuild} day(s) built from stored trades (no download)" if rebuild else "")
+    )
 
 
 def _render_stats(st: ArchiveStats, as_json: bool) -> None:
-    if st.days_failed and not (st.days_fetched or st.days_empty or st.days_unpublished):
+    if st.days_failed and not (st.days_fetched or st.days_empty or st.days_unpublished or st.days_rebuilt):
         # Nothing worked at all (the host is unreachable, or refuses us): one error line, the
         # exchange's exit status, rather than a summary of zeros followed by each failure.
         first = st.failures[0] if st.failures else "no details"
@@ -68,12 +74,26 @@ def _render_stats(st: ArchiveStats, as_json: bool) -> None:
     for note in st.failures[:20]:
         err_console.print(f"failed: {note}", markup=False)
     built = f"{st.candles_written:,} candles built; " if st.candles_written else ""
+    if st.days_rebuilt:
+        built += f"candles of {st.days_rebuilt} stored day(s) built from their trades, not downloaded; "
     console.print(
         f"archive {'interrupted' if st.interrupted else 'done'} in {st.elapsed:.1f} s: "
         f"{st.days_fetched} day(s) stored, {st.days_empty} verified empty, {st.days_unpublished} not published yet, "
         f"{st.days_failed} failed; trades {st.trades_new:,} new, {st.trades_replaced:,} replaced, "
         f"{st.trades_unchanged:,} unchanged, {st.trades_deleted:,} dropped; {built}"
         f"{human_bytes(st.bytes_downloaded)} in {st.requests} requests, {st.retries} retries"
+    )
+
+
+def _interrupted(st: ArchiveStats | None) -> NoReturn:
+    """Ctrl-C: what is committed (a day counts once its trades and the ledger say so) and 130."""
+    if st is None or not (st.days_fetched or st.days_empty):
+        exit_interrupted("before any day was stored; nothing new is committed; a re-run starts it")
+    built = f", {st.candles_written:,} candles built" if st.candles_written else ""
+    exit_interrupted(
+        f"{st.days_fetched} day(s) of trades committed ({st.trades_new:,} new trades{built}), "
+        f"{st.days_empty} verified empty, of {st.days_planned} planned; "
+        "run the same command again to fetch only the remaining days"
     )
 
 
@@ -123,10 +143,15 @@ def archive(
         raise DataValidationError("--symbols names no symbol")
     the_lake = Lake(settings=settings)
     last_line = [0.0]
+    seen: list[ArchiveStats] = []  # the runner's stats object, for the Ctrl-C line
+    retries = RetryLine()
 
     def progress(st: ArchiveStats) -> None:
+        if not seen:
+            seen.append(st)
         if json_ or time.monotonic() - last_line[0] < 5.0:
             return
+        retries.clear()
         last_line[0] = time.monotonic()
         console.print(
             f"archive: {st.days_done}/{st.days_planned} days, {st.trades_new:,} new trades, "
@@ -135,21 +160,28 @@ def archive(
 
     if tfs and not dry_run:
         notice_kernel_compile(("trades",))
-    plans, stats = run_async(
-        run_archive_ingest(
-            the_lake,
-            names,
-            category=settings.category,
-            start=first,
-            end=stop,
-            base_url=settings.archive_url,
-            concurrency=concurrency,
-            today=today,
-            dry_run=dry_run,
-            on_progress=progress,
-            candles=tfs,
+    try:
+        plans, stats = run_async(
+            run_archive_ingest(
+                the_lake,
+                names,
+                category=settings.category,
+                start=first,
+                end=stop,
+                base_url=settings.archive_url,
+                concurrency=concurrency,
+                today=today,
+                dry_run=dry_run,
+                on_progress=progress,
+                candles=tfs,
+                on_retry=retries,
+            )
         )
-    )
+    except KeyboardInterrupt:
+        retries.clear()
+        _interrupted(seen[0] if seen else None)
+    finally:
+        retries.clear()
     if stats is None:
         _render_plan(plans, json_)
         return

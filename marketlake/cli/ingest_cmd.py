@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Annotated, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional, TypeVar
 
 import typer
 
@@ -24,6 +24,7 @@ from marketlake.cli.app import (
     app,
     load_settings,
 )
+from marketlake.cli.feedback import RetryLine, exit_interrupted
 from marketlake.cli.params import BoundedFloat, BoundedInt
 from marketlake.cli.render import console, err_console, print_json
 from marketlake.core.timeutil import ms_to_text, to_ms
@@ -68,14 +69,22 @@ def run_async(coro: Awaitable[T]) -> T:
 
 
 class _ProgressView:
-    """A rich progress bar on a terminal; a plain line every few seconds otherwise."""
+    """A rich progress bar on a terminal; a plain line every few seconds otherwise.
 
-    def __init__(self, enabled: bool) -> None:
+    While the bar is up it also shows the latest retry (``retries``' sink): a separate stderr
+    line redrawn under a live bar would garble both. It keeps the last figures it was given:
+    after a Ctrl-C they are what is committed (the runner's final flush updates them in place).
+    """
+
+    def __init__(self, enabled: bool, retries: RetryLine | None = None) -> None:
         self.tty = enabled and sys.stdout.isatty()
         self.enabled = enabled
+        self.retries = retries
+        self.stats: IngestStats | None = None
         self._bar: Progress | None = None
         self._task = None
         self._last = 0.0
+        self._retry_text = ""
 
     def plan(self, plan: Plan) -> None:
         if not self.enabled:
@@ -91,13 +100,31 @@ class _ProgressView:
                 TimeRemainingColumn(),
                 console=console,
             )
+            if self.retries is not None:
+                self.retries.clear()
+                self.retries.sink = self._note_retry
             self._bar.start()
             self._task = self._bar.add_task("ingest", total=max(1, plan.requests), info="")
 
+    def _note_retry(self, text: str | None) -> None:
+        self._retry_text = "" if text is None else f" | {text}"
+        if self._bar is not None and self._task is not None:
+            self._bar.update(self._task, info=self._info())
+
+    def _info(self) -> str:
+        st = self.stats
+        if st is None:
+            return self._retry_text.lstrip(" |")
+        return (
+            f"{st.series_done}/{st.series} series, {st.rows_fetched:,} rows, {st.requests_per_s:.0f} req/s"
+            + self._retry_text
+        )
+
     def update(self, st: IngestStats) -> None:
+        self.stats = st  # also with the display off: the Ctrl-C line reports from it
         if not self.enabled:
             return
-        info = f"{st.series_done}/{st.series} series, {st.rows_fetched:,} rows, {st.requests_per_s:.0f} req/s"
+        info = self._info()
         if self._bar is not None and self._task is not None:
             self._bar.update(self._task, completed=st.pages + st.failed_windows, info=info)
         elif time.monotonic() - self._last >= 5.0:
@@ -107,6 +134,22 @@ class _ProgressView:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+            self._bar = None
+        if self.retries is not None:
+            self.retries.sink = None
+            self.retries.clear()
+
+
+def _interrupted_ingest(st: IngestStats | None) -> NoReturn:
+    """Ctrl-C: say what is committed (the runner flushed what it had fetched) and exit 130."""
+    if st is None or not (st.pages or st.failed_windows):
+        exit_interrupted("before any window was fetched; nothing new is stored; a re-run starts it")
+    committed = st.rows_new + st.rows_replaced + st.rows_unchanged
+    exit_interrupted(
+        f"{committed:,} rows of {st.pages:,}/{st.requests_planned:,} windows committed "
+        f"({st.rows_new:,} new; {st.series_done}/{st.series} series complete); "
+        "run the same command again to fetch only the rest"
+    )
 
 
 def _render_plan(plan: Plan, settings: Settings, as_json: bool) -> None:
@@ -210,15 +253,20 @@ def ingest(
         mode=mode,
     )
     the_lake = Lake(settings=settings)
-    view = _ProgressView(enabled=not json_ and not dry_run)
+    retries = RetryLine()
+    view = _ProgressView(enabled=not json_ and not dry_run, retries=retries)
     if mode == "live" and not dry_run:
-        _backfill_then_stream(the_lake, settings, request, view, concurrency, json_)
+        try:
+            _backfill_then_stream(the_lake, settings, request, view, concurrency, json_)
+        except KeyboardInterrupt:  # during the backfill (the stream itself reports its own)
+            view.close()
+            _interrupted_ingest(view.stats)
         return
 
     async def main() -> IngestOutcome:
         budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.root / "_meta")
         announce_pause(budget)
-        async with BybitRestClient(settings.base_url, budget=budget) as client:
+        async with BybitRestClient(settings.base_url, budget=budget, on_retry=retries) as client:
             return await run_ingest(
                 the_lake,
                 client,
@@ -231,6 +279,9 @@ def ingest(
 
     try:
         outcome = run_async(main())
+    except KeyboardInterrupt:
+        view.close()  # the bar stops before the line is printed, not over it
+        _interrupted_ingest(view.stats)
     finally:
         view.close()
     if dry_run:
@@ -296,7 +347,7 @@ def _backfill_then_stream(
             symbols, [t.name for t in request.timeframes], category=request.category, exchange=settings.exchange
         )
 
-    run_stream(the_lake, settings, backfill, as_json=json_)
+    run_stream(the_lake, settings, backfill, as_json=json_, retries=view.retries)
 
 
 @app.command()

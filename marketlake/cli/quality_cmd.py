@@ -22,6 +22,7 @@ from marketlake.cli.app import (
     open_lake,
     write_output,
 )
+from marketlake.cli.feedback import ProgressOpt, RetryLine, progress_bar, show_progress
 from marketlake.cli.ingest_cmd import BaseUrlOpt, announce_pause, run_async
 from marketlake.cli.params import BoundedFloat, check_output_file
 from marketlake.cli.render import (
@@ -101,6 +102,7 @@ def check(
     category: CategoryOpt = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write the old integrity report (JSON) here.")] = None,
     consistency: Annotated[bool, typer.Option("--consistency/--no-consistency", help="Compare higher timeframes with the resampled 1m series.")] = True,
+    progress: ProgressOpt = None,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
@@ -116,9 +118,11 @@ def check(
     if report is not None:
         check_output_file(report, "--report")  # before a long check, not after it
     _announce_compile_unless_bad(lake, config, timeframes, exchange, category)
-    result = check_lake(
-        open_lake(lake, config), symbols, timeframes, exchange=exchange, category=category, consistency=consistency
-    )
+    with progress_bar("check", "series", show_progress(progress, json_)) as on_progress:
+        result = check_lake(
+            open_lake(lake, config), symbols, timeframes, exchange=exchange, category=category,
+            consistency=consistency, progress=on_progress,
+        )
     if report is not None:
         text = json.dumps(to_jsonable(result.report()), indent=2)
         write_output(report, "--report", lambda: report.write_text(text))
@@ -196,6 +200,7 @@ def repair(
     settings = load_settings(lake, config, base_url=base_url, archive_url=archive_url)
     the_lake = Lake(settings=settings)
     _announce_compile_unless_bad(lake, config, timeframes, exchange, category)
+    retries = RetryLine()
 
     async def main() -> RepairReport:
         if not refetch:
@@ -203,12 +208,15 @@ def repair(
                                      fill=fill, unfill=unfill)
         budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.root / "_meta")
         announce_pause(budget)
-        async with BybitRestClient(settings.base_url, budget=budget) as client, \
-                BybitArchiveClient(settings.archive_url) as archive:
+        async with BybitRestClient(settings.base_url, budget=budget, on_retry=retries) as client, \
+                BybitArchiveClient(settings.archive_url, on_retry=retries) as archive:
             return await repair_lake(the_lake, symbols, timeframes, exchange=exchange, category=category,
                                      client=client, fill=fill, unfill=unfill, archive=archive)
 
-    rep = run_async(main())
+    try:
+        rep = run_async(main())
+    finally:
+        retries.clear()
     if json_:
         print_json(rep.to_dict())
     else:

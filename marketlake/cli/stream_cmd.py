@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from marketlake.cli.app import CategoryOpt, ConfigOpt, JsonOpt, LakeOpt, app, load_settings
+from marketlake.cli.feedback import RetryLine, exit_interrupted
 from marketlake.cli.params import BoundedFloat
 from marketlake.cli.render import console, err_console, print_json
 from marketlake.errors import DataValidationError
@@ -77,8 +78,12 @@ def run_stream(
     *,
     ws_url: str | None = None,
     as_json: bool = False,
+    retries: RetryLine | None = None,
 ) -> LiveStats:
-    """Stream until Ctrl-C or SIGTERM (both flush and return cleanly); print the summary.
+    """Stream until Ctrl-C or SIGTERM (both flush cleanly); print the summary.
+
+    SIGTERM (a service manager stopping it) returns; Ctrl-C then ends the command with status 130
+    and one line saying what is committed and that a re-run resumes.
 
     Args:
         lake: The lake.
@@ -87,6 +92,7 @@ def run_stream(
             come first (``ingest --mode live`` backfills there) and returns it.
         ws_url: WebSocket URL (default: derived from the base URL and the category).
         as_json: Status lines as JSON on stderr, the summary as JSON on stdout.
+        retries: Shows the REST client's retries (default: a new :class:`RetryLine`).
     """
     from marketlake.cli.ingest_cmd import announce_pause
     from marketlake.exchanges.bybit.rest import BybitRestClient
@@ -96,15 +102,18 @@ def run_stream(
     from marketlake.net.ratelimit import RateBudget
 
     status = StatusLine(as_json)
+    retries = retries if retries is not None else RetryLine()
+    stopped_by: list[signal.Signals] = []
 
     async def main() -> LiveStats:
         loop = asyncio.get_running_loop()
         me = asyncio.current_task()
         runner: LiveRunner | None = None
 
-        def on_signal() -> None:
+        def on_signal(sig: signal.Signals) -> None:
             # Streaming: flush and return. Before that (the backfill of ingest --mode live):
             # cancel it like Ctrl-C; the historical runner writes what it fetched first.
+            stopped_by.append(sig)
             if runner is not None:
                 runner.stop()
             elif me is not None:
@@ -112,11 +121,11 @@ def run_stream(
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, on_signal)
+                loop.add_signal_handler(sig, on_signal, sig)
         try:
             budget = RateBudget(settings.rate_limit_per_5s, state_dir=lake.root / "_meta")
             announce_pause(budget)
-            async with BybitRestClient(settings.base_url, budget=budget) as rest:
+            async with BybitRestClient(settings.base_url, budget=budget, on_retry=retries) as rest:
                 cfg = config if isinstance(config, LiveConfig) else await config(rest)
                 url = ws_url or ws_url_for(settings.base_url, cfg.category)
                 runner = LiveRunner(
@@ -137,7 +146,10 @@ def run_stream(
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
 
-    stats = asyncio.run(main())
+    try:
+        stats = asyncio.run(main())
+    finally:
+        retries.clear()
     if as_json:
         print_json(stats.to_dict())
     else:
@@ -153,6 +165,11 @@ def run_stream(
         )
     for topic, why in stats.rejected_topics.items():
         err_console.print(f"warning: Bybit refused {topic}: {why}", markup=False)
+    if signal.SIGINT in stopped_by:
+        exit_interrupted(
+            f"{stats.candles_written + stats.trade_candles_written:,} candles and {stats.trades_written:,} trades "
+            "committed; run `marketlake stream` again to resume (the time in between is backfilled over REST)"
+        )
     return stats
 
 

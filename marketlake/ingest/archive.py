@@ -18,6 +18,10 @@ complete (present or verified empty). The archive's index then decides each day:
   it forever;
 * after the last listed day: not published yet; nothing is recorded, the next run asks again.
 
+With ``candles`` (sub-minute timeframes built from trades), a day whose trades are already
+complete in the lake (an earlier archive run, or a stream that lost nothing) is not downloaded
+again: its candles are built from the stored trades.
+
 The ledger is written only after the day's rows are committed, so a crash or Ctrl-C never claims
 a day that is not stored, and a re-run fetches exactly the days still missing. Downloads run
 ``concurrency`` at a time; decompression, parsing and writing run in worker threads.
@@ -45,6 +49,7 @@ from marketlake.exchanges.bybit import constants as C
 from marketlake.exchanges.bybit.archive import BybitArchiveClient
 from marketlake.exchanges.bybit.parse_archive import parse_trade_dump
 from marketlake.ingest.heartbeat import keep_alive
+from marketlake.net.backoff import RetryObserver
 from marketlake.store import Lake
 from marketlake.store.layout import CANDLES, TRADES, SeriesId
 from marketlake.store.ledger import Status
@@ -81,6 +86,7 @@ class ArchiveStats:
     days_empty: int = 0
     days_unpublished: int = 0
     days_failed: int = 0
+    days_rebuilt: int = 0
     trades_new: int = 0
     trades_replaced: int = 0
     trades_unchanged: int = 0
@@ -98,8 +104,8 @@ class ArchiveStats:
 
     @property
     def days_done(self) -> int:
-        """Days settled so far (fetched, empty or failed)."""
-        return self.days_fetched + self.days_empty + self.days_failed + self.days_unpublished
+        """Days settled so far (fetched, empty, failed, unpublished, or candles rebuilt)."""
+        return self.days_fetched + self.days_empty + self.days_failed + self.days_unpublished + self.days_rebuilt
 
     def to_dict(self) -> dict:
         """Plain data (for ``--json`` and the ledger's run record)."""
@@ -108,10 +114,18 @@ class ArchiveStats:
 
 @dataclass(frozen=True, slots=True)
 class SymbolPlan:
-    """The days of one symbol that the ledger does not cover yet."""
+    """What one symbol needs.
+
+    Attributes:
+        sid: The trades series.
+        days: Days to download: their trades are not complete in the lake.
+        rebuild: Days whose trades are complete in the lake but whose candles (of the
+            ``candles`` timeframes asked for) are not: built from the stored trades, no download.
+    """
 
     sid: SeriesId
     days: tuple[dt.date, ...]
+    rebuild: tuple[dt.date, ...] = ()
 
 
 def candle_timeframes(names: str | Sequence[str] | None) -> tuple[Timeframe, ...]:
@@ -144,8 +158,9 @@ def plan_archive(
     exchange: str = "bybit",
     candles: Sequence[Timeframe] = (),
 ) -> list[SymbolPlan]:
-    """Per symbol, the days of ``[start, end)`` before ``today`` whose trades (or candles of a
-    ``candles`` timeframe) are not fully covered.
+    """Per symbol, the days of ``[start, end)`` before ``today`` whose trades are not fully
+    covered (to download), and those whose trades are but candles of a ``candles`` timeframe are
+    not (to build from the stored trades).
 
     Raises:
         DataValidationError: an empty range or a category without archives.
@@ -167,15 +182,18 @@ def plan_archive(
         lo, hi = day_bounds(start)[0], day_bounds(last)[0]
         # One ledger read per series for the whole range (a 1s series holds thousands of empty
         # runs a day), then a bisection per day over the merged done ranges.
-        done = [_done_ranges(lake, s, lo, hi) for s in (sid, *candle_sids)]
+        trades_done, *candles_done = [_done_ranges(lake, s, lo, hi) for s in (sid, *candle_sids)]
         days: list[dt.date] = []
+        rebuild: list[dt.date] = []
         day = start
         while day < last:
             a, b = day_bounds(day)
-            if not all(_covers(d, a, b) for d in done):
+            if not _covers(trades_done, a, b):
                 days.append(day)
+            elif not all(_covers(d, a, b) for d in candles_done):
+                rebuild.append(day)
             day += dt.timedelta(days=1)
-        plans.append(SymbolPlan(sid, tuple(days)))
+        plans.append(SymbolPlan(sid, tuple(days), tuple(rebuild)))
     return plans
 
 
@@ -230,10 +248,10 @@ class ArchiveIngest:
         """Fetch and store every planned day; failures of one symbol or day do not stop others."""
         st = self.stats
         st.symbols = len(plans)
-        st.days_planned = sum(len(p.days) for p in plans)
+        st.days_planned = sum(len(p.days) + len(p.rebuild) for p in plans)
         t0 = self._t0 = time.monotonic()
         self.run_id = self.lake.ledger.start_run("archive", self.run_args)
-        queue: asyncio.Queue[tuple[SeriesId, dt.date]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[SeriesId, dt.date, bool]] = asyncio.Queue()
         beat = asyncio.create_task(keep_alive(self.lake.ledger, self.run_id))
         status = "ok"
         try:
@@ -241,6 +259,9 @@ class ArchiveIngest:
             workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.concurrency)]
             try:
                 for plan in plans:
+                    # Candles of stored days need no index and no download: queued first.
+                    for day in plan.rebuild:
+                        queue.put_nowait((plan.sid, day, True))
                     if plan.days:
                         await self._triage(plan, queue)
                 await queue.join()
@@ -264,7 +285,7 @@ class ArchiveIngest:
             self.lake.ledger.finish_run(self.run_id, status, st.to_dict())
         return st
 
-    async def _triage(self, plan: SymbolPlan, queue: asyncio.Queue[tuple[SeriesId, dt.date]]) -> None:
+    async def _triage(self, plan: SymbolPlan, queue: asyncio.Queue[tuple[SeriesId, dt.date, bool]]) -> None:
         """Ask the index once, then queue listed days and settle the others in the ledger."""
         sid, st, ledger = plan.sid, self.stats, self.lake.ledger
         try:
@@ -279,7 +300,7 @@ class ArchiveIngest:
         for day in plan.days:
             a, b = day_bounds(day)
             if day in listed_set:
-                queue.put_nowait((sid, day))
+                queue.put_nowait((sid, day, False))
             elif not listed or day < listed[0]:
                 ledger.record(sid, a, b, Status.EMPTY, detail="before the archive's first day", run_id=self.run_id)
                 st.days_empty += 1
@@ -295,11 +316,14 @@ class ArchiveIngest:
             )
         self._progress()
 
-    async def _worker(self, queue: asyncio.Queue[tuple[SeriesId, dt.date]]) -> None:
+    async def _worker(self, queue: asyncio.Queue[tuple[SeriesId, dt.date, bool]]) -> None:
         while True:
-            sid, day = await queue.get()
+            sid, day, from_stored = await queue.get()
             try:
-                await self._day(sid, day)
+                if from_stored:
+                    await self._rebuild_day(sid, day)
+                else:
+                    await self._day(sid, day)
             except Exception as exc:
                 log.exception("archive %s %s", sid.label(), day)
                 self.stats.days_failed += 1
@@ -368,6 +392,34 @@ class ArchiveIngest:
             st.candles_written += candles.height
         return outside, list(self.candles)
 
+    async def _rebuild_day(self, sid: SeriesId, day: dt.date) -> None:
+        """Build the day's candles from its stored trades (complete, per the ledger), then record
+        them: ``present``, or verified ``empty`` when the day has no trade at all."""
+        a, b = day_bounds(day)
+        t = time.monotonic()
+        trades = await asyncio.to_thread(self._build_from_stored, sid, a, b)
+        self.stats.write_seconds += time.monotonic() - t
+        # Only now, with the candles committed, may the ledger say they are there (on the loop's
+        # thread: the ledger's connection belongs to it).
+        for tf in self.candles:
+            csid = SeriesId.of(CANDLES, exchange=sid.exchange, category=sid.category, symbol=sid.symbol, timeframe=tf)
+            if trades:
+                self.lake.ledger.record(csid, a, b, Status.PRESENT, run_id=self.run_id)
+            else:
+                self.lake.ledger.record(csid, a, b, Status.EMPTY, detail="no trades that day", run_id=self.run_id)
+        self.stats.days_rebuilt += 1
+
+    def _build_from_stored(self, sid: SeriesId, a: int, b: int) -> int:
+        """Write the candles of ``[a, b)`` built from the stored trades; return the trade count."""
+        where = {"exchange": sid.exchange, "category": sid.category}
+        trades = self.lake.read_trades(sid.symbol, a, b, **where)
+        for tf in self.candles:
+            candles = candles_from_trades(trades, tf)
+            if candles.height:
+                self.lake.write_candles(candles, symbol=sid.symbol, timeframe=tf, **where)
+            self.stats.candles_written += candles.height
+        return trades.height
+
     def _progress(self) -> None:
         if self.on_progress is not None:
             self.stats.elapsed = time.monotonic() - self._t0
@@ -395,8 +447,12 @@ async def run_archive_ingest(
     on_progress: Callable[[ArchiveStats], None] | None = None,
     client: BybitArchiveClient | None = None,
     candles: Sequence[Timeframe] = (),
+    on_retry: RetryObserver | None = None,
 ) -> tuple[list[SymbolPlan], ArchiveStats | None]:
     """Plan and (unless ``dry_run``) run an archive ingest; return the plan and the stats.
+
+    ``on_retry`` is given to the archive client this call creates (not to a ``client`` passed in:
+    that one carries its own).
 
     ``today`` defaults to the UTC date of the replaceable clock: the archive publishes only
     completed days, so nothing from today on is planned.
@@ -411,7 +467,7 @@ async def run_archive_ingest(
     if dry_run:
         return plans, None
     own = client is None
-    client = client if client is not None else BybitArchiveClient(base_url)
+    client = client if client is not None else BybitArchiveClient(base_url, on_retry=on_retry)
     try:
         runner = ArchiveIngest(
             lake,

@@ -4,14 +4,60 @@
 clients spread out instead of arriving together (AWS architecture blog, "Exponential Backoff And
 Jitter"). A server-given earliest retry time (Bybit's ``X-Bapi-Limit-Reset-Timestamp``) is a floor
 the jitter never goes below.
+
+Retry loops built on it (the REST and archive clients) are silent by default; a caller that wants
+to show them (the CLI's updating retry line) passes a :data:`RetryObserver`, which gets a
+:class:`RetryEvent` before every wait and once when a retried request finally succeeds.
 """
 
 from __future__ import annotations
 
+import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "RetryEvent", "RetryObserver", "notify_retry"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryEvent:
+    """A request failed and will be sent again, or (``recovered``) a retried one succeeded.
+
+    Attributes:
+        context: What was asked, e.g. ``GET /v5/market/time``.
+        reason: Why the attempt failed (the error's message); empty when recovered.
+        attempt: Attempts that failed so far (1-based); when recovered, the attempt that succeeded.
+        max_attempts: Attempts the policy allows in total.
+        delay_s: Seconds until the next attempt (0 when recovered).
+        next_at_ms: Epoch ms of the next attempt on the replaceable clock (None when recovered).
+        recovered: True for the success that ends a run of retries.
+    """
+
+    context: str
+    reason: str
+    attempt: int
+    max_attempts: int
+    delay_s: float = 0.0
+    next_at_ms: int | None = None
+    recovered: bool = False
+
+
+#: Called with each :class:`RetryEvent`; it runs on the retrying task, so it must be quick.
+RetryObserver = Callable[[RetryEvent], None]
+
+
+def notify_retry(observer: RetryObserver | None, event: RetryEvent) -> None:
+    """Hand ``event`` to ``observer`` (if any); an observer's failure is logged, never raised: a
+    broken progress display must not fail the request it reports on."""
+    if observer is None:
+        return
+    try:
+        observer(event)
+    except Exception:  # noqa: BLE001
+        log.exception("retry observer failed on %s", event)
 
 
 @dataclass

@@ -216,8 +216,13 @@ def check_lake(
     exchange: str | None = None,
     category: str | None = None,
     consistency: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LakeCheck:
-    """Check every stored candle series matching the filters (all when None)."""
+    """Check every stored candle series matching the filters (all when None).
+
+    ``progress(done, total)`` is called with ``(0, total)`` once the series are known and after
+    each series is checked (``total``: the series to check).
+    """
     t0 = time.perf_counter()
     # Everything stored is checked unless filtered: every exchange and category by default.
     sids = find_series(
@@ -232,7 +237,9 @@ def check_lake(
     out = LakeCheck()
     minute = parse_timeframe("1")
     base_cache: dict[tuple[str, str, str], pl.DataFrame | None] = {}
-    for sid in sids:
+    if progress is not None:
+        progress(0, len(sids))
+    for done, sid in enumerate(sids, 1):
         tf = sid.timeframe
         assert tf is not None
         damaged = None
@@ -253,6 +260,8 @@ def check_lake(
                 sc.consistency = check_consistency(base.drop("filled"), frame.drop("filled"), tf)
         out.series.append(sc)
         out.rows += frame.height
+        if progress is not None:
+            progress(done, len(sids))
     if timeframes is None and lake.has_ledger:
         out.trade_gaps = lost_trades(
             lake, exchange or lake.settings.exchange, category or lake.settings.category,

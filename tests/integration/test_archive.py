@@ -449,3 +449,39 @@ def test_an_oversized_index_page_is_refused_with_a_typed_error_and_nothing_is_wr
         assert not (tmp_path / "lake" / "trades").exists()
 
     asyncio.run(scenario())
+
+
+def test_candles_of_days_whose_trades_are_stored_are_built_from_the_lake_without_a_download(tmp_path):
+    from marketlake.core.candles import candles_from_trades
+    from marketlake.ingest.archive import candle_timeframes
+    from marketlake.store.layout import CANDLES
+
+    async def scenario(emu: BybitEmulator) -> None:
+        lake = Lake(tmp_path / "lake")
+        day, next_day = DAYS[0], DAYS[0] + dt.timedelta(days=1)
+        kw = {"category": "linear", "start": day, "end": next_day + dt.timedelta(days=1)}
+        async with quick_client(emu.url) as client:  # the first day's trades only
+            await run_archive_ingest(lake, ["ETHUSDT"], client=client, **{**kw, "end": next_day})
+        # The second day's trades are verified empty (as before a listing): no candle to build.
+        sid = SeriesId.of(TRADES, exchange="bybit", category="linear", symbol="ETHUSDT")
+        lake.ledger.record(sid, *day_bounds(next_day), Status.EMPTY, detail="test: no trading")
+        emu.control.log.clear()
+        tfs = candle_timeframes("1s,15s")
+        async with quick_client(emu.url) as client:
+            plans, st = await run_archive_ingest(lake, ["ETHUSDT"], client=client, candles=tfs, **kw)
+        assert (plans[0].days, plans[0].rebuild) == ((), (day, next_day))
+        assert st is not None and st.requests == 0 and len(emu.control.log) == 0  # nothing downloaded
+        assert (st.days_rebuilt, st.days_fetched, st.days_failed) == (2, 0, 0) and st.candles_written > 0
+        want = truth(emu, "ETHUSDT", "linear", day, next_day)
+        for tf in ("1s", "15s"):
+            got = lake.read_candles("ETHUSDT", tf).drop("symbol", "timeframe", "filled")
+            assert got.equals(candles_from_trades(want, tf).select(got.columns))
+            csid = SeriesId.of(CANDLES, exchange="bybit", category="linear", symbol="ETHUSDT", timeframe=tf)
+            assert [c.status for c in lake.ledger.ranges(csid)] == [Status.PRESENT, Status.EMPTY]
+        report = check_lake(lake, symbols=["ETHUSDT"], timeframes=["1s", "15s"], consistency=False)
+        assert not report.has_issues, report.report()
+        async with quick_client(emu.url) as client:  # and then there is nothing left to do
+            plans, _ = await run_archive_ingest(lake, ["ETHUSDT"], client=client, candles=tfs, **kw)
+        assert (plans[0].days, plans[0].rebuild) == ((), ())
+
+    run_with_emulator(scenario)

@@ -43,7 +43,7 @@ from marketlake.exchanges.bybit.parse_archive import (
     gunzip_bounded,
     parse_archive_index,
 )
-from marketlake.net.backoff import Backoff
+from marketlake.net.backoff import Backoff, RetryEvent, RetryObserver, notify_retry
 from marketlake.net.session import HttpSession
 
 __all__ = ["ArchiveStats", "BybitArchiveClient"]
@@ -75,6 +75,8 @@ class BybitArchiveClient:
         backoff: Retry policy for passing failures.
         timeout_s: Total time allowed for one download (a busy day's file is tens of MB).
         max_bytes: Largest accepted file, compressed or decompressed.
+        on_retry: Told of every retry before its wait, and of the success that ends a run of
+            retries (see :class:`~marketlake.net.backoff.RetryEvent`); None: silent.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class BybitArchiveClient:
         backoff: Backoff | None = None,
         timeout_s: float = 300.0,
         max_bytes: int = ARCHIVE_MAX_BYTES,
+        on_retry: RetryObserver | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise DataValidationError(f"archive base_url must be an http(s) URL, got {base_url[:60]!r}")
@@ -95,6 +98,7 @@ class BybitArchiveClient:
         self.backoff = backoff if backoff is not None else Backoff(base=1.0, cap=60.0, max_attempts=6)
         self.timeout = aiohttp.ClientTimeout(total=timeout_s, sock_read=min(timeout_s, 60.0))
         self.max_bytes = max_bytes
+        self.on_retry = on_retry
         self.stats = ArchiveStats()
 
     async def __aenter__(self) -> Self:
@@ -174,7 +178,10 @@ class BybitArchiveClient:
         while True:
             n += 1
             try:
-                return await attempt()
+                got = await attempt()
+                if n > 1:
+                    notify_retry(self.on_retry, RetryEvent(context, "", n, self.backoff.max_attempts, recovered=True))
+                return got
             except TransientExchangeError as exc:
                 if self.backoff.gives_up_after(n):
                     raise TransientExchangeError(f"{context}: gave up after {n} attempts; last error: {exc}") from exc
@@ -182,7 +189,12 @@ class BybitArchiveClient:
                 floor = 0.0
                 if isinstance(exc, RateLimitedError) and exc.retry_at is not None:
                     floor = (exc.retry_at - clock.now_ms()) / 1000.0
-                await clock.sleep(self.backoff.delay(n, floor))
+                delay = self.backoff.delay(n, floor)
+                notify_retry(
+                    self.on_retry,
+                    RetryEvent(context, str(exc), n, self.backoff.max_attempts, delay, clock.now_ms() + int(delay * 1000)),
+                )
+                await clock.sleep(delay)
 
     async def _send(self, url: str, context: str, limit: int) -> bytes | None:
         """One GET: the body of a 200 (at most ``limit`` bytes), ``None`` for a 404, else a typed

@@ -75,7 +75,7 @@ from marketlake.exchanges.bybit.parse import (
     trades_frame,
 )
 from marketlake.exchanges.bybit.rest_perp import PerpMarketMixin
-from marketlake.net.backoff import Backoff
+from marketlake.net.backoff import Backoff, RetryEvent, RetryObserver, notify_retry
 from marketlake.net.ratelimit import BanLatch, RateBudget, process_ban_latch
 from marketlake.net.session import HttpSession
 
@@ -214,6 +214,8 @@ class BybitRestClient(PerpMarketMixin):
         timeout_s: Total timeout of one HTTP request.
         settle_ms: A candle counts as closed only this long after its period ended on the server's
             clock, so that trades still being booked at the boundary are in it.
+        on_retry: Told of every retry before its wait, and of the success that ends a run of
+            retries (see :class:`~marketlake.net.backoff.RetryEvent`); None: silent.
     """
 
     def __init__(
@@ -227,6 +229,7 @@ class BybitRestClient(PerpMarketMixin):
         ban_seconds: float = C.BAN_DEFAULT_SECONDS,
         timeout_s: float = 10.0,
         settle_ms: int = 2_000,
+        on_retry: RetryObserver | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise DataValidationError(f"base_url must be an http(s) URL, got {base_url[:60]!r}")
@@ -242,6 +245,7 @@ class BybitRestClient(PerpMarketMixin):
         self.ban_seconds = ban_seconds
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.settle_ms = settle_ms
+        self.on_retry = on_retry
         self.stats = ClientStats()
         self._server_time_seen = 0
 
@@ -273,7 +277,10 @@ class BybitRestClient(PerpMarketMixin):
             attempt += 1
             self.stats.requests += 1
             try:
-                return await self._send(path, params, context)
+                env = await self._send(path, params, context)
+                if attempt > 1:
+                    notify_retry(self.on_retry, RetryEvent(context, "", attempt, self.backoff.max_attempts, recovered=True))
+                return env
             except _LateBan:
                 attempt -= 1  # not this request's fault: wait out the ban and resend
                 continue
@@ -286,7 +293,15 @@ class BybitRestClient(PerpMarketMixin):
                 if isinstance(exc, RateLimitedError) and exc.retry_at is not None:
                     floor = (exc.retry_at - clock.now_ms()) / 1000.0
                 self.stats.retries += 1
-                await clock.sleep(self.backoff.delay(attempt, floor))
+                delay = self.backoff.delay(attempt, floor)
+                notify_retry(
+                    self.on_retry,
+                    RetryEvent(
+                        context, str(exc), attempt, self.backoff.max_attempts, delay,
+                        clock.now_ms() + int(delay * 1000),
+                    ),
+                )
+                await clock.sleep(delay)
 
     async def _send(self, path: str, params: Mapping[str, str], context: str) -> Envelope:
         clock = get_clock()
