@@ -11,8 +11,8 @@ open interest, each a pure function of the market's seed, so tests can compute t
   formula ``F = P + clamp(I - P, -0.05%, 0.05%)`` with ``P`` the mean premium close of the
   interval's minutes and ``I = 0.01% * interval / 8h``, clamped to the instrument's caps. Every
   fifth generated linear symbol switches from 8 h to 1 h at a seeded day of its history.
-* **open interest**: a random walk of the log size, one step per 5 minutes (a day-level walk,
-  bridged within each day so any point is computable without the ones before it).
+* **open interest**: a random walk of the log size, one step per 5 minutes (a mean-reverting
+  day-level walk, bridged within each day so any point is computable without the ones before it).
 """
 
 from __future__ import annotations
@@ -181,19 +181,27 @@ class DerivativesModel:
         return PriceCandles(ts, p[0], p[1], p[2], p[3], RATE_SCALE)
 
     def price_candles(
-        self, spec: InstrumentSpec, kind: str, tf: Timeframe, start_ms: int, end_ms: int
+        self, spec: InstrumentSpec, kind: str, tf: Timeframe, start_ms: int, end_ms: int, *, now_ms: int
     ) -> PriceCandles:
-        """Candles of ``kind`` (``mark``, ``index``, ``premium``) opening in ``[start_ms, end_ms]``.
+        """Candles of ``kind`` (``mark``, ``index``, ``premium``) opening in ``[start_ms, end_ms]``
+        by market time ``now_ms``, the forming one included.
 
-        Premium candles aggregate their minutes. Index and mark candles are the trade candle of
-        the same bucket scaled by ``1 - premium`` (index) or ``1 - premium / 2`` (mark), with the
-        premium close of the bucket's last minute: one factor per candle keeps ``low <= open,
-        close <= high`` through the (monotone) rounding, and a year of daily candles costs no
-        minute data.
+        Premium candles aggregate their minutes (those opening by ``now_ms``). Index and mark
+        candles are the trade candle of the same bucket (the forming one as it stands) scaled by
+        ``1 - premium`` (index) or ``1 - premium / 2`` (mark), with the premium close of the
+        bucket's last minute (of the current minute while forming): one factor per candle keeps
+        ``low <= open, close <= high`` through the (monotone) rounding, and a year of daily
+        candles costs no minute data.
         """
+        now_minute = now_ms - now_ms % MINUTE_MS
         if kind == "premium":
-            m = self.premium_minutes(spec, start_ms, end_ms)
+            m = self.premium_minutes(spec, start_ms, min(end_ms, now_minute))
             if not len(m) or (tf.duration_ms == MINUTE_MS and tf.kind != "month"):
+                return m
+            lo = tf.floor(start_ms)
+            first = m.ts >= (lo if lo >= start_ms else tf.next_open(lo))  # whole buckets only
+            m = PriceCandles(m.ts[first], m.open[first], m.high[first], m.low[first], m.close[first], m.scale)
+            if not len(m):
                 return m
             buckets = tf.floor_array(m.ts)
             starts = np.flatnonzero(np.r_[True, buckets[1:] != buckets[:-1]])
@@ -206,12 +214,20 @@ class DerivativesModel:
                 m.close[ends],
                 m.scale,
             )
-        raw = self.market.raw_candles(spec, tf, start_ms, end_ms)
-        last_minutes = np.array([tf.next_open(int(t)) - MINUTE_MS for t in raw.ts], dtype=np.int64)
-        close = self._premium_at(spec, last_minutes)[3]
+        forming_open = tf.floor(now_ms)
+        raw = self.market.raw_candles(spec, tf, start_ms, min(end_ms, forming_open - 1))
+        last_minutes = [tf.next_open(int(t)) - MINUTE_MS for t in raw.ts]
+        parts = [raw]
+        if start_ms <= forming_open <= end_ms:
+            forming = self.market.forming_candle(spec, tf, now_ms)
+            if len(forming):
+                parts.append(forming)
+                last_minutes.append(now_minute)
+        ts, o, h, lo_, c = (np.concatenate([getattr(x, f) for x in parts]) for f in ("ts", "open", "high", "low", "close"))
+        close = self._premium_at(spec, np.array(last_minutes, dtype=np.int64))[3]
         factor = 2_000_000 - close * 2 if kind == "index" else 2_000_000 - close
-        cols = [(x * factor + 1_000_000) // 2_000_000 for x in (raw.open, raw.high, raw.low, raw.close)]
-        return PriceCandles(raw.ts, *cols, spec.price_scale)
+        cols = [(x * factor + 1_000_000) // 2_000_000 for x in (o, h, lo_, c)]
+        return PriceCandles(ts, *cols, spec.price_scale)
 
     # ------------------------------------------------------------------ open interest
 
@@ -223,7 +239,13 @@ class DerivativesModel:
         walk = self._walks.get(spec.key)
         if walk is None:
             rng = np.random.default_rng([self.market.seed & 0xFFFFFFFF, spec.key, 300_000])
-            walk = np.concatenate([[0.0], np.cumsum(rng.normal(0.0, 0.06, _OI_DAYS))])
+            steps = rng.normal(0.0, 0.06, _OI_DAYS)
+            # Mean-reverting (AR(1), 0.98 a day): a plain walk would wander to 1% or 100x of
+            # its start over years; this one stays within about +-60% of the typical size.
+            walk = np.empty(_OI_DAYS + 1)
+            walk[0] = 0.0
+            for d in range(_OI_DAYS):
+                walk[d + 1] = 0.98 * walk[d] + steps[d]
             self._walks[spec.key] = walk
         return walk
 

@@ -43,6 +43,7 @@ from marketlake_emulator.ws_config import read_admin_json
 from marketlake_emulator.answers import Answer, ParamError, params_error
 from marketlake_emulator.derivatives import DerivativesModel
 from marketlake_emulator.endpoints import MarketEndpoints
+from marketlake_emulator.endpoints_perp import PerpEndpoints
 from marketlake_emulator.market import SyntheticMarket
 
 __all__ = ["BybitEmulator", "serve"]
@@ -88,6 +89,7 @@ class BybitEmulator:
         self.archive = EmulatorArchive(self.market, self.control)
         self.derivatives = DerivativesModel(self.market)
         self.endpoints = MarketEndpoints(self.market, self.derivatives)
+        self.perp_endpoints = PerpEndpoints(self.market, self.derivatives)
         self.host = host
         self.port = port
         self.app = self._build_app()
@@ -144,7 +146,10 @@ class BybitEmulator:
 
     def _build_app(self) -> web.Application:
         app = web.Application()
-        self._endpoints: dict[str, Callable[[Any, int], Answer]] = self.endpoints.routes()
+        self._endpoints: dict[str, Callable[[Any, int], Answer]] = {
+            **self.endpoints.routes(),
+            **self.perp_endpoints.routes(),
+        }
         for path in self._endpoints:
             app.router.add_get(path, self._serve)
         app.router.add_get(f"{_ADMIN}/state", self._admin_state)

@@ -94,3 +94,24 @@ def test_ccxt_pro_watches_candles_and_trades_with_integer_request_ids(running: B
     spec = running.market.instrument("BTCUSDT")
     truth = running.market.trades_between(spec, trades[0]["timestamp"], trades[-1]["timestamp"] + 1)
     assert [t["id"] for t in trades] == [t["execId"] for t in truth][: len(trades)]
+
+
+def test_funding_open_interest_and_price_ohlcv(exchange: Any, frozen: BybitEmulator) -> None:
+    spec = frozen.market.instrument("BTCUSDT")
+    model = frozen.derivatives
+    since = NOW - 3 * 86_400_000
+    history = exchange.fetch_funding_rate_history("BTC/USDT:USDT", since, 5)
+    truth = model.settlements(spec, since, NOW)[:5]
+    assert [h["timestamp"] for h in history] == truth
+    assert [round(h["fundingRate"] * 1e6) for h in history] == [model.funding_rate(spec, t) for t in truth]
+    oi = exchange.fetch_open_interest_history("BTC/USDT:USDT", "1h", NOW - 86_400_000, 5)
+    points = [o["timestamp"] for o in oi]
+    assert points == sorted(points) and all(p % HOUR == 0 for p in points)
+    values = model.open_interest(spec, points)
+    assert [o["openInterestAmount"] for o in oi] == [v / 1000 for v in values.tolist()]
+    mark = exchange.fetch_mark_ohlcv("BTC/USDT:USDT", "1h", None, 3)
+    index = exchange.fetch_index_ohlcv("BTC/USDT:USDT", "1h", None, 3)
+    premium = exchange.fetch_premium_index_ohlcv("BTC/USDT:USDT", "1h", None, 3)
+    assert [r[0] for r in mark] == [r[0] for r in index] == [r[0] for r in premium]
+    assert all(r[2] >= max(r[1], r[4]) and r[3] <= min(r[1], r[4]) for r in mark + index + premium)
+    assert exchange.fetch_funding_rate("BTC/USDT:USDT")["fundingRate"] is not None

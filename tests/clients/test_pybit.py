@@ -123,3 +123,19 @@ def test_websocket_kline_and_trade_streams_deliver_the_markets_data(running: Byb
     k = closed[0]["data"][0]
     row = running.market.candles("BTCUSDT", "1", k["start"], k["start"]).row(0, named=True)
     assert (float(k["open"]), float(k["close"]), float(k["volume"])) == (row["open"], row["close"], row["volume"])
+
+
+def test_perpetual_endpoints_funding_open_interest_and_price_klines(frozen: BybitEmulator) -> None:
+    s = http(frozen)
+    spec = frozen.market.instrument("BTCUSDT")
+    model = frozen.derivatives
+    funding = s.get_funding_rate_history(category="linear", symbol="BTCUSDT", limit=5)["result"]["list"]
+    truth = model.settlements(spec, 0, NOW)[::-1][:5]
+    assert [int(r["fundingRateTimestamp"]) for r in funding] == truth
+    assert [round(float(r["fundingRate"]) * 1e6) for r in funding] == [model.funding_rate(spec, t) for t in truth]
+    oi = s.get_open_interest(category="linear", symbol="BTCUSDT", intervalTime="1h", limit=3)["result"]
+    points = model.oi_points(spec, HOUR, NOW - 3 * HOUR, NOW)[::-1]
+    assert [int(r["timestamp"]) for r in oi["list"]] == points.tolist() and oi["nextPageCursor"]
+    for method in ("get_mark_price_kline", "get_index_price_kline", "get_premium_index_price_kline"):
+        rows = getattr(s, method)(category="linear", symbol="BTCUSDT", interval=60, limit=3)["result"]["list"]
+        assert [int(r[0]) for r in rows] == [NOW - NOW % HOUR - k * HOUR for k in range(3)] and {len(r) for r in rows} == {5}
