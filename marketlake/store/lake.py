@@ -161,7 +161,8 @@ class Lake(PerpLakeMixin):
         current = {ds: self.snapshot(ds) for ds in DATASETS}
         if all(s.version < 0 for s in current.values()):
             raise DataValidationError(f"nothing to snapshot: {self.root} holds no table yet")
-        return snaps.create_snapshot(self.root, name, note, current, get_clock().now_ms())
+        return snaps.create_snapshot(self.root, name, note, current, get_clock().now_ms(),
+                                     self.instrument_history())
 
     def snapshots(self) -> list[snaps.SnapshotInfo]:
         """Every named snapshot, oldest first."""

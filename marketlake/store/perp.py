@@ -62,6 +62,18 @@ def oi_timeframe(interval: str) -> str:
     raise DataValidationError(f"open-interest interval {interval!r}: use one of {', '.join(OI_INTERVALS)}")
 
 
+def _read_as_of(path: Path, when: Any) -> pl.DataFrame | None:
+    """The instrument history table as of ``when`` (None: it did not exist yet)."""
+    import deltalake
+
+    table = deltalake.DeltaTable(str(path))
+    try:
+        table.load_as_version(when)
+    except Exception:
+        return None  # created after ``when``
+    return pl.from_arrow(table.to_pyarrow_table())  # type: ignore[return-value]
+
+
 class PerpLakeMixin:
     """Lake methods for the perpetual-futures datasets (mixed into :class:`Lake`)."""
 
@@ -169,14 +181,31 @@ class PerpLakeMixin:
         """The instrument history (``valid_from``/``valid_to`` per attribute set), every exchange
         or one, with an ``exchange`` column."""
         path = self._instruments_path()
-        if not (path / "_delta_log").is_dir():
-            return empty_instrument_history().with_columns(pl.lit(None, dtype=pl.String).alias("exchange"))
-        pinned = self.as_of if isinstance(self.as_of, dict) else None
-        version = None if pinned is None else pinned.get(INSTRUMENTS)
-        try:
-            df = pl.read_delta(str(path), version=version)
-        except Exception as exc:
-            raise LakeError(f"{path}: cannot read the instrument history ({str(exc).splitlines()[0][:160]})") from None
+        kept = None
+        empty = empty_instrument_history().with_columns(pl.lit(None, dtype=pl.String).alias("exchange"))
+        if isinstance(self.as_of, str):
+            from marketlake.store.snapshots import snapshot_instruments, snapshots_dir
+
+            if (snapshots_dir(self.root) / self.as_of).is_dir():
+                kept = snapshot_instruments(self.root, self.as_of)
+                if kept is None:
+                    return empty  # the snapshot was taken before any instrument was recorded
+        when = None
+        if kept is None and self.as_of is not None:
+            from marketlake.store.snapshots import as_of_time
+
+            when = as_of_time(self.root, self.as_of)  # the history as it was then
+        if kept is not None:
+            df = kept
+        elif not (path / "_delta_log").is_dir():
+            return empty
+        else:
+            try:
+                df = pl.read_delta(str(path)) if when is None else _read_as_of(path, when)
+            except Exception as exc:
+                raise LakeError(f"{path}: cannot read the instrument history ({str(exc).splitlines()[0][:160]})") from None
+            if df is None:
+                return empty
         if exchange is not None:
             df = df.filter(pl.col("exchange") == validate_exchange(exchange))
         return df.select(*INSTRUMENT_SCHEMA, "exchange")

@@ -77,7 +77,10 @@ def _check_name(name: str) -> str:
     return name
 
 
-def create_snapshot(root: Path, name: str, note: str, snapshots: Mapping[str, Snapshot], now_ms: int) -> SnapshotInfo:
+def create_snapshot(
+    root: Path, name: str, note: str, snapshots: Mapping[str, Snapshot], now_ms: int,
+    instruments: pl.DataFrame | None = None,
+) -> SnapshotInfo:
     """Record ``snapshots`` (one per dataset) under ``name``.
 
     Raises:
@@ -98,6 +101,9 @@ def create_snapshot(root: Path, name: str, note: str, snapshots: Mapping[str, Sn
     try:
         for ds, snap in snapshots.items():
             publish_table(snap.files.to_arrow(), tmp, f"{ds}.parquet")
+        if instruments is not None and instruments.height:
+            # The instrument history is small: the snapshot keeps a copy of it, not a file list.
+            publish_table(instruments.to_arrow(), tmp, "instruments.parquet")
         manifest = {"name": name, "note": note, "created_ms": now_ms, "versions": info.versions, "rows": info.rows}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         os.rename(tmp, final)  # the snapshot exists once its folder has its name: all or nothing
@@ -152,6 +158,12 @@ def snapshot_files(root: Path, name: str) -> dict[str, Snapshot]:
         files = pl.read_parquet(f) if f.exists() else empty_files_frame()
         out[ds] = Snapshot(root, ds, info.versions.get(ds, -1), files)
     return out
+
+
+def snapshot_instruments(root: Path, name: str) -> pl.DataFrame | None:
+    """The instrument history a named snapshot kept (None when it kept none)."""
+    f = snapshots_dir(root) / _check_name(name) / "instruments.parquet"
+    return pl.read_parquet(f) if f.exists() else None
 
 
 def protected_paths(root: Path, dataset: str) -> set[str]:
@@ -251,6 +263,20 @@ def _at_time(root: Path, ds: str, when: dt.datetime) -> Snapshot:
     except LakeError:
         # The table was created after ``when``: it held nothing then.
         return _empty(root, ds)
+
+
+def as_of_time(root: Path, as_of: AsOf) -> dt.datetime:
+    """The moment an ``as_of`` that is not a named snapshot stands for (a version: its commit
+    time; a mapping: the candles version's commit time, or now without one)."""
+    if isinstance(as_of, Mapping):
+        v = as_of.get(CANDLES)
+        return _commit_time(root, CANDLES, int(v)) if v is not None and int(v) >= 0 else dt.datetime.now(dt.UTC)
+    if isinstance(as_of, int):
+        return _commit_time(root, CANDLES, as_of)
+    when = _parse_time(as_of) if isinstance(as_of, (str, dt.date)) else None
+    if when is None:
+        raise DataValidationError(f"as_of={as_of!r} is not a time")
+    return when
 
 
 def describe(info: SnapshotInfo) -> dict[str, Any]:

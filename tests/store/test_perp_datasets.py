@@ -131,3 +131,29 @@ def test_a_snapshot_pins_funding_too(tmp_path):
     lake.write_funding(_funding(10, rate=0.01), symbol="BTCUSDT")
     assert Lake(lake.root, settings=lake.settings, as_of="bt").read_funding()["rate"].unique().to_list() == [0.0001]
     assert lake.read_funding()["rate"].unique().to_list() == [0.01]
+
+
+def test_a_named_snapshot_keeps_the_universe_as_it_was(tmp_path):
+    lake = _lake(tmp_path)
+    lake.write_funding(_funding(3), symbol="BTCUSDT")
+    lake.record_instruments(_snapshot([{"symbol": "BTCUSDT"}]), T0, categories=["linear"])
+    lake.create_snapshot("bt")
+    lake.record_instruments(_snapshot([{"symbol": "BTCUSDT", "tick_size": 0.5}]), T0 + DAY, categories=["linear"])
+    old = Lake(lake.root, settings=lake.settings, as_of="bt")
+    assert old.universe(T0 + 2 * DAY, "linear")["tick_size"].to_list() == [0.1]
+    assert lake.universe(T0 + 2 * DAY, "linear")["tick_size"].to_list() == [0.5]
+
+
+def test_as_of_a_time_reads_the_universe_as_recorded_then(tmp_path):
+    import datetime as dt
+    import time
+
+    lake = _lake(tmp_path)
+    lake.record_instruments(_snapshot([{"symbol": "BTCUSDT"}]), T0, categories=["linear"])
+    lake.write_funding(_funding(3), symbol="BTCUSDT")
+    time.sleep(0.05)
+    between = dt.datetime.now(dt.UTC).isoformat()
+    time.sleep(0.05)
+    lake.record_instruments(_snapshot([{"symbol": "BTCUSDT", "tick_size": 0.5}]), T0 + DAY, categories=["linear"])
+    old = Lake(lake.root, settings=lake.settings, as_of=between)
+    assert old.universe(T0 + 2 * DAY, "linear")["tick_size"].to_list() == [0.1]
