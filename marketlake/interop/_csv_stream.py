@@ -25,11 +25,12 @@ __all__ = ["Chunk", "DistinctTimes", "background", "open_regular", "read_chunks"
 
 T = TypeVar("T")
 
-# 32 MiB of CSV is ~400,000 old-format rows (~83 B a line). Measured on the 525,600-row files of
-# benchmarks/bench_csv_import.py: 16, 32 and 64 MiB import at the same speed within noise (the
-# per-chunk cost is a few ms), while peak memory grows with the chunk; 32 MiB keeps polars'
-# multi-threaded parse efficient and a file's pipeline (see read_chunks) near 200 MiB.
-CHUNK_BYTES: Final = 32 << 20
+# 8 MiB of CSV is ~100,000 old-format rows (~83 B a line). Measured importing a 2.5 M-row file
+# (206 MB) on 2 cores: 8, 16 and 32 MiB chunks import at the same speed within noise (a chunk
+# costs a few ms of fixed work), while peak memory grows by ~7 bytes per chunk byte (the block,
+# its copy with the header, polars' parse, the frame queued and the one being merged): growth
+# ~205 / 280 / 380 MiB. 8 MiB still hands polars' parser enough to use every core.
+CHUNK_BYTES: Final = 8 << 20
 # The longest legitimate line is ~8 fields of at most 64 bytes; a line of 1 MiB is corrupt (or
 # binary) and must not make the reader buffer an unbounded line.
 MAX_LINE_BYTES: Final = 1 << 20
@@ -194,6 +195,15 @@ def background(make: Callable[[], Iterator[T]], depth: int = 1) -> Iterator[T]:
         thread.join()
 
 
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique`` for int64, fast on sorted input: numpy 2's ``unique`` hashes (~1 s per
+    million values here) where a sorted check plus a sort is ~1-10 ms."""
+    if a.size > 1 and not bool((a[1:] > a[:-1]).all()):
+        a = np.sort(a)
+        a = a[np.concatenate(([True], a[1:] != a[:-1]))]
+    return a
+
+
 class DistinctTimes:
     """Counts repeated timestamps over a whole file, chunk by chunk, exactly.
 
@@ -213,14 +223,14 @@ class DistinctTimes:
 
     def add(self, ts: np.ndarray) -> None:
         """Take one chunk's timestamps (any order)."""
-        u = np.unique(ts)
+        u = _sorted_unique(ts)
         self.repeated += int(ts.size - u.size)
         cut = 0 if self._last is None else int(np.searchsorted(u, self._last, side="right"))
         head, tail = u[:cut], u[cut:]
         if head.size:  # back in time: compare with everything seen
             seen = self._contains(head)
             self.repeated += int(seen.sum())
-            self._points = np.union1d(self._points, head[~seen])
+            self._points = _sorted_unique(np.concatenate((self._points, head[~seen])))
         if tail.size:
             self._append(tail)
             self._last = int(tail[-1])
