@@ -40,10 +40,10 @@ _REASON_CHARS = 160
 
 
 def describe_retry(event: RetryEvent) -> str:
-    """One line for a retry: the reason, the attempt that failed and when the next one goes out.
+    """One line for a retry: the attempt that failed, when the next one goes out, the reason.
 
-    ``GET /v5/market/time: ClientConnectorError: ... | attempt 3/8 failed | next at 12:00:07 UTC
-    (in 4.2 s)``.
+    ``retrying: attempt 3/8 failed, next at 12:00:07 UTC (in 4.2 s): GET /v5/market/time:
+    ClientConnectorError: ...``; the reason comes last because a narrow terminal cuts the line.
     """
     reason = one_line(event.reason)
     if len(reason) > _REASON_CHARS:
@@ -51,8 +51,8 @@ def describe_retry(event: RetryEvent) -> str:
     when = ""
     if event.next_at_ms is not None:
         at = dt.datetime.fromtimestamp(event.next_at_ms / 1000, dt.UTC).strftime("%H:%M:%S UTC")
-        when = f"; next at {at} (in {event.delay_s:.1f} s)"
-    return f"retrying: {reason} | attempt {event.attempt}/{event.max_attempts} failed{when}"
+        when = f", next at {at} (in {event.delay_s:.1f} s)"
+    return f"retrying: attempt {event.attempt}/{event.max_attempts} failed{when}: {reason}"
 
 
 class RetryLine:
