@@ -37,6 +37,15 @@ from marketlake.cli.render import (
 )
 from marketlake.core.timeutil import ms_to_datetime
 
+DataOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--data",
+        help="Comma-separated datasets: klines, trades, funding, mark, index, premium, oi, or all "
+        "(default: everything stored; with --timeframes alone, the datasets that have timeframes).",
+    ),
+]
+
 # check and repair pull in polars, pyarrow, duckdb and numba: imported inside the commands.
 if TYPE_CHECKING:  # pragma: no cover
     from marketlake.quality.check import LakeCheck
@@ -88,10 +97,75 @@ def _render_check(result: LakeCheck) -> None:
             f"`marketlake archive --symbols {symbol} --category {category} --start {first} --end {last}`"
         )
     bad = sum(1 for s in result.series if s.has_issues) + len(result.trade_gaps)
-    console.print(
-        f"{len(result.series)} series, {result.rows:,} candles checked in {result.seconds:.2f} s "
-        f"({result.rows / max(result.seconds, 1e-9) / 1e6:.1f} M/s); {bad} with issues"
-    )
+    _render_perp_check(result)
+    if result.series or result.trade_gaps or not result.perp_series:
+        console.print(
+            f"{len(result.series)} series, {result.rows:,} candles checked in {result.seconds:.2f} s "
+            f"({result.rows / max(result.seconds, 1e-9) / 1e6:.1f} M/s); {bad} with issues"
+        )
+    if result.perp_series:
+        perp_bad = sum(1 for s in result.perp_series if s.has_issues)
+        console.print(
+            f"perpetual data: {len(result.funding)} funding, {len(result.price_series)} mark/index/premium, "
+            f"{len(result.open_interest)} open-interest series, {result.perp_rows:,} rows checked; "
+            f"{perp_bad} with issues"
+        )
+
+
+def _render_perp_check(result: LakeCheck) -> None:
+    """Tables and gap lines of the perpetual datasets (printed only when there are any)."""
+    import polars as pl
+
+    from marketlake.quality.check import describe_gap
+    from marketlake.quality.perp import series_name
+
+    prices = []
+    for s in result.price_series:
+        r = s.result
+        tf = s.sid.timeframe
+        prices.append({
+            "series": series_name(s.sid), "rows": r.total_candles, "gaps": len(s.unexplained),
+            "missing": sum(g.missing_candles for g in s.unexplained), "outages": len(s.explained),
+            "unstored": sum(tf.count_between(a, b) for a, b in s.unstored) if tf else 0,
+            "dups": r.duplicate_count, "invalid": r.invalid_count, "misaligned": int(r.misaligned_rows.size),
+            "unordered": int(r.out_of_order_rows.size), "ok": "yes" if not s.has_issues else "NO",
+        })
+    if prices:
+        print_frame(pl.DataFrame(prices))
+    others = [
+        {
+            "series": s.name, "rows": s.rows, "gaps": len(s.unexplained),
+            "missing": sum(g.missing for g in s.unexplained), "outages": len(s.explained),
+            "unstored": len(s.unstored), "dups": s.duplicates, "invalid": len(s.invalid),
+            "misaligned": len(s.misaligned), "unordered": s.out_of_order,
+            "intervals": ", ".join(str(i["interval_minutes"]) for i in s.intervals),
+            "ok": "yes" if not s.has_issues else "NO",
+        }
+        for s in (*result.funding, *result.open_interest)
+    ]
+    if others:
+        print_frame(pl.DataFrame(others))
+    for p in result.price_series:
+        name = series_name(p.sid)
+        for g in p.unexplained[:5]:
+            console.print(f"  gap in {name}: {describe_gap(g)}")
+        if len(p.unexplained) > 5:
+            console.print(f"  ... {len(p.unexplained) - 5} more gaps in {name}")
+    for f in (*result.funding, *result.open_interest):
+        what = "settlement(s)" if f.kind == "funding" else "point(s)"
+        for h in f.unexplained[:5]:
+            console.print(f"  gap in {f.name}: {h.describe().replace(' missing)', f' {what} missing)')}")
+        if len(f.unexplained) > 5:
+            console.print(f"  ... {len(f.unexplained) - 5} more gaps in {f.name}")
+        if f.damaged:
+            console.print(f"  {f.name}: damaged: {f.damaged}", markup=False)
+    for s in result.perp_series:
+        name = s.name if hasattr(s, "name") else series_name(s.sid)
+        for a, b in s.unstored[:5]:
+            console.print(
+                f"  {name}: {ms_to_datetime(a):%Y-%m-%d %H:%M} → {ms_to_datetime(b):%Y-%m-%d %H:%M} "
+                "fetched before but not stored (lost or removed); `marketlake repair` re-fetches it"
+            )
 
 
 @app.command()
@@ -103,6 +177,7 @@ def check(
     report: Annotated[Optional[Path], typer.Option("--report", help="Write the old integrity report (JSON) here.")] = None,
     consistency: Annotated[bool, typer.Option("--consistency/--no-consistency", help="Compare higher timeframes with the resampled 1m series.")] = True,
     progress: ProgressOpt = None,
+    data: DataOpt = None,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
@@ -110,18 +185,21 @@ def check(
     """Check stored candles for gaps, duplicates, invalid rows and timeframe mismatches.
 
     Gaps the exchange itself has (outages, before listing) are not counted; invalid and misaligned
-    rows are; higher timeframes are compared with the resampled 1m series. Exit status 1 when
-    anything needs attention.
+    rows are; higher timeframes are compared with the resampled 1m series. Funding (a settlement
+    missing at the interval in force), mark/index/premium candles and open interest are checked
+    too (--data picks). Exit status 1 when anything needs attention.
     """
     from marketlake.quality.check import check_lake
+    from marketlake.quality.perp import parse_data
 
+    parse_data(data, timeframes)  # a bad --data is the only line, before anything runs
     if report is not None:
         check_output_file(report, "--report")  # before a long check, not after it
     _announce_compile_unless_bad(lake, config, timeframes, exchange, category)
     with progress_bar("check", "series", show_progress(progress, json_)) as on_progress:
         result = check_lake(
             open_lake(lake, config), symbols, timeframes, exchange=exchange, category=category,
-            consistency=consistency, progress=on_progress,
+            consistency=consistency, progress=on_progress, data=data,
         )
     if report is not None:
         text = json.dumps(to_jsonable(result.report()), indent=2)

@@ -35,6 +35,17 @@ from marketlake.store import Lake
 from marketlake.store.layout import CANDLES, TRADES, SeriesId
 from marketlake.store.ledger import Status
 from marketlake.store.reader import find_series
+from marketlake.quality.perp import (
+    PERP_KINDS,
+    PerpSeriesCheck,
+    check_funding,
+    check_open_interest,
+    check_price_candles,
+    kind_of,
+    parse_data,
+    perp_series,
+    series_name,
+)
 
 __all__ = ["LakeCheck", "SeriesCheck", "check_lake", "read_series"]
 
@@ -86,7 +97,7 @@ class SeriesCheck:
         """Everything, JSON-ready."""
         out = self.result.to_dict()
         out.update(
-            series=self.sid.label(),
+            series=series_name(self.sid),
             has_issues=self.has_issues,
             gaps=[self.result.gap_entry(g) for g in self.unexplained],
             explained_gaps=[self.result.gap_entry(g) for g in self.explained],
@@ -95,6 +106,8 @@ class SeriesCheck:
             damaged=self.damaged,
             consistency=None if self.consistency is None else self.consistency.to_dict(),
         )
+        if self.sid.dataset != CANDLES:
+            out["data"] = kind_of(self.sid.dataset)
         return out
 
 
@@ -108,11 +121,25 @@ class LakeCheck:
     #: Per trades series (label), ranges the ledger records as failed: trades lost while
     #: streaming that REST could not return. ``marketlake archive`` recovers them.
     trade_gaps: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    #: Mark, index and premium-index candle series (``series`` holds the klines only).
+    price_series: list[SeriesCheck] = field(default_factory=list)
+    #: Funding series.
+    funding: list[PerpSeriesCheck] = field(default_factory=list)
+    #: Open-interest series (one per interval).
+    open_interest: list[PerpSeriesCheck] = field(default_factory=list)
+    #: Rows of the perpetual datasets checked (``rows`` counts candles).
+    perp_rows: int = 0
+
+    @property
+    def perp_series(self) -> list[SeriesCheck | PerpSeriesCheck]:
+        """Every checked series of the perpetual datasets: funding, price candles, open interest."""
+        return [*self.funding, *self.price_series, *self.open_interest]
 
     @property
     def has_issues(self) -> bool:
-        """True when any series has an issue, or trades were lost."""
-        return any(s.has_issues for s in self.series) or bool(self.trade_gaps)
+        """True when any series (of any dataset) has an issue, or trades were lost."""
+        return (any(s.has_issues for s in self.series) or bool(self.trade_gaps)
+                or any(s.has_issues for s in self.perp_series))
 
     def report(self) -> dict[str, Any]:
         """The old ``DataIntegrityChecker`` report structure, one entry per series (by label)."""
@@ -135,6 +162,10 @@ class LakeCheck:
             "seconds": round(self.seconds, 3),
             "series": [s.to_dict() for s in self.series],
             "trade_gaps": {k: [[a, b] for a, b in v] for k, v in self.trade_gaps.items()},
+            "perp_rows_checked": self.perp_rows,
+            "funding": [s.to_dict() for s in self.funding],
+            "price_candles": [s.to_dict() for s in self.price_series],
+            "open_interest": [s.to_dict() for s in self.open_interest],
         }
 
 
@@ -150,7 +181,9 @@ _DAY_MS = 86_400_000
 _EMPTY = pl.DataFrame(schema={c: CANDLE_SCHEMA[c] for c in _COLUMNS})
 
 
-def _classify(lake: Lake, sid: SeriesId, result: CheckResult) -> tuple[list[Gap], list[Gap]]:
+def _classify(
+    lake: Lake, sid: SeriesId, result: CheckResult, *, from_trades: bool = True
+) -> tuple[list[Gap], list[Gap]]:
     tf = result.timeframe
     gaps = result.gaps
     if not gaps or not lake.has_ledger:
@@ -158,7 +191,7 @@ def _classify(lake: Lake, sid: SeriesId, result: CheckResult) -> tuple[list[Gap]
     lo = min(tf.next_open(tf.floor(g.previous_ts)) for g in gaps)
     hi = max(tf.floor(g.current_ts) for g in gaps)
     empty = lake.ledger.covered(sid, lo, hi, Status.EMPTY)  # merged: sorted, disjoint, not touching
-    quiet = _tradeless(lake, sid, lo, hi) if not tf.is_bybit else None
+    quiet = _tradeless(lake, sid, lo, hi) if not tf.is_bybit and from_trades else None
     starts = [s for s, _ in empty]
     unexplained, explained = [], []
     for g in gaps:
@@ -217,28 +250,40 @@ def check_lake(
     category: str | None = None,
     consistency: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    data: str | Sequence[str] | None = None,
 ) -> LakeCheck:
-    """Check every stored candle series matching the filters (all when None).
+    """Check every stored series matching the filters (all when None).
+
+    ``data`` picks datasets (:data:`marketlake.quality.perp.DATA_KINDS`: ``klines``, ``trades``,
+    ``funding``, ``mark``, ``index``, ``premium``, ``oi``, or ``all``); by default everything
+    stored, except that a ``timeframes`` filter alone leaves out the datasets without a timeframe
+    (trades, funding). The perpetual datasets are checked by :mod:`marketlake.quality.perp`.
 
     ``progress(done, total)`` is called with ``(0, total)`` once the series are known and after
     each series is checked (``total``: the series to check).
     """
     t0 = time.perf_counter()
+    kinds = parse_data(data, timeframes)
+    perp = [
+        (kind, sid) for kind in PERP_KINDS if kind in kinds
+        for sid in perp_series(lake, kind, exchange, category, symbols, timeframes)
+    ]
     # Everything stored is checked unless filtered: every exchange and category by default.
-    sids = find_series(
+    sids = [] if "klines" not in kinds else find_series(
         lake.snapshot(CANDLES),
         exchange=exchange,
         category=category,
         symbols=None if symbols is None else parse_symbols(symbols),
         timeframes=None if timeframes is None else parse_timeframes(timeframes),  # type: ignore[arg-type]
     )
-    if lake.has_ledger:
+    if lake.has_ledger and "klines" in kinds:
         sids = _with_ledger_series(lake, sids, exchange, category, symbols, timeframes)
     out = LakeCheck()
     minute = parse_timeframe("1")
     base_cache: dict[tuple[str, str, str], pl.DataFrame | None] = {}
+    total = len(sids) + len(perp)
     if progress is not None:
-        progress(0, len(sids))
+        progress(0, total)
     for done, sid in enumerate(sids, 1):
         tf = sid.timeframe
         assert tf is not None
@@ -261,8 +306,23 @@ def check_lake(
         out.series.append(sc)
         out.rows += frame.height
         if progress is not None:
-            progress(done, len(sids))
-    if timeframes is None and lake.has_ledger:
+            progress(done, total)
+    for done, (kind, sid) in enumerate(perp, len(sids) + 1):
+        if kind == "funding":
+            fc = check_funding(lake, sid)
+            out.funding.append(fc)
+            out.perp_rows += fc.rows
+        elif kind == "oi":
+            oc = check_open_interest(lake, sid)
+            out.open_interest.append(oc)
+            out.perp_rows += oc.rows
+        else:
+            pc = check_price_candles(lake, sid)
+            out.price_series.append(pc)
+            out.perp_rows += pc.result.total_candles
+        if progress is not None:
+            progress(done, total)
+    if "trades" in kinds and lake.has_ledger:
         out.trade_gaps = lost_trades(
             lake, exchange or lake.settings.exchange, category or lake.settings.category,
             None if symbols is None else parse_symbols(symbols),
