@@ -11,6 +11,15 @@ the ledger does not claim, so the next run fetches exactly those again and nothi
 
 What a page found goes to the ledger precisely: runs of candles as ``present``, runs of open times
 without a candle (the exchange's own outages) as verified ``empty``, failed windows as ``failed``.
+
+The same runner fetches every dataset of issue 13 through the same queue and budget: mark / index
+/ premium-index candles exactly like klines; open interest as independent windows of 200 grid
+points (runs of points present / empty, as for candles); funding as one newest-first walk per
+series (a worker follows it page by page). A funding write infers ``interval_minutes`` for the
+whole stored series plus the new rows (:func:`marketlake.core.funding.infer_funding_intervals`,
+with the instrument history's ``fundingInterval`` observations) and writes the new rows together
+with any stored row whose label changed, in one call; each page's ``[covered_from, end)`` is
+``present`` in the ledger once that write committed.
 """
 
 from __future__ import annotations
@@ -25,19 +34,48 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from marketlake.core.funding import infer_funding_intervals
+from marketlake.core.instruments import funding_observations
 from marketlake.core.timeframes import Timeframe
 from marketlake.errors import (
     ExchangeBannedError,
     ExchangeError,
+    ExchangeProtocolError,
     ExchangeRequestError,
 )
 from marketlake.exchanges.bybit.rest import BybitRestClient, KlinePage
+from marketlake.exchanges.bybit.rest_perp import FundingPage, OpenInterestChunk, PriceKlinePage
 from marketlake.ingest.heartbeat import keep_alive
-from marketlake.ingest.planner import Plan, SeriesPlan
+from marketlake.ingest.planner import Plan, SeriesPlan, oi_interval_time, series_label
 from marketlake.store import Lake
+from marketlake.store.datasets import CANDLES, FUNDING, OPEN_INTEREST, PRICE_CANDLE_DATASETS
+from marketlake.store.layout import SeriesId
 from marketlake.store.ledger import Status
 
-__all__ = ["HistoricalIngest", "IngestStats", "coverage_runs"]
+__all__ = ["DatasetStats", "HistoricalIngest", "IngestStats", "coverage_runs", "grid_runs"]
+
+_PRICE_KIND = {"mark_candles": "mark", "index_candles": "index", "premium_candles": "premium"}
+Page = KlinePage | PriceKlinePage | OpenInterestChunk | FundingPage
+
+
+@dataclass(slots=True)
+class DatasetStats:
+    """Figures of one dataset within a run (the per-dataset lines of the summary)."""
+
+    series: int = 0
+    series_done: int = 0
+    requests_planned: int = 0
+    pages: int = 0
+    rows_fetched: int = 0
+    rows_new: int = 0
+    rows_replaced: int = 0
+    rows_unchanged: int = 0
+    empty: int = 0
+    failed_windows: int = 0
+
+    def to_dict(self) -> dict:
+        """Plain data."""
+        return {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +104,24 @@ class IngestStats:
     failures: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     interrupted: bool = False
+    datasets: dict[str, DatasetStats] = field(default_factory=dict)
 
     @property
     def requests_per_s(self) -> float:
         """Pages fetched per second so far."""
         return self.pages / self.elapsed if self.elapsed > 0 else 0.0
 
+    def of(self, dataset: str) -> DatasetStats:
+        """The figures of one dataset (created on first use)."""
+        got = self.datasets.get(dataset)
+        if got is None:
+            got = self.datasets[dataset] = DatasetStats()
+        return got
+
     def to_dict(self) -> dict:
         """Plain data (for ``--json`` and the ledger's run record)."""
         out = {name: getattr(self, name) for name in self.__slots__}  # type: ignore[attr-defined]
+        out["datasets"] = {k: v.to_dict() for k, v in self.datasets.items()}
         out["requests_per_s"] = round(self.requests_per_s, 2)
         return out
 
@@ -112,11 +159,35 @@ def coverage_runs(page: KlinePage, tf: Timeframe) -> list[tuple[int, int, Status
     return out
 
 
+def grid_runs(chunk: OpenInterestChunk, tf: Timeframe) -> list[tuple[int, int, Status]]:
+    """Runs of open-interest points present / missing in one window ``[start, end)`` (every
+    point of the window's grid was asked for and is final: the planner clips at the present)."""
+    opens = tf.opens_between(chunk.start_ms, chunk.end_ms)
+    if opens.size == 0:
+        return []
+    have = _members(opens, chunk.frame.get_column("ts").dt.epoch("ms").to_numpy())
+    cuts = np.flatnonzero(have[1:] != have[:-1]) + 1
+    starts = np.concatenate(([0], cuts))
+    stops = np.concatenate((cuts, [opens.size]))
+    return [
+        (int(opens[a]), tf.next_open(int(opens[b - 1])), Status.PRESENT if have[a] else Status.EMPTY)
+        for a, b in zip(starts, stops, strict=True)
+    ]
+
+
+def _window_end(sid: SeriesId, a: int, b: int) -> int:
+    """The exclusive end of window ``(a, b)`` (kline windows name their last open)."""
+    if sid.dataset in (OPEN_INTEREST, FUNDING):
+        return b
+    assert sid.timeframe is not None
+    return sid.timeframe.next_open(b)
+
+
 @dataclass(slots=True)
 class _Series:
     plan: SeriesPlan
     pending: int
-    pages: list[KlinePage] = field(default_factory=list)
+    pages: list[Page] = field(default_factory=list)
     buffered: int = 0
     failed: bool = False
 
@@ -151,6 +222,7 @@ class HistoricalIngest:
         self.run_args = run_args or {}
         self.stats = IngestStats()
         self._started = 0.0
+        self._history: pl.DataFrame | None = None
 
     async def run(self, plan: Plan) -> IngestStats:
         """Fetch every window of ``plan``; return the run's figures.
@@ -164,14 +236,28 @@ class HistoricalIngest:
         st.series = len(plan.series)
         st.requests_planned = plan.requests
         st.candles_planned = plan.candles
-        states = [_Series(sp, len(sp.windows)) for sp in plan.series]
+        funding = [sp for sp in plan.series if sp.sid.dataset == FUNDING]
+        # Funding walks first: each is sequential (one request at a time), so starting them early
+        # lets them overlap the windows of the other datasets instead of trailing after them.
+        ordered = funding + [sp for sp in plan.series if sp.sid.dataset != FUNDING]
+        states = [_Series(sp, 1 if sp.sid.dataset == FUNDING and sp.windows else len(sp.windows)) for sp in ordered]
         queue: asyncio.Queue[tuple[_Series, int, int]] = asyncio.Queue()
         for s in states:
+            ds = st.of(s.plan.sid.dataset)
+            ds.series += 1
+            ds.requests_planned += s.plan.requests
             if s.plan.before_listing is not None:
                 a, b = s.plan.before_listing
                 ledger.record(s.plan.sid, a, b, Status.EMPTY, detail="before listing", run_id=run_id)
+            if s.plan.after_delivery is not None:
+                a, b = s.plan.after_delivery
+                ledger.record(s.plan.sid, a, b, Status.EMPTY, detail="after delivery", run_id=run_id)
             if not s.plan.windows:
                 st.series_done += 1
+                ds.series_done += 1
+            elif s.plan.sid.dataset == FUNDING:
+                queue.put_nowait((s, 0, 0))  # one job: the walks of every missing range
+                continue
             for a, b in s.plan.windows:
                 queue.put_nowait((s, a, b))
         requests_before = self.client.stats.requests
@@ -210,45 +296,103 @@ class HistoricalIngest:
             if s.failed:
                 continue
             sid = s.plan.sid
-            tf = sid.timeframe
-            assert tf is not None
+            if sid.dataset == FUNDING:
+                await self._walk_funding(s, run_id)
+                continue
             try:
-                page = await self.client.fetch_kline_page(sid.category, sid.symbol, tf.name, a, b)
+                page = await self._fetch(sid, a, b)
             except ExchangeBannedError as exc:
                 # Surfaced once by the client; the run goes on after the ban lifts.
-                self.stats.bans += 1
-                log.warning("%s", exc)
-                self.stats.notices.append(str(exc))
+                self._banned(exc)
                 queue.put_nowait((s, a, b))  # the client waits out the ban before sending again
                 continue
             except ExchangeRequestError as exc:
                 # The request itself is wrong (e.g. an unknown symbol): the other windows of this
                 # series would fail the same way; the other series go on.
-                s.failed = True
-                self.stats.series_failed += 1
-                self._fail_note(f"{sid.label()}: {exc}")
-                self.lake.ledger.record(
-                    sid, a, tf.next_open(b), Status.FAILED, detail=str(exc)[:300], run_id=run_id
-                )
+                self._series_failed(s, a, _window_end(sid, a, b), exc, run_id)
                 continue
             except ExchangeError as exc:
-                self.stats.failed_windows += 1
-                self._fail_note(f"{sid.label()}: {exc}")
-                self.lake.ledger.record(
-                    sid, a, tf.next_open(b), Status.FAILED, detail=str(exc)[:300], run_id=run_id
-                )
+                self._window_failed(s, a, _window_end(sid, a, b), exc, run_id)
                 s.pending -= 1
                 if s.pending == 0:
                     await self._flush(s, run_id)
                 continue
-            self.stats.pages += 1
-            self.stats.rows_fetched += page.frame.height
-            s.pages.append(page)
-            s.buffered += page.frame.height
+            self._got(s, page)
             s.pending -= 1
             if s.pending == 0 or s.buffered >= self.flush_rows:
                 await self._flush(s, run_id)
             self._progress()
+
+    async def _fetch(self, sid: SeriesId, a: int, b: int) -> Page:
+        tf = sid.timeframe
+        assert tf is not None
+        if sid.dataset == CANDLES:
+            return await self.client.fetch_kline_page(sid.category, sid.symbol, tf.name, a, b)
+        if sid.dataset in PRICE_CANDLE_DATASETS:
+            return await self.client.fetch_price_kline_page(_PRICE_KIND[sid.dataset], sid.category, sid.symbol, tf.name, a, b)
+        assert sid.dataset == OPEN_INTEREST
+        return await self.client.fetch_open_interest_page(sid.category, sid.symbol, oi_interval_time(sid), a, b)
+
+    def _got(self, s: _Series, page: Page) -> None:
+        ds = self.stats.of(s.plan.sid.dataset)
+        self.stats.pages += 1
+        self.stats.rows_fetched += page.frame.height
+        ds.pages += 1
+        ds.rows_fetched += page.frame.height
+        s.pages.append(page)
+        s.buffered += page.frame.height
+
+    def _banned(self, exc: ExchangeBannedError) -> None:
+        self.stats.bans += 1
+        log.warning("%s", exc)
+        self.stats.notices.append(str(exc))
+
+    def _series_failed(self, s: _Series, a: int, b: int, exc: Exception, run_id: str) -> None:
+        sid = s.plan.sid
+        s.failed = True
+        self.stats.series_failed += 1
+        self._fail_note(f"{series_label(sid)}: {exc}")
+        self.lake.ledger.record(sid, a, b, Status.FAILED, detail=str(exc)[:300], run_id=run_id)
+
+    def _window_failed(self, s: _Series, a: int, b: int, exc: Exception, run_id: str) -> None:
+        sid = s.plan.sid
+        self.stats.failed_windows += 1
+        self.stats.of(sid.dataset).failed_windows += 1
+        self._fail_note(f"{series_label(sid)}: {exc}")
+        self.lake.ledger.record(sid, a, b, Status.FAILED, detail=str(exc)[:300], run_id=run_id)
+
+    async def _walk_funding(self, s: _Series, run_id: str) -> None:
+        """Every missing range of one funding series, newest first, one page at a time: each
+        next page ends where the previous one's oldest settlement is (Bybit's ``endTime`` is
+        inclusive, so the client asks up to ``oldest - 1``)."""
+        sid = s.plan.sid
+        for a, b in sorted(s.plan.windows, reverse=True):
+            end = b
+            while end > a and not s.failed:
+                try:
+                    page = await self.client.fetch_funding_page(sid.category, sid.symbol, a, end)
+                except ExchangeBannedError as exc:
+                    self._banned(exc)
+                    continue  # the client sends nothing until the ban lifts
+                except ExchangeRequestError as exc:
+                    self._series_failed(s, a, end, exc, run_id)
+                    break
+                except ExchangeError as exc:
+                    self._window_failed(s, a, end, exc, run_id)
+                    break
+                self._got(s, page)
+                if s.buffered >= self.flush_rows:
+                    await self._flush(s, run_id)
+                self._progress()
+                if not page.full or page.oldest_ms is None or page.oldest_ms <= a:
+                    break
+                if page.oldest_ms >= end:
+                    exc = ExchangeProtocolError(f"funding history {sid.category} {sid.symbol}: endTime {end - 1} was not honoured")
+                    self._window_failed(s, a, end, exc, run_id)
+                    break
+                end = page.oldest_ms
+        s.pending = 0
+        await self._flush(s, run_id)
 
     def _fail_note(self, text: str) -> None:
         if len(self.stats.failures) < 100:
@@ -267,36 +411,80 @@ class HistoricalIngest:
     async def _flush(self, s: _Series, run_id: str) -> None:
         pages, s.pages, s.buffered = s.pages, [], 0
         sid = s.plan.sid
-        tf = sid.timeframe
-        assert tf is not None
+        ds = self.stats.of(sid.dataset)
         frames = [p.frame for p in pages if p.frame.height]
         if frames:
             t0 = time.perf_counter()
             frame = pl.concat(frames, how="vertical") if len(frames) > 1 else frames[0]
-            result = await asyncio.to_thread(
-                self.lake.write_candles,
-                frame,
-                symbol=sid.symbol,
-                timeframe=tf,
-                exchange=sid.exchange,
-                category=sid.category,
-            )
+            result = await asyncio.to_thread(self._write, sid, frame)
             self.stats.write_seconds += time.perf_counter() - t0
             self.stats.rows_new += result.rows_new
             self.stats.rows_replaced += result.rows_replaced
             self.stats.rows_unchanged += result.rows_unchanged
+            ds.rows_new += result.rows_new
+            ds.rows_replaced += result.rows_replaced
+            ds.rows_unchanged += result.rows_unchanged
         # Only now, with the rows committed, may the ledger say they are there.
-        for page in pages:
-            for start, end, status in coverage_runs(page, tf):
-                if status is Status.EMPTY:
-                    self.stats.empty_candles += tf.count_between(start, end)
-                self.lake.ledger.record(
-                    sid,
-                    start,
-                    end,
-                    status,
-                    run_id=run_id,
-                    detail="no candles at the exchange" if status is Status.EMPTY else None,
-                )
-        if s.pending == 0 and not s.pages:
+        if sid.dataset == FUNDING:
+            covered = [(p.covered_from_ms, p.end_ms) for p in pages if isinstance(p, FundingPage)]
+            self.lake.ledger.record_many(sid, covered, Status.PRESENT, run_id=run_id)
+        else:
+            tf = sid.timeframe
+            assert tf is not None
+            for page in pages:
+                runs = grid_runs(page, tf) if isinstance(page, OpenInterestChunk) else coverage_runs(page, tf)  # type: ignore[arg-type]
+                for start, end, status in runs:
+                    if status is Status.EMPTY:
+                        n = tf.count_between(start, end)
+                        ds.empty += n
+                        if sid.dataset == CANDLES:
+                            self.stats.empty_candles += n
+                    self.lake.ledger.record(
+                        sid,
+                        start,
+                        end,
+                        status,
+                        run_id=run_id,
+                        detail="nothing at the exchange" if status is Status.EMPTY and sid.dataset != CANDLES
+                        else "no candles at the exchange" if status is Status.EMPTY else None,
+                    )
+        if s.pending == 0 and not s.pages and not s.failed:
             self.stats.series_done += 1
+            ds.series_done += 1
+
+    def _write(self, sid: SeriesId, frame: pl.DataFrame):  # noqa: ANN202  (a WriteResult)
+        """One write call (one transaction) of a series' buffered rows; runs in a worker thread."""
+        if sid.dataset == CANDLES:
+            return self.lake.write_candles(
+                frame, symbol=sid.symbol, timeframe=sid.timeframe, exchange=sid.exchange, category=sid.category
+            )
+        if sid.dataset == FUNDING:
+            return self._write_funding(sid, frame)
+        return self.lake.write(
+            sid.dataset, frame, symbol=sid.symbol, timeframe=sid.timeframe, exchange=sid.exchange, category=sid.category
+        )
+
+    def _write_funding(self, sid: SeriesId, new: pl.DataFrame):  # noqa: ANN202
+        """New settlements plus every stored one whose inferred interval changes, in one write.
+
+        The interval is inferred over the whole series (stored and new), with the instrument
+        history's ``fundingInterval`` observations of the symbol.
+        """
+        stored = self.lake.read_funding(sid.symbol, exchange=sid.exchange, category=sid.category)
+        new = new.select("ts", "rate").unique("ts", keep="last")
+        old = stored.select("ts", "rate", pl.col("interval_minutes").alias("stored_minutes"))
+        old = old.filter(~pl.col("ts").is_in(new.get_column("ts").implode()))
+        both = pl.concat(
+            [old, new.with_columns(pl.lit(None, dtype=pl.Int32).alias("stored_minutes"))], how="vertical"
+        ).sort("ts")
+        minutes = infer_funding_intervals(both.get_column("ts"), self._funding_observations(sid))
+        both = both.with_columns(pl.Series("interval_minutes", minutes, dtype=pl.Int32))
+        out = both.filter(
+            pl.col("stored_minutes").is_null() | (pl.col("stored_minutes") != pl.col("interval_minutes"))
+        ).select("ts", "rate", "interval_minutes")
+        return self.lake.write_funding(out, symbol=sid.symbol, exchange=sid.exchange, category=sid.category)
+
+    def _funding_observations(self, sid: SeriesId) -> list[tuple[int, int]]:
+        if self._history is None:
+            self._history = self.lake.instrument_history(sid.exchange).drop("exchange")
+        return funding_observations(self._history, sid.symbol, sid.category)

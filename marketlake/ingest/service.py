@@ -1,7 +1,14 @@
-"""``ingest`` as one call: resolve symbols and listing times, plan, fetch, verify.
+"""``ingest`` as one call: snapshot the instruments, resolve symbols and listing times, plan,
+fetch, verify.
 
 The CLI's ``marketlake ingest`` and the compat layer both call :func:`run_ingest`; it owns no I/O
 of its own beyond what the lake, the ledger and the REST client do.
+
+What is ingested is a set of *data kinds* (``--data``): ``klines`` (trade candles, the default),
+``funding``, ``mark``, ``index``, ``premium`` (price candles, at the request's timeframes) and
+``oi`` (open interest, at ``oi_intervals``). Each run first records an instruments-info snapshot of
+the category (every status) into the lake's instrument history; the same snapshot gives the
+listing and delivery times the planner clips at, so delisted symbols can be ingested too.
 """
 
 from __future__ import annotations
@@ -15,16 +22,79 @@ import polars as pl
 
 from marketlake.core.intervals import Interval, subtract
 from marketlake.core.symbols import parse_symbols, validate_category
-from marketlake.core.timeframes import Timeframe, parse_timeframes
+from marketlake.core.timeframes import Timeframe, parse_timeframe, parse_timeframes
 from marketlake.errors import DataValidationError
+from marketlake.exchanges.bybit import constants as C
 from marketlake.exchanges.bybit.rest import BybitRestClient
 from marketlake.ingest.historical import HistoricalIngest, IngestStats
-from marketlake.ingest.planner import Plan, make_plan
+from marketlake.ingest.instruments import record_snapshot
+from marketlake.ingest.planner import Plan, make_plan, series_label
 from marketlake.store import Lake
+from marketlake.store.datasets import (
+    FUNDING,
+    INDEX_CANDLES,
+    MARK_CANDLES,
+    OPEN_INTEREST,
+    PREMIUM_CANDLES,
+)
 from marketlake.store.layout import CANDLES, SeriesId
 from marketlake.store.ledger import Status
+from marketlake.store.perp import OI_INTERVALS
 
-__all__ = ["IngestOutcome", "IngestRequest", "run_ingest", "unexplained_gaps"]
+__all__ = ["DATA_KINDS", "IngestOutcome", "IngestRequest", "parse_data", "run_ingest", "unexplained_gaps"]
+
+#: ``--data`` kinds, in the order they are listed, and the dataset each fills.
+DATA_KINDS: dict[str, str] = {
+    "klines": CANDLES,
+    "funding": FUNDING,
+    "mark": MARK_CANDLES,
+    "index": INDEX_CANDLES,
+    "premium": PREMIUM_CANDLES,
+    "oi": OPEN_INTEREST,
+}
+#: The categories Bybit serves each kind for (klines: every one).
+_KIND_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "funding": C.FUNDING_CATEGORIES,
+    "mark": C.PRICE_KLINE_CATEGORIES["mark"],
+    "index": C.PRICE_KLINE_CATEGORIES["index"],
+    "premium": C.PRICE_KLINE_CATEGORIES["premium"],
+    "oi": C.OI_CATEGORIES,
+}
+_KIND_NAMES = {
+    "funding": "funding history", "mark": "mark-price candles", "index": "index-price candles",
+    "premium": "premium-index candles", "oi": "open interest",
+}
+
+
+def parse_data(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``klines,funding,...`` or ``all`` → the kinds, in :data:`DATA_KINDS` order, no repeats.
+
+    Raises:
+        DataValidationError: an unknown kind or none at all.
+    """
+    items = [x.strip().lower() for x in (text.split(",") if isinstance(text, str) else text)]
+    items = [x for x in items if x]
+    if "all" in items:
+        return tuple(DATA_KINDS)
+    bad = [x for x in items if x not in DATA_KINDS]
+    if bad:
+        raise DataValidationError(
+            f"unknown --data {', '.join(repr(b[:20]) for b in bad)}: use {', '.join(DATA_KINDS)} or all"
+        )
+    if not items:
+        raise DataValidationError(f"--data names nothing: use {', '.join(DATA_KINDS)} or all")
+    return tuple(k for k in DATA_KINDS if k in items)
+
+
+def _parse_oi_intervals(text: str | Sequence[str]) -> tuple[str, ...]:
+    items = [x.strip() for x in (text.split(",") if isinstance(text, str) else text)]
+    items = [x for x in items if x]
+    bad = [x for x in items if x not in OI_INTERVALS]
+    if bad or not items:
+        raise DataValidationError(
+            f"--oi-intervals {', '.join(repr(b[:20]) for b in bad) or 'names nothing'}: use {', '.join(OI_INTERVALS)}"
+        )
+    return tuple(dict.fromkeys(items))
 
 Mode = Literal["full", "recent", "live"]
 RECENT_CANDLES = 50  # the old LIMIT_TO_50_ENTRIES
@@ -45,6 +115,8 @@ class IngestRequest:
         end_ms: Exclusive end (default: the server's present).
         mode: ``full`` (the whole range), ``recent`` (the latest 50 candles per series) or
             ``live`` (backfill, then stream: the streaming issue).
+        data: Kinds of data (:data:`DATA_KINDS`): ``klines`` by default.
+        oi_intervals: Open-interest intervals (``5min`` ... ``1d``) with ``oi`` in ``data``.
     """
 
     timeframes: tuple[Timeframe, ...]
@@ -55,6 +127,8 @@ class IngestRequest:
     start_ms: int | None = None
     end_ms: int | None = None
     mode: Mode = "full"
+    data: tuple[str, ...] = ("klines",)
+    oi_intervals: tuple[str, ...] = ("5min",)
 
     @classmethod
     def of(
@@ -68,6 +142,8 @@ class IngestRequest:
         start_ms: int | None = None,
         end_ms: int | None = None,
         mode: str = "full",
+        data: str | Sequence[str] = "klines",
+        oi_intervals: str | Sequence[str] = "5min",
     ) -> IngestRequest:
         """Validate user input into a request.
 
@@ -95,7 +171,15 @@ class IngestRequest:
             raise DataValidationError("name a range: --days N or --start (with optional --end)")
         if start_ms is not None and end_ms is not None and end_ms <= start_ms:
             raise DataValidationError("--end must be after --start")
-        return cls(tfs, syms, all_symbols, validate_category(category), days, start_ms, end_ms, mode)  # type: ignore[arg-type]
+        kinds = parse_data(data)
+        if mode == "live" and kinds != ("klines",):
+            raise DataValidationError(
+                "--mode live streams klines only; ingest funding, mark, index, premium and oi with --mode full or recent"
+            )
+        return cls(
+            tfs, syms, all_symbols, validate_category(category), days, start_ms, end_ms, mode,  # type: ignore[arg-type]
+            kinds, _parse_oi_intervals(oi_intervals),
+        )
 
 
 @dataclass(slots=True)
@@ -107,6 +191,8 @@ class IngestOutcome:
     unknown_symbols: list[str] = field(default_factory=list)
     unexplained_gaps: dict[str, list[Interval]] = field(default_factory=dict)
     server_time_ms: int = 0
+    notes: list[str] = field(default_factory=list)
+    instruments_recorded: bool = False
 
     @property
     def ok(self) -> bool:
@@ -131,6 +217,29 @@ def _start_for(req: IngestRequest, tf: Timeframe, now_ms: int) -> int:
     return now_ms - int(req.days * DAY_MS)
 
 
+def _recent_start(req: IngestRequest, step_ms: int, now_ms: int) -> int:
+    """Start of funding / open-interest series: as :func:`_start_for`, ``recent`` = 50 steps."""
+    if req.start_ms is not None or req.days is not None or req.mode != "recent":
+        return _start_for(req, parse_timeframe("1"), now_ms)
+    return now_ms - RECENT_CANDLES * step_ms
+
+
+def _sids(kind: str, request: IngestRequest, symbols: Sequence[str]) -> list[tuple[SeriesId, Timeframe | None]]:
+    """The series of one data kind: ``(sid, timeframe or None)``."""
+    def sid(tf: str | Timeframe | None, sym: str) -> SeriesId:
+        return SeriesId.of(DATA_KINDS[kind], exchange="bybit", category=request.category, symbol=sym, timeframe=tf)
+
+    if kind == "funding":
+        return [(sid(None, s), None) for s in symbols]
+    if kind == "oi":
+        out = []
+        for iv in request.oi_intervals:
+            tf = parse_timeframe(OI_INTERVALS[iv])
+            out += [(sid(tf, s), tf) for s in symbols]
+        return out
+    return [(sid(tf, s), tf) for tf in request.timeframes for s in symbols]
+
+
 async def run_ingest(
     lake: Lake,
     client: BybitRestClient,
@@ -141,29 +250,53 @@ async def run_ingest(
     on_progress: Callable[[IngestStats], None] | None = None,
     on_plan: Callable[[Plan], None] | None = None,
 ) -> IngestOutcome:
-    """Plan and (unless ``dry_run``) run an ingest; verify the result against the ledger."""
+    """Record an instruments snapshot, plan and (unless ``dry_run``) run an ingest; verify the
+    result against the ledger. A dry run records nothing."""
     now = await client.get_server_time()
-    instruments = await client.get_instruments(
-        request.category, status="Trading" if request.all_symbols else None
-    )
+    snap = await record_snapshot(lake, client, [request.category], write=not dry_run)
+    instruments = [i for i in snap.snapshot.instruments if i.category == request.category]
     listed = {i.symbol: i.launch_time_ms for i in instruments}
+    delivered = {i.symbol: i.delivery_time_ms for i in instruments}
+    funding_minutes = {i.symbol: i.funding_interval_minutes for i in instruments}
     if request.all_symbols:
-        symbols = sorted(listed)
+        symbols = sorted(i.symbol for i in instruments if i.status == "Trading")
         unknown: list[str] = []
     else:
         symbols = [s for s in request.symbols if s in listed]
         unknown = [s for s in request.symbols if s not in listed]
-    plan = Plan()
-    for tf in request.timeframes:
-        sids = [
-            SeriesId.of(CANDLES, exchange="bybit", category=request.category, symbol=s, timeframe=tf)
-            for s in symbols
-        ]
-        end = request.end_ms if request.end_ms is not None else now
-        part = make_plan(lake.ledger, sids, _start_for(request, tf, now), end, now_ms=now, listings=listed)
-        plan.series.extend(part.series)
-    plan.series.sort(key=lambda s: (s.sid.symbol, s.sid.timeframe.duration_ms if s.sid.timeframe else 0))
-    outcome = IngestOutcome(plan=plan, unknown_symbols=unknown, server_time_ms=now)
+    outcome = IngestOutcome(plan=Plan(), unknown_symbols=unknown, server_time_ms=now,
+                            instruments_recorded=snap.recorded)
+    if snap.note:
+        outcome.notes.append(snap.note)
+    end = request.end_ms if request.end_ms is not None else now
+    order = {k: i for i, k in enumerate(DATA_KINDS.values())}
+    plan = outcome.plan
+    for kind in request.data:
+        allowed = _KIND_CATEGORIES.get(kind)
+        if allowed is not None and request.category not in allowed:
+            outcome.notes.append(
+                f"Bybit has no {_KIND_NAMES[kind]} for {request.category} "
+                f"(only {', '.join(allowed)}): --data {kind} skipped"
+            )
+            continue
+        groups: dict[object, list[SeriesId]] = {}
+        for sid, tf in _sids(kind, request, symbols):
+            groups.setdefault(tf, []).append(sid)
+        for tf, sids in groups.items():
+            if kind == "funding":
+                start = _recent_start(request, 8 * 3_600_000, now)
+            elif kind == "oi":
+                assert isinstance(tf, Timeframe)
+                start = _recent_start(request, tf.duration_ms, now)
+            else:
+                assert isinstance(tf, Timeframe)
+                start = _start_for(request, tf, now)
+            part = make_plan(lake.ledger, sids, start, end, now_ms=now, listings=listed, deliveries=delivered,
+                             funding_minutes=funding_minutes)
+            plan.series.extend(part.series)
+    plan.series.sort(key=lambda s: (
+        s.sid.symbol, order[s.sid.dataset], s.sid.timeframe.duration_ms if s.sid.timeframe else 0
+    ))
     if on_plan is not None:
         on_plan(plan)
     if dry_run:
@@ -178,6 +311,8 @@ async def run_ingest(
             "timeframes": [t.name for t in request.timeframes],
             "category": request.category,
             "mode": request.mode,
+            "data": list(request.data),
+            "oi_intervals": list(request.oi_intervals),
             "unknown": unknown,
         },
     )
@@ -185,24 +320,29 @@ async def run_ingest(
     for sp in plan.series:
         gaps = unexplained_gaps(lake, sp.sid, sp.start_ms, sp.end_ms)
         if gaps:
-            outcome.unexplained_gaps[sp.sid.label()] = gaps
+            outcome.unexplained_gaps[series_label(sp.sid)] = gaps
     return outcome
 
 
 def unexplained_gaps(lake: Lake, sid: SeriesId, start_ms: int, end_ms: int) -> list[Interval]:
-    """Ranges of ``[start_ms, end_ms)`` with no stored candle that the ledger does not explain
-    as verified empty: data that was never fetched, failed, or went missing since."""
-    tf = sid.timeframe
-    assert tf is not None
+    """Ranges of ``[start_ms, end_ms)`` with no stored row that the ledger does not explain
+    as verified empty: data that was never fetched, failed, or went missing since.
+
+    Candles, price candles and open interest are checked point by point on their grid; funding
+    (settlements on a grid that changes with the interval) by the ledger alone: the parts of the
+    range it does not record as fetched.
+    """
     if end_ms <= start_ms:
         return []
-    stored = (
-        lake.scan_candles(sid.symbol, tf, start_ms, end_ms, exchange=sid.exchange, category=sid.category)
-        .select(pl.col("ts").dt.epoch("ms"))
-        .collect()
-        .get_column("ts")
-        .to_numpy()
-    )
+    if sid.dataset == FUNDING:
+        return lake.ledger.missing(sid, start_ms, end_ms)
+    tf = sid.timeframe
+    assert tf is not None
+    if sid.dataset == CANDLES:
+        scan = lake.scan_candles(sid.symbol, tf, start_ms, end_ms, exchange=sid.exchange, category=sid.category)
+    else:
+        scan = lake.scan(sid.dataset, sid.symbol, [tf], start_ms, end_ms, exchange=sid.exchange, category=sid.category)
+    stored = np.sort(scan.select(pl.col("ts").dt.epoch("ms")).collect().get_column("ts").to_numpy())
     opens = tf.opens_between(start_ms, end_ms)
     # Stored ts come sorted: a binary search per open is ~10x cheaper than np.isin here.
     pos = np.minimum(np.searchsorted(stored, opens), max(stored.size - 1, 0))
