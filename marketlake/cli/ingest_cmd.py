@@ -156,11 +156,14 @@ def _render_plan(plan: Plan, settings: Settings, as_json: bool) -> None:
     if as_json:
         print_json(plan.to_dict(settings.rate_limit_per_5s))
         return
+    from marketlake.ingest.planner import series_label
+
     for sp in plan.series:
         if sp.requests:
+            what = "candles" if sp.sid.dataset.endswith("candles") else "rows"
             console.print(
-                f"{sp.sid.label():<40} {ms_to_text(sp.start_ms)} .. {ms_to_text(sp.end_ms)}  "
-                f"{sp.requests:>6} requests  {sp.candles:>10,} candles"
+                f"{series_label(sp.sid):<40} {ms_to_text(sp.start_ms)} .. {ms_to_text(sp.end_ms)}  "
+                f"{sp.requests:>6} requests  {sp.candles:>10,} {what}"
             )
     eta = plan.eta_seconds(settings.rate_limit_per_5s)
     console.print(
@@ -179,9 +182,12 @@ def _render_outcome(out: IngestOutcome, as_json: bool) -> None:
                 "unexplained_gaps": {k: [[a, b] for a, b in v] for k, v in out.unexplained_gaps.items()},
                 "stats": st.to_dict() if st else None,
                 "plan": {"requests": out.plan.requests, "candles": out.plan.candles},
+                "notes": out.notes,
             }
         )
         return
+    for note in out.notes:
+        err_console.print(f"note: {note}", markup=False)
     # Unknown symbols are reported once, as the command's error (see _fail_on_unknown).
     if st is None or (out.unknown_symbols and not out.plan.series):
         return  # nothing was fetched: a summary of zeros would only read like success
@@ -196,6 +202,13 @@ def _render_outcome(out: IngestOutcome, as_json: bool) -> None:
         f"{st.requests:,} requests ({st.requests_per_s:.1f}/s), {st.retries} retries, {st.bans} bans, "
         f"{st.empty_candles:,} candles verified empty at the exchange"
     )
+    if len(st.datasets) > 1 or set(st.datasets) - {"candles"}:
+        for name, ds in st.datasets.items():  # one line per dataset
+            console.print(
+                f"  {name:<16} {ds.series_done}/{ds.series} series, {ds.pages:,} pages, {ds.rows_fetched:,} rows "
+                f"({ds.rows_new:,} new, {ds.rows_replaced:,} replaced, {ds.rows_unchanged:,} unchanged), "
+                f"{ds.empty:,} verified empty, {ds.failed_windows} failed windows"
+            )
     gaps = sum(len(v) for v in out.unexplained_gaps.values())
     if gaps:
         err_console.print(
@@ -215,6 +228,17 @@ def ingest(
         bool, typer.Option("--all-symbols", help="Every Trading instrument of the category (instead of --symbols).")
     ] = False,
     timeframes: Annotated[str, typer.Option("--timeframes", help="Comma-separated Bybit intervals.")] = "1",
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="What to fetch: comma-separated klines, funding, mark, index, premium, oi, or all "
+            "(mark/index/premium at --timeframes; oi at --oi-intervals).",
+        ),
+    ] = "klines",
+    oi_intervals: Annotated[
+        str, typer.Option("--oi-intervals", help="Open-interest intervals: 5min, 15min, 30min, 1h, 4h, 1d.")
+    ] = "5min",
     days: Annotated[
         Optional[float],
         typer.Option("--days", help="Fetch the last N days (0 < N <= 36500).", parser=BoundedFloat(0, 36_500, open_low=True)),
@@ -235,7 +259,8 @@ def ingest(
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Fetch Bybit klines into the lake: only what the ledger does not cover; resumable."""
+    """Fetch Bybit klines (and funding, mark/index/premium candles, open interest: --data) into the
+    lake: only what the ledger does not cover; resumable. Records an instruments snapshot."""
     from marketlake.exchanges.bybit.rest import BybitRestClient
     from marketlake.ingest.service import IngestOutcome, IngestRequest, run_ingest
     from marketlake.net.ratelimit import RateBudget
@@ -251,6 +276,8 @@ def ingest(
         start_ms=None if start is None else to_ms(start, what="--start"),
         end_ms=None if end is None else to_ms(end, what="--end"),
         mode=mode,
+        data=data,
+        oi_intervals=oi_intervals,
     )
     the_lake = Lake(settings=settings)
     retries = RetryLine()
@@ -286,6 +313,8 @@ def ingest(
         view.close()
     if dry_run:
         _render_plan(outcome.plan, settings, json_)
+        for note in outcome.notes:
+            err_console.print(f"note: {note}", markup=False)
         _fail_on_unknown(outcome.unknown_symbols, settings.category)
         return
     _render_outcome(outcome, json_)

@@ -13,12 +13,14 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from marketlake.errors import DataValidationError, MarketlakeError
+from marketlake.errors import DataValidationError, ExchangeBannedError, MarketlakeError
 from marketlake.exchanges.bybit.rest import BybitRestClient
 from marketlake.exchanges.bybit.rest_perp import InstrumentSnapshot
 from marketlake.store import Lake
 
 __all__ = ["SnapshotResult", "record_snapshot", "record_snapshot_best_effort"]
+
+_BAN_RETRIES = 3
 
 
 @dataclass(slots=True)
@@ -48,7 +50,13 @@ async def record_snapshot(
         ExchangeError: the snapshot could not be fetched.
         LakeWriteError: the history could not be written.
     """
-    snap = await client.get_instrument_snapshot(tuple(dict.fromkeys(categories)))
+    for attempt in range(_BAN_RETRIES + 1):
+        try:
+            snap = await client.get_instrument_snapshot(tuple(dict.fromkeys(categories)))
+            break
+        except ExchangeBannedError:
+            if attempt == _BAN_RETRIES:
+                raise  # the client sends nothing until a ban lifts: asking again waits it out
     if not write:
         return SnapshotResult(snap, False)
     try:

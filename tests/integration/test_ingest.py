@@ -167,8 +167,9 @@ def test_when_banned_by_force_nothing_is_sent_until_the_ban_lifts(tmp_path):
     lake = new_lake(tmp_path / "lake")
 
     async def t(emu: BybitEmulator) -> None:
+        # On the kline path: an ingest first sends the time and the instruments snapshot.
+        emu.control.configure(ip_ban_seconds=1.0, paths=[KLINE])
         emu.control.schedule("ok", "ok", "403")
-        emu.control.configure(ip_ban_seconds=1.0)
         req = IngestRequest.of(symbols="BTCUSDT,ETHUSDT", timeframes="1", days=6)
         async with client_for(emu.url, lake, ban_seconds=1.0) as client:
             out = await run_ingest(lake, client, req, concurrency=4)
