@@ -347,6 +347,7 @@ def compact(lake: LakeOpt = None, config: ConfigOpt = None) -> None:
 from marketlake.cli import archive_cmd, ingest_cmd, quality_cmd  # noqa: E402,F401
 from marketlake.cli import stream_cmd  # noqa: E402,F401
 from marketlake.cli import compat_cmd  # noqa: E402,F401
+from marketlake.cli import instruments_cmd  # noqa: E402,F401
 from marketlake.cli import coverage_cmd  # noqa: E402,F401
 from marketlake.cli import lake_cmd  # noqa: E402,F401
 from marketlake.cli import runs_cmd  # noqa: E402,F401
