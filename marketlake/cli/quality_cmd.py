@@ -244,6 +244,11 @@ def _render_repair(rep: RepairReport) -> None:
     console.print(
         f"{len(rep.series)} series looked at, {len(changed)} changed; {rep.gaps_left} unexplained gap(s) left"
     )
+    for p in rep.perp:
+        console.print(
+            f"{p.series}: {len(p.ranges)} missing range(s) forgotten by the ledger; fetch them with `{p.command}`",
+            markup=False, soft_wrap=True,
+        )
     if rep.trade_days_fetched or rep.trade_gaps_left:
         console.print(
             f"trades: {rep.trade_days_fetched} archive day(s) fetched; {rep.trade_gaps_left} lost range(s) left"
@@ -260,6 +265,7 @@ def repair(
     refetch: Annotated[bool, typer.Option("--refetch/--no-refetch", help="Re-fetch unexplained gaps from Bybit.")] = True,
     fill: Annotated[bool, typer.Option("--fill", help="Fill gaps still open with flat candles marked filled.")] = False,
     unfill: Annotated[bool, typer.Option("--unfill", help="Remove every flat fill candle first.")] = False,
+    data: DataOpt = None,
     base_url: BaseUrlOpt = None,
     archive_url: Annotated[
         Optional[str], typer.Option("--archive-url", help="Trade archive host (default: https://public.bybit.com).")
@@ -268,13 +274,20 @@ def repair(
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Remove duplicates, quarantine invalid rows, re-fetch gaps (and fill them only when asked)."""
+    """Remove duplicates, quarantine invalid rows, re-fetch gaps (and fill them only when asked).
+
+    Funding, mark/index/premium candles and open interest (--data picks): the ledger forgets what
+    they miss, and the `marketlake ingest --data ...` command that fetches it again is printed.
+    """
     from marketlake.exchanges.bybit.archive import BybitArchiveClient
     from marketlake.exchanges.bybit.rest import BybitRestClient
     from marketlake.net.ratelimit import RateBudget
     from marketlake.quality.repair import RepairReport, repair_lake
     from marketlake.store import Lake
 
+    from marketlake.quality.perp import parse_data
+
+    parse_data(data, timeframes)
     settings = load_settings(lake, config, base_url=base_url, archive_url=archive_url)
     the_lake = Lake(settings=settings)
     _announce_compile_unless_bad(lake, config, timeframes, exchange, category)
@@ -283,13 +296,13 @@ def repair(
     async def main() -> RepairReport:
         if not refetch:
             return await repair_lake(the_lake, symbols, timeframes, exchange=exchange, category=category,
-                                     fill=fill, unfill=unfill)
+                                     fill=fill, unfill=unfill, data=data)
         budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.root / "_meta")
         announce_pause(budget)
         async with BybitRestClient(settings.base_url, budget=budget, on_retry=retries) as client, \
                 BybitArchiveClient(settings.archive_url, on_retry=retries) as archive:
             return await repair_lake(the_lake, symbols, timeframes, exchange=exchange, category=category,
-                                     client=client, fill=fill, unfill=unfill, archive=archive)
+                                     client=client, fill=fill, unfill=unfill, archive=archive, data=data)
 
     try:
         rep = run_async(main())
@@ -299,7 +312,7 @@ def repair(
         print_json(rep.to_dict())
     else:
         _render_repair(rep)
-    if rep.gaps_left or rep.refetch_failures or rep.trade_gaps_left:
+    if rep.gaps_left or rep.refetch_failures or rep.trade_gaps_left or rep.perp_gaps_left:
         raise typer.Exit(1)
 
 

@@ -13,6 +13,13 @@ Per series, in this order:
 Then trades lost while streaming (the ledger's failed ranges of ``trades`` series) are re-fetched
 from Bybit's daily archives, whole days (see :mod:`marketlake.ingest.archive`), when an archive
 client is given and no timeframe filter narrows the repair to candles.
+
+The perpetual datasets (funding, mark/index/premium candles, open interest; ``data`` picks, as
+for ``check``): the ledger forgets every unexplained gap's range and every range it claims
+``present`` that is not stored, and the report names, per series, the ``marketlake ingest --data
+...`` command that fetches them again (:class:`PerpRepair`). Their rows are not rewritten (the
+store merges them by ``ts``, so duplicates cannot be stored; invalid rows stay reported by
+``check``).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from marketlake.ingest.archive import ArchiveIngest, plan_archive
 from marketlake.ingest.historical import HistoricalIngest
 from marketlake.ingest.planner import Plan, SeriesPlan
 from marketlake.quality.check import SeriesCheck, check_lake, lost_trades
+from marketlake.quality.perp import PERP_KINDS, kind_of, parse_data, series_name
 from marketlake.store import Lake
 from marketlake.store.layout import SeriesId
 
@@ -63,6 +71,40 @@ class SeriesRepair:
 
 
 @dataclass(slots=True)
+class PerpRepair:
+    """What repair did to one series of a perpetual dataset: ranges the ledger forgot, and the
+    command that fetches them again."""
+
+    series: str
+    data: str
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    command: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"series": self.series, "data": self.data, "ranges": [[a, b] for a, b in self.ranges],
+                "command": self.command}
+
+
+def ingest_command(sid: SeriesId, ranges: Sequence[tuple[int, int]]) -> str:
+    """The ``marketlake ingest`` command that fetches ``ranges`` of a perpetual series again
+    (whole UTC days around them: the ingest plans only what the ledger lacks)."""
+    from marketlake.store.perp import OI_INTERVALS
+
+    kind = kind_of(sid.dataset)
+    first = ms_to_datetime(ranges[0][0]).date()
+    last = ms_to_datetime(ranges[-1][1] - 1).date() + dt.timedelta(days=1)
+    parts = ["marketlake ingest", f"--data {kind}", f"--symbols {sid.symbol}"]
+    if kind == "oi" and sid.timeframe is not None:
+        interval = {v: k for k, v in OI_INTERVALS.items()}[sid.timeframe.name]
+        parts.append(f"--oi-intervals {interval}")
+    elif sid.timeframe is not None:
+        parts.append(f"--timeframes {sid.timeframe.name}")
+    parts += [f"--category {sid.category}", f"--start {first}", f"--end {last}"]
+    return " ".join(parts)
+
+
+@dataclass(slots=True)
 class RepairReport:
     """What repair did, per series."""
 
@@ -74,6 +116,14 @@ class RepairReport:
     trade_gaps_left: int = 0
     #: References to missing or unreadable files dropped (their ranges are then re-fetched).
     files_dropped: int = 0
+    #: Series of the perpetual datasets whose missing ranges the ledger forgot, each with the
+    #: ingest command that fetches them again.
+    perp: list[PerpRepair] = field(default_factory=list)
+
+    @property
+    def perp_gaps_left(self) -> int:
+        """Ranges of the perpetual datasets still missing (fetched by the commands given)."""
+        return sum(len(p.ranges) for p in self.perp)
 
     @property
     def gaps_left(self) -> int:
@@ -89,6 +139,8 @@ class RepairReport:
             "trade_gaps_left": self.trade_gaps_left,
             "files_dropped": self.files_dropped,
             "series": [{k: getattr(s, k) for k in s.__slots__} for s in self.series],  # type: ignore[attr-defined]
+            "perp_gaps_left": self.perp_gaps_left,
+            "perp": [p.to_dict() for p in self.perp],
         }
 
 
@@ -144,6 +196,7 @@ async def repair_lake(
     fill: bool = False,
     unfill: bool = False,
     archive: BybitArchiveClient | None = None,
+    data: str | Sequence[str] | None = None,
 ) -> RepairReport:
     """Repair every matching series; see the module docstring for what and in which order.
 
@@ -153,10 +206,17 @@ async def repair_lake(
             skips that.
         fill: Fill gaps still open afterwards with flat candles marked ``filled``.
         unfill: First remove every flat fill candle.
+        data: Datasets (as for :func:`check_lake`; default: everything stored).
     """
     report = RepairReport()
+    kinds = parse_data(data, timeframes)
+    _forget_perp_holes(lake, symbols, timeframes, exchange, category, kinds, report)
+    if "klines" not in kinds:
+        if "trades" in kinds and lake.has_ledger:
+            await _recover_trades(lake, symbols, exchange, category, archive, report)
+        return report
     by_label: dict[str, SeriesRepair] = {}
-    scope = dict(exchange=exchange, category=category)
+    scope = dict(exchange=exchange, category=category, data="klines")
     first = check_lake(lake, symbols, timeframes, consistency=False, **scope)
     damaged = {sc.sid for sc in first.series if sc.damaged}
     if damaged:
@@ -219,9 +279,30 @@ async def repair_lake(
                 rep.candles_filled = frame.height
             continue
         rep.gaps_left = len(_holes(sc))
-    if timeframes is None and lake.has_ledger:
+    if "trades" in kinds and lake.has_ledger:
         await _recover_trades(lake, symbols, exchange, category, archive, report)
     return report
+
+
+def _forget_perp_holes(
+    lake: Lake, symbols: str | Sequence[str] | None, timeframes: str | Sequence[str] | None,
+    exchange: str | None, category: str | None, kinds: tuple[str, ...], report: RepairReport,
+) -> None:
+    """Make the ledger forget what the perpetual datasets miss; name the command that fetches it."""
+    wanted = [k for k in kinds if k in PERP_KINDS]
+    if not wanted:
+        return
+    found = check_lake(lake, symbols, timeframes, exchange=exchange, category=category,
+                       consistency=False, data=wanted)
+    for sc in found.perp_series:
+        holes = _holes(sc) if isinstance(sc, SeriesCheck) else sc.holes
+        if not holes:
+            continue
+        if lake.has_ledger:
+            for a, b in holes:
+                lake.ledger.forget(sc.sid, a, b)
+        report.perp.append(PerpRepair(series_name(sc.sid), kind_of(sc.sid.dataset), holes,
+                                      ingest_command(sc.sid, holes)))
 
 
 async def _recover_trades(
