@@ -14,6 +14,7 @@ Everything here is pure path arithmetic; names are validated before any path is 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from dataclasses import dataclass
 from enum import Enum
@@ -46,6 +47,12 @@ def partition_columns(dataset: str) -> tuple[str, ...]:
     return spec(dataset).hive
 
 
+@functools.lru_cache(maxsize=65536)
+def _bounds(period: Period, key: str) -> tuple[int, int]:
+    # Planning a read computes the bounds of every partition of a series: remember them.
+    return period._bounds(key)
+
+
 class Period(Enum):
     """How much time one ``date=`` partition covers."""
 
@@ -73,6 +80,9 @@ class Period(Enum):
         Raises:
             DataValidationError: ``key`` is not a key of this period.
         """
+        return _bounds(self, key)
+
+    def _bounds(self, key: str) -> tuple[int, int]:
         unit = {Period.DAY: "D", Period.MONTH: "M", Period.YEAR: "Y"}[self]
         width = {Period.DAY: 10, Period.MONTH: 7, Period.YEAR: 4}[self]
         if len(key) != width:

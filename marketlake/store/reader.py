@@ -74,6 +74,14 @@ def find_series(
     syms = None if symbols is None else {validate_symbol(s) for s in symbols}
     tfs = None if timeframes is None else {parse_timeframe(t).name for t in timeframes}
     order = {name: i for i, name in enumerate(TIMEFRAMES)}
+    has_tf = spec(snapshot.dataset).has_timeframe
+    if exchange is not None and category is not None and syms is not None and (tfs is not None or not has_tf):
+        # Every part named: look the few series up directly instead of listing all of them.
+        wanted = [
+            SeriesId(snapshot.dataset, exchange, category, sym, TIMEFRAMES[tf] if has_tf else None)
+            for sym in sorted(syms) for tf in (sorted(tfs, key=order.__getitem__) if has_tf and tfs else [None])
+        ]
+        return [sid for sid in wanted if snapshot.partitions(sid)]
     out = [
         sid for sid in snapshot.series_ids()
         if (exchange is None or sid.exchange == exchange)

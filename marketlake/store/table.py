@@ -157,9 +157,15 @@ class Snapshot:
     version: int
     files: pl.DataFrame
     _by_series: dict[SeriesId, dict[str, list[FileEntry]]] = field(default_factory=dict)
+    _series: list[SeriesId] | None = None
 
     def series_ids(self) -> list[SeriesId]:
         """Every series with at least one file, in (exchange, category, symbol, timeframe) order."""
+        if self._series is None:
+            self._series = self._series_ids()
+        return self._series
+
+    def _series_ids(self) -> list[SeriesId]:
         has_tf = spec(self.dataset).has_timeframe
         cols = ["exchange", "category", "symbol"] + (["timeframe"] if has_tf else [])
         out: list[SeriesId] = []
