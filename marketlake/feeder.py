@@ -13,6 +13,11 @@ into memory. This one reads the lake; its methods and return shapes are the old 
 New: ``scan`` (a Polars LazyFrame), ``iter_batches`` (time-ordered batches of any size in bounded
 memory) and ``aligned`` (several timeframes of one symbol side by side without lookahead).
 
+Perpetuals (issue 13): ``funding``, ``funding_rate_at``, ``price_candles``, ``price_candle_at``,
+``mark_price_at``, ``funding_payments`` / ``funding_paid`` and ``universe``; ``aligned`` joins
+funding and mark/index/premium candles too (``funding=True``, ``mark="1"``), without lookahead: a
+funding rate is known at its settlement time, a price candle once closed.
+
 The no-lookahead rule, the time-window conventions and the examples are in ``docs/research.md``.
 """
 
@@ -37,6 +42,7 @@ from marketlake._feeder.args import (
 )
 from marketlake._feeder.budget import ROW_BYTES, estimate_rows, system_memory
 from marketlake._feeder.loaded import Loaded, frame_dicts, slice_window
+from marketlake._feeder.perp import PRICE_KINDS, LONGEST_FUNDING_MS, funding_holes, join_funding, join_price
 from marketlake._feeder.parts import (
     PartitionCache,
     read_files,
@@ -47,6 +53,7 @@ from marketlake._feeder.rules import (
     available_before,
     candle_dict,
     close_ms,
+    close_time_expr,
     half_open_window,
     old_window,
     time_ms,
@@ -63,6 +70,7 @@ from marketlake.errors import (
     MemoryBudgetError,
 )
 from marketlake.store import Lake
+from marketlake.store.datasets import FUNDING, spec
 from marketlake.store.layout import CANDLES, SeriesId
 from marketlake.store.reader import scan_files
 from marketlake.store.snapshots import AsOf
@@ -439,9 +447,14 @@ class DataFeeder:
         self,
         symbol: str,
         base_timeframe: TimeframeArg,
-        other_timeframes: TimeframesArg,
+        other_timeframes: TimeframesArg = (),
         start: TimeLike | None = None,
         end: TimeLike | None = None,
+        *,
+        funding: bool = False,
+        mark: TimeframeArg | None = None,
+        index: TimeframeArg | None = None,
+        premium: TimeframeArg | None = None,
     ) -> pl.LazyFrame:
         """Base candles in ``[start, end)`` with, on each row, every other timeframe's latest
         candle that had closed when the base candle closed (no lookahead).
@@ -449,13 +462,23 @@ class DataFeeder:
         Row for the 10:04 one-minute candle (closing 10:05): ``*_5`` is the 10:00 five-minute
         candle (it closed at 10:05 too), ``*_60`` the 09:00 hour candle (closed at 10:00).
 
+        Args:
+            funding: Add the funding known at each row's close: ``funding_ts`` (settlement time
+                of the rate in force, the last ``<= close_time``), ``funding_rate``,
+                ``funding_interval_minutes``, ``funding_settled`` (a settlement fell within the
+                row's candle: ``ts < funding_ts <= close_time``).
+            mark / index / premium: A timeframe: add that price candle kind's latest candle
+                closed by the row's close, as ``ts_mark``, ``open_mark`` ... ``close_mark``.
+
         Returns:
             ``ts``, ``close_time`` (base candle close: the time the row is valid at), the base
             columns, then each other timeframe's columns suffixed with its canonical name
-            (``ts_60``, ``close_60``, ``volume_D`` ...); nulls where no candle had closed yet.
+            (``ts_60``, ``close_60``, ``volume_D`` ...), then the funding and price columns asked
+            for; nulls where nothing had closed or settled yet.
 
         Raises:
-            InvalidSymbolError / InvalidTimeframeError / DataValidationError: bad input.
+            InvalidSymbolError / InvalidTimeframeError / DataValidationError: bad input (also a
+                funding or price series the lake does not hold).
         """
         base_sid = self._series(symbol, base_timeframe)
         base_tf = _tf(base_sid)
@@ -474,9 +497,204 @@ class DataFeeder:
                 hit = self._cache.last_before(sid, bound)
                 o_lo = bound if hit is None else int(hit[0].ts[hit[1]])
             others.append((tf, scan_files(CANDLES, self.lake.plan_files(CANDLES, [sid], o_lo, o_hi), o_lo, o_hi)))
-        return aligned_frame(base, base_tf, others)
+        lf = aligned_frame(base, base_tf, others)
+        for kind, tf_arg in (("mark", mark), ("index", index), ("premium", premium)):
+            if tf_arg is None:
+                continue
+            psid = self._perp_series(PRICE_KINDS[kind], symbol, tf_arg)
+            ptf = _tf(psid)
+            p_lo = None
+            if lo is not None:
+                bound = available_before(ptf, lo)
+                hit = self._cache.last_before(psid, bound)
+                p_lo = bound if hit is None else int(hit[0].ts[hit[1]])
+            lf = join_price(lf, kind, ptf, self._scan_dataset(psid, p_lo, o_hi))
+        if funding:
+            fsid = self._perp_series(FUNDING, symbol)
+            f_lo = None
+            if lo is not None:  # from the settlement in force at `start` (the first close is later)
+                hit = self._cache.last_before(fsid, lo + 1)
+                f_lo = lo if hit is None else int(hit[0].ts[hit[1]])
+            f_hi = None if o_hi is None else o_hi + 1  # a settlement at the last close counts
+            lf = join_funding(lf, self._scan_dataset(fsid, f_lo, f_hi))
+        return lf
+
+    # ------------------------------------------------------------------ perpetuals (issue 13)
+
+    def funding(self, symbol: str, start: TimeLike | None = None, end: TimeLike | None = None) -> pl.DataFrame:
+        """Funding settlements of ``symbol`` with settlement time in ``[start, end)``.
+
+        Returns:
+            ``ts`` (settlement time: when the rate becomes known), ``rate`` (per settlement,
+            longs pay shorts when positive), ``interval_minutes`` (the period ending at ``ts``).
+
+        Raises:
+            InvalidSymbolError: the lake holds no funding of ``symbol``.
+        """
+        sid = self._perp_series(FUNDING, symbol)
+        lo, hi = half_open_window(start, end)
+        return self._read_dataset(sid, lo, hi)
+
+    def funding_rate_at(self, symbol: str, t: TimeLike) -> float | None:
+        """The funding rate known at ``t``: the last one whose settlement time is ``<= t`` (a rate
+        is known at its settlement, not before); None when none had settled yet."""
+        sid = self._perp_series(FUNDING, symbol)
+        hit = self._cache.last_before(sid, time_ms(t, what="t") + 1)
+        return None if hit is None else float(hit[0].frame.get_column("rate")[hit[1]])
+
+    def price_candles(
+        self, kind: str, symbol: str, timeframe: TimeframeArg = "1",
+        start: TimeLike | None = None, end: TimeLike | None = None,
+    ) -> pl.DataFrame:
+        """``mark`` / ``index`` / ``premium`` candles (``ts`` open, ``open high low close``) with
+        open time in ``[start, end)``."""
+        sid = self._perp_series(_price_dataset(kind), symbol, timeframe)
+        lo, hi = half_open_window(start, end)
+        return self._read_dataset(sid, lo, hi)
+
+    def price_candle_at(self, kind: str, symbol: str, t: TimeLike, timeframe: TimeframeArg = "1") -> dict[str, Any] | None:
+        """The latest ``kind`` candle **closed** at ``t`` (open + duration <= ``t``), as a dict
+        (``timestamp``, ``datetime``, ``close_time_ms``, ``open high low close``), or None."""
+        sid = self._perp_series(_price_dataset(kind), symbol, timeframe)
+        tf = _tf(sid)
+        hit = self._cache.last_before(sid, available_before(tf, time_ms(t, what="t")))
+        if hit is None:
+            return None
+        part, i = hit
+        return candle_dict(part.frame, i, int(part.ts[i]), tf)
+
+    def mark_price_at(self, symbol: str, t: TimeLike, timeframe: TimeframeArg = "1") -> float | None:
+        """The mark price known at ``t``: the close of the last mark candle closed by ``t``."""
+        got = self.price_candle_at("mark", symbol, t, timeframe)
+        return None if got is None else float(got["close"])
+
+    def funding_payments(
+        self,
+        symbol: str,
+        position: float | pl.DataFrame,
+        start: TimeLike,
+        end: TimeLike,
+        *,
+        mark_timeframe: TimeframeArg = "1",
+        inverse: bool | None = None,
+        complete: bool = True,
+    ) -> pl.DataFrame:
+        """Funding paid by a position at each settlement in ``(start, end]``, one row each.
+
+        Args:
+            position: A constant signed size (base units; inverse: contracts) held over the whole
+                range, or a frame of changes: ``ts`` and ``size`` (or ``notional``, signed, in
+                the settle currency: then no price is needed). A change exactly at a settlement
+                takes effect after it.
+            start: Exclusive start; end: inclusive end (a settlement at ``end`` is paid).
+            mark_timeframe: Mark candles pricing a size: the notional at a settlement is size x
+                the close of the last mark candle closed by then.
+            inverse: Inverse contract (notional = size / price); default: the feeder's category
+                is ``inverse``.
+            complete: Refuse (``DataValidationError``) when stored settlements are missing in the
+                range, rather than count them as zero; False sums what is stored.
+
+        Returns:
+            ts, rate, position, price, notional, payment (positive: paid; negative: received);
+            see :func:`marketlake.core.funding.funding_payments`.
+        """
+        from marketlake.core.funding import funding_payments
+
+        lo, hi = time_ms(start, what="start"), time_ms(end, what="end")
+        if hi < lo:
+            raise DataValidationError(f"start {start!r} is after end {end!r}")
+        fsid = self._perp_series(FUNDING, symbol)
+        fund = self._read_dataset(fsid, lo - LONGEST_FUNDING_MS, hi + LONGEST_FUNDING_MS + 1)
+        if complete:
+            holes = funding_holes(fund, lo, hi)
+            if holes:
+                raise DataValidationError(
+                    f"funding of {fsid.symbol} is incomplete in ({start}, {end}]: {'; '.join(holes)}; fetch it "
+                    f"(marketlake ingest --data funding) or pass complete=False to sum what is stored"
+                )
+        if isinstance(position, pl.DataFrame):
+            pos = position
+        elif isinstance(position, (int, float, np.integer, np.floating)) and not isinstance(position, bool):
+            pos = pl.DataFrame({"ts": [lo], "size": [float(position)]})
+        else:
+            raise DataValidationError("position must be a number (a constant size) or a frame of ts and size/notional")
+        prices = None
+        settle = fund.filter((pl.col("ts").dt.epoch("ms") > lo) & (pl.col("ts").dt.epoch("ms") <= hi))
+        if "size" in pos.columns and "notional" not in pos.columns and settle.height:
+            msid = self._perp_series(PRICE_KINDS["mark"], symbol, mark_timeframe)
+            mtf = _tf(msid)
+            first = int(settle.get_column("ts").dt.epoch("ms")[0])
+            hit = self._cache.last_before(msid, available_before(mtf, first))
+            m_lo = available_before(mtf, first) if hit is None else int(hit[0].ts[hit[1]])
+            marks = self._read_dataset(msid, m_lo, available_before(mtf, hi))
+            prices = marks.select(close_time_expr(mtf).alias("ts"), pl.col("close").alias("price"))
+        if inverse is None:
+            inverse = self.category == "inverse"
+        return funding_payments(fund.select("ts", "rate"), pos, lo, hi, prices=prices, inverse=inverse)
+
+    def funding_paid(
+        self,
+        symbol: str,
+        position: float | pl.DataFrame,
+        start: TimeLike,
+        end: TimeLike,
+        *,
+        mark_timeframe: TimeframeArg = "1",
+        inverse: bool | None = None,
+        complete: bool = True,
+    ) -> float:
+        """Total funding paid over ``(start, end]`` (positive: paid, negative: received): the sum
+        of :meth:`funding_payments` (same arguments)."""
+        pays = self.funding_payments(symbol, position, start, end, mark_timeframe=mark_timeframe,
+                                     inverse=inverse, complete=complete)
+        return float(pays.get_column("payment").sum())
+
+    def universe(self, at: TimeLike, category: str | None = None, *, statuses: Any = ("Trading",)) -> pl.DataFrame:
+        """The instruments listed at ``at`` with the attributes in force then (tick size, funding
+        interval ...), from the lake's instrument history: delisted symbols are there before their
+        delivery time, not after (:meth:`marketlake.Lake.universe`). Category: the feeder's."""
+        return self.lake.universe(time_ms(at, what="at"), validate_category(category or self.category),
+                                  exchange=self.exchange, statuses=statuses)
 
     # ------------------------------------------------------------------ internals
+
+    def _scan_dataset(self, sid: SeriesId, lo: int | None, hi: int | None) -> pl.LazyFrame:
+        """Stored rows of a series of any dataset in ``[lo, hi)`` (no label columns), lazily."""
+        return scan_files(sid.dataset, self.lake.plan_files(sid.dataset, [sid], lo, hi), lo, hi).select(
+            list(spec(sid.dataset).schema)
+        )
+
+    def _read_dataset(self, sid: SeriesId, lo: int | None, hi: int | None) -> pl.DataFrame:
+        return retrying(lambda: self._scan_dataset(sid, lo, hi).collect())
+
+    def _perp_series(self, dataset: str, symbol: str, timeframe: TimeframeArg | None = None) -> SeriesId:
+        """A stored series of a perpetual dataset; a typed error naming what is stored otherwise."""
+        key = (dataset, symbol, timeframe)
+        try:
+            memo = self._known.get(key)  # type: ignore[arg-type]
+        except TypeError:
+            memo = None
+        if memo is not None:
+            return memo
+        has_tf = spec(dataset).has_timeframe
+        sid = SeriesId.of(dataset, exchange=self.exchange, category=self.category, symbol=symbol,
+                          timeframe=timeframe if has_tf else None)
+        stored = self.lake.find_series(dataset, exchange=self.exchange, category=self.category, symbols=[sid.symbol])
+        if sid in stored:
+            self._known[key] = sid  # type: ignore[index]
+            return sid
+        what = dataset.replace("_", " ")
+        if stored and has_tf:
+            raise InvalidTimeframeError(
+                f"no {_tf(sid).name} {what} of {sid.symbol} in {self.lake.root} ({self.exchange}/{self.category}); "
+                f"stored timeframes: {', '.join(s.timeframe.name for s in stored if s.timeframe)}"
+            )
+        held = sorted({s.symbol for s in self.lake.find_series(dataset, exchange=self.exchange, category=self.category)})
+        shown = ", ".join(held[:10]) + (f" ... ({len(held)} in all)" if len(held) > 10 else "")
+        raise InvalidSymbolError(
+            f"no {what} of {sid.symbol} in {self.lake.root} ({self.exchange}/{self.category}); "
+            f"stored symbols: {shown or 'none'} (marketlake ingest --data ... fetches it)"
+        )
 
     def _read_partition(self, lake: Lake, sid: SeriesId, key: str) -> tuple[tuple[Path, ...], pl.DataFrame]:
         self.partitions_read += 1
@@ -583,6 +801,13 @@ class DataFeeder:
             f"no candles of {symbol} in {self.lake.root} ({self.exchange}/{self.category}); "
             f"stored symbols: {shown or 'none'}"
         )
+
+
+def _price_dataset(kind: str) -> str:
+    try:
+        return PRICE_KINDS[kind]
+    except KeyError:
+        raise DataValidationError(f"price kind {kind!r}: use mark, index or premium") from None
 
 
 def _tf(sid: SeriesId) -> Timeframe:

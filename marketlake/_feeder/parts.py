@@ -24,6 +24,7 @@ import polars as pl
 
 from marketlake.core.schemas import CANDLE_SCHEMA
 from marketlake.errors import CorruptLakeError
+from marketlake.store.datasets import CANDLES, spec
 from marketlake.store.layout import SeriesId
 
 if TYPE_CHECKING:
@@ -40,20 +41,22 @@ def ts_array(frame: pl.DataFrame) -> np.ndarray:
     return frame.get_column("ts").dt.epoch("ms").to_numpy()
 
 
-def read_files(files: Sequence[Path]) -> pl.DataFrame:
-    """Read stored candle files into one frame (stored columns, in file order).
+def read_files(files: Sequence[Path], schema: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
+    """Read stored candle files (or another dataset's, given its ``schema``) into one frame
+    (stored columns, in file order).
 
     Raises:
         FileNotFoundError: a file was moved away by a concurrent writer (re-plan and retry).
         CorruptLakeError: a file exists but cannot be decoded.
     """
+    schema = CANDLE_SCHEMA if schema is None else schema
     if not files:
-        return pl.DataFrame(schema=CANDLE_SCHEMA)
+        return pl.DataFrame(schema=schema)
     try:
         # The same reading contract as the store's scans: the stored schema, no hive parsing,
         # no globbing of the (already exact) file list.
         return pl.read_parquet(
-            [str(f) for f in files], schema=CANDLE_SCHEMA, hive_partitioning=False, glob=False
+            [str(f) for f in files], schema=schema, hive_partitioning=False, glob=False
         )
     except FileNotFoundError:
         raise
@@ -83,9 +86,9 @@ def live_partition_files(lake: Lake, sid: SeriesId, key: str) -> tuple[Path, ...
 
 
 def read_partition_files(lake: Lake, sid: SeriesId, key: str) -> tuple[tuple[Path, ...], pl.DataFrame]:
-    """List and read one partition."""
+    """List and read one partition (of any time-series dataset: its stored schema)."""
     files = live_partition_files(lake, sid, key)
-    return files, read_files(files)
+    return files, read_files(files, None if sid.dataset == CANDLES else spec(sid.dataset).schema)
 
 
 @dataclass(frozen=True, slots=True)
