@@ -121,6 +121,7 @@ def read_chunks(path: Path, chunk_bytes: int | None = None) -> Iterator[Chunk]:
             if eof:
                 return
             first_line += data.count(b"\n") - header.count(b"\n")
+            del data  # not kept alive while the next block is read
             index += 1
 
 
