@@ -228,17 +228,25 @@ def export_csv_cmd(
     end: EndOpt = None,
     exchange: ExchangeOpt = None,
     category: CategoryOpt = None,
+    data: Annotated[Optional[str], typer.Option(
+        "--data", help="Comma-separated: klines (default), funding, mark, index, premium, oi, or all.")] = None,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Export candles to the old CSV format, one chronological file per symbol/timeframe."""
-    from marketlake.interop.csv import export_csv
+    """Export candles to the old CSV format, one chronological file per symbol/timeframe.
 
+    --data adds the perpetual datasets: {SYMBOL}_funding.csv, {SYMBOL}_{TF}_mark.csv (index,
+    premium), {SYMBOL}_oi_{interval}.csv.
+    """
+    from marketlake.interop.csv import export_csv
+    from marketlake.quality.perp import parse_data
+
+    parse_data(data, allowed=("klines", "funding", "mark", "index", "premium", "oi"), default=("klines",))
     check_output_dir(directory, "export directory")
     files = export_csv(
         open_lake(lake, config), directory, symbols=symbols, timeframes=timeframes,
-        start=start, end=end, exchange=exchange, category=category,
+        start=start, end=end, exchange=exchange, category=category, data=data,
     )
     if json_:
         print_json({"files": [str(f) for f in files]})

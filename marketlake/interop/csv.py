@@ -14,6 +14,18 @@ and a bad last line still stores nothing.
 
 Export writes the same format back, chronological, one file per symbol/timeframe, with Python's
 shortest round-trip float formatting, so export → import reproduces the lake exactly.
+
+Export also writes the perpetual datasets (``data``), one chronological file per series with a
+header, ``timestamp`` (epoch ms) and ``datetime`` first, values with the same shortest round-trip
+formatting:
+
+===========================  ==========================================================
+file                         columns after timestamp, datetime
+===========================  ==========================================================
+``{SYMBOL}_funding.csv``     rate, interval_minutes (``timestamp``: the settlement time)
+``{SYMBOL}_{TF}_mark.csv``   open, high, low, close (also ``_index``, ``_premium``)
+``{SYMBOL}_oi_{interval}``   open_interest (interval as Bybit names it: ``5min`` ... ``1d``)
+===========================  ==========================================================
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ __all__ = [
     "import_csv",
     "parse_old_csv",
     "series_from_filename",
+    "perp_file_name",
 ]
 
 _parse_checked = parse_checked  # the exact (slow) path, compared with the fast one in tests
@@ -279,29 +292,72 @@ def export_csv(
     end: TimeLike | None = None,
     exchange: str | None = None,
     category: str | None = None,
+    data: str | Sequence[str] | None = None,
 ) -> list[Path]:
-    """Write ``{SYMBOL}_{TF}.csv`` files of the lake's candles into ``directory``.
+    """Write ``{SYMBOL}_{TF}.csv`` files of the lake's candles into ``directory``, and the
+    perpetual datasets' files (see the module docstring) for the kinds in ``data``.
 
     Each file is chronological, with ``turnover`` when the series has any. Files are written
     atomically (temp file + rename), replacing existing ones of the same name.
 
+    Args:
+        data: ``klines`` (the default), ``funding``, ``mark``, ``index``, ``premium``, ``oi``,
+            comma-separated or a list, or ``all``. ``timeframes`` filters candles and price
+            candles (and open interest, by its timeframe name: ``5`` for ``5min``).
+
     Returns:
         The files written.
     """
+    from marketlake.quality.perp import KIND_DATASET, parse_data
+
+    kinds = parse_data(data, allowed=("klines", "funding", "mark", "index", "premium", "oi"), default=("klines",))
     out_dir = Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
-    frame = lake.read_candles(symbols, timeframes, start, end, exchange=exchange, category=category)
     written: list[Path] = []
-    for (sym, tf), part in frame.group_by(["symbol", "timeframe"], maintain_order=True):
-        part = part.sort("ts")
-        with_turnover = part.get_column("turnover").null_count() < part.height
-        target = out_dir / f"{sym}_{tf}.csv"
-        tmp = out_dir / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            _format(part, with_turnover).write_csv(tmp, float_scientific=None)
-            os.replace(tmp, target)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-        written.append(target)
+    if "klines" in kinds:
+        frame = lake.read_candles(symbols, timeframes, start, end, exchange=exchange, category=category)
+        for (sym, tf), part in frame.group_by(["symbol", "timeframe"], maintain_order=True):
+            part = part.sort("ts")
+            with_turnover = part.get_column("turnover").null_count() < part.height
+            target = out_dir / f"{sym}_{tf}.csv"
+            _write_atomically(_format(part, with_turnover), target)
+            written.append(target)
+    for kind in kinds:
+        if kind == "klines":
+            continue
+        dataset = KIND_DATASET[kind]
+        tfs = timeframes if kind != "funding" else None
+        frame = lake.read(dataset, symbols, tfs, start, end, exchange=exchange, category=category)
+        keys = ["symbol", "timeframe"] if "timeframe" in frame.columns else ["symbol"]
+        for key, part in frame.group_by(keys, maintain_order=True):
+            target = out_dir / perp_file_name(kind, str(key[0]), None if len(key) == 1 else str(key[1]))
+            values = [c for c in part.columns if c not in ("symbol", "timeframe", "ts")]
+            _write_atomically(part.sort("ts").select(
+                pl.col("ts").dt.epoch("ms").alias("timestamp"),
+                pl.col("ts").dt.strftime("%Y-%m-%d %H:%M:%S").alias("datetime"),
+                *values,
+            ), target)
+            written.append(target)
     return written
+
+
+def perp_file_name(kind: str, symbol: str, timeframe: str | None) -> str:
+    """``BTCUSDT_funding.csv``, ``BTCUSDT_1_mark.csv``, ``BTCUSDT_oi_5min.csv`` ..."""
+    from marketlake.store.perp import OI_INTERVALS
+
+    if kind == "funding":
+        return f"{symbol}_funding.csv"
+    if kind == "oi":
+        interval = {v: k for k, v in OI_INTERVALS.items()}[str(timeframe)]
+        return f"{symbol}_oi_{interval}.csv"
+    return f"{symbol}_{timeframe}_{kind}.csv"
+
+
+def _write_atomically(frame: pl.DataFrame, target: Path) -> None:
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        frame.write_csv(tmp, float_scientific=None)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
