@@ -33,6 +33,7 @@ import polars as pl
 import pyarrow as pa
 
 from marketlake.errors import LakeError, LakeWriteError
+from marketlake.store import statecache
 from marketlake.store.datasets import spec
 from marketlake.store.layout import SeriesId, partition_columns
 
@@ -53,6 +54,7 @@ TABLE_CONFIGURATION: Final[dict[str, str | None]] = {
     "delta.checkpointInterval": "100",
 }
 _COMMIT_ATTEMPTS: Final = 200
+_SAVE_EVERY: Final = 50  # refresh the table-state cache every this many versions
 
 
 class CommitConflict(Exception):
@@ -252,6 +254,7 @@ class DatasetTable:
         self._lock = threading.RLock()
         self._dt: Any = None
         self._snapshot: Snapshot | None = None
+        self._saved = -(2**62)  # the version last written to the table-state cache
 
     # ------------------------------------------------------------------ reading
 
@@ -275,12 +278,22 @@ class DatasetTable:
         return self._dt
 
     def snapshot(self) -> Snapshot:
-        """The newest version's files (or the pinned version's); cached until the version moves."""
+        """The newest version's files (or the pinned version's); cached until the version moves.
+
+        The newest version is found by listing the log; its file list comes from this object's
+        previous snapshot or the lake's table-state cache plus the log entries since
+        (:mod:`marketlake.store.statecache`), and only when neither can say it for certain from
+        delta-rs (which replays the log from its last checkpoint).
+        """
         with self._lock:
             if not self.exists():
                 if self._pinned is not None:
                     raise LakeError(f"{self.path}: no {self.dataset} table to read as of {self._pinned}")
                 return Snapshot(self.root, self.dataset, -1, empty_files_frame())
+            if self._pinned is None:
+                fast = self._fast_snapshot()
+                if fast is not None:
+                    return fast
             handle = self._handle()
             if self._pinned is None:
                 try:
@@ -294,7 +307,29 @@ class DatasetTable:
                 except Exception as exc:
                     raise _lake_error(self.path, exc) from None
                 self._snapshot = Snapshot(self.root, self.dataset, version, frame)
+                if self._pinned is None:
+                    statecache.save(self.root, self.dataset, version, frame)
+                    self._saved = version
             return self._snapshot
+
+    def _fast_snapshot(self) -> Snapshot | None:
+        newest = statecache.latest_version(self.path)
+        if newest < 0:
+            return None
+        if self._snapshot is not None:
+            if self._snapshot.version == newest:
+                return self._snapshot
+            moved = statecache.advance(self.path, self._snapshot.version, self._snapshot.files, newest,
+                                       _SNAPSHOT_SCHEMA)
+        else:
+            moved = statecache.load(self.root, self.dataset, _SNAPSHOT_SCHEMA)
+        if moved is None or moved[0] != newest:
+            return None
+        self._snapshot = Snapshot(self.root, self.dataset, moved[0], moved[1])
+        if moved[0] - self._saved >= _SAVE_EVERY:
+            statecache.save(self.root, self.dataset, moved[0], moved[1])
+            self._saved = moved[0]
+        return self._snapshot
 
     def version(self) -> int:
         """The newest (or pinned) version; -1 when the table does not exist."""
@@ -370,8 +405,15 @@ class DatasetTable:
                 for (sid, key), paths in expect.items():
                     if frozenset(f.path for f in snap.partition(sid, key)) != paths:
                         raise CommitConflict(f"{sid.label()} {key} changed at version {snap.version}")
+                handle = self._handle()
                 try:
-                    self._handle().create_write_transaction(
+                    handle.update_incremental()
+                except Exception as exc:
+                    raise _lake_error(self.path, exc) from None
+                if int(handle.version()) != snap.version:
+                    continue  # the log moved since the snapshot: validate against the newer one
+                try:
+                    handle.create_write_transaction(
                         actions, mode="append", schema=schema,
                         partition_by=list(partition_columns(self.dataset)), commit_properties=props,
                     )
@@ -387,6 +429,9 @@ class DatasetTable:
                 self._snapshot = Snapshot(
                     self.root, self.dataset, snap.version + 1, _apply(snap.files, adds, removes)
                 )
+                if snap.version + 1 - self._saved >= _SAVE_EVERY:
+                    statecache.save(self.root, self.dataset, snap.version + 1, self._snapshot.files)
+                    self._saved = snap.version + 1
                 return snap.version + 1
         raise LakeWriteError(f"{self.path}: gave up committing after {_COMMIT_ATTEMPTS} concurrent commits")
 
