@@ -340,7 +340,7 @@ class DatasetTable:
         if not self.exists():
             return []
         with self._lock:
-            return list(self._handle().history(limit))
+            return list(self._current_handle().history(limit))
 
     # ------------------------------------------------------------------ writing
 
@@ -435,12 +435,22 @@ class DatasetTable:
                 return snap.version + 1
         raise LakeWriteError(f"{self.path}: gave up committing after {_COMMIT_ATTEMPTS} concurrent commits")
 
+    def _current_handle(self) -> Any:
+        """The delta-rs handle brought to the newest version (snapshots may come from the
+        table-state cache, which leaves the handle where it was)."""
+        handle = self._handle()
+        if self._pinned is None:
+            try:
+                handle.update_incremental()
+            except Exception as exc:
+                raise _lake_error(self.path, exc) from None
+        return handle
+
     def checkpoint(self) -> None:
         """Write a checkpoint at the newest version (opening the table then reads one file)."""
         with self._lock:
             if self.exists():
-                self.snapshot()
-                self._handle().create_checkpoint()
+                self._current_handle().create_checkpoint()
 
     def vacuum_candidates(self, retention_s: float) -> list[str]:
         """Files storage holds that no version within the retention needs: removed files whose
@@ -452,8 +462,9 @@ class DatasetTable:
         if not self.exists():
             return []
         with self._lock:
-            self.snapshot()
-            paths = self._handle().vacuum(
+            handle = self._current_handle()
+            referenced = set(self.snapshot().files.get_column("path").to_list())
+            paths = handle.vacuum(
                 retention_hours=math.ceil(max(0.0, retention_s) / 3600), dry_run=True,
                 enforce_retention_duration=False, full=True,
             )
@@ -461,7 +472,9 @@ class DatasetTable:
         out = []
         for p in paths:
             rel = str(p).removeprefix("file://").removeprefix(base)
-            if not rel.startswith(("_", ".")):  # the log and hidden files are never data
+            # The log and hidden files are never data; and, belt to the braces, a file the
+            # newest version references is never a candidate whatever delta-rs says.
+            if not rel.startswith(("_", ".")) and rel not in referenced:
                 out.append(rel)
         return sorted(out)
 

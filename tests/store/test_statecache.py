@@ -92,3 +92,17 @@ def test_a_cache_of_a_table_deleted_and_created_again_is_not_trusted(tmp_path):
         again.write_candles(candles(10, seed=i), symbol="ETHUSDT", timeframe="1")
     fresh = Lake(lake.root, settings=lake.settings)
     assert fresh.read_candles("BTCUSDT").is_empty() and fresh.read_candles("ETHUSDT").height == 10
+
+
+def test_vacuum_by_a_process_that_read_through_the_cache_deletes_no_referenced_file(tmp_path):
+    settings = Settings.load(overrides={"gc_grace_seconds": 0}, environ={})
+    lake = Lake(tmp_path / "lake", settings=settings)
+    lake.write_candles(candles(100), symbol="BTCUSDT", timeframe="1")
+    reader = Lake(lake.root, settings=settings)
+    assert reader.read_candles().height == 100  # its delta-rs handle (if any) is at this version
+    for i in range(3):
+        lake.write_candles(candles(100, seed=i).with_columns(pl.col("close") + i), symbol="ETHUSDT", timeframe="1")
+    assert reader.read_candles().height == 200  # through the cache and the log, not delta-rs
+    reader.vacuum()
+    assert Lake(lake.root, settings=settings).read_candles().height == 200
+    assert Lake(lake.root, settings=settings).fsck().ok
