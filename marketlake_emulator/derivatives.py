@@ -195,7 +195,10 @@ class DerivativesModel:
         """
         now_minute = now_ms - now_ms % MINUTE_MS
         if kind == "premium":
-            m = self.premium_minutes(spec, start_ms, min(end_ms, now_minute))
+            # Every minute of the bucket holding ``end_ms`` (not only its first): the last
+            # candle of a page aggregates its whole bucket, as far as it has formed.
+            last = min(tf.next_open(tf.floor(end_ms)) - MINUTE_MS, now_minute)
+            m = self.premium_minutes(spec, start_ms, last)
             if not len(m) or (tf.duration_ms == MINUTE_MS and tf.kind != "month"):
                 return m
             lo = tf.floor(start_ms)

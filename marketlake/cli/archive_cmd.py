@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
@@ -10,7 +11,7 @@ import typer
 
 from marketlake.cli.app import ConfigOpt, JsonOpt, LakeOpt, app, load_settings
 from marketlake.cli.feedback import RetryLine, exit_interrupted
-from marketlake.cli.ingest_cmd import run_async
+from marketlake.cli.ingest_cmd import BaseUrlOpt, run_async
 from marketlake.cli.params import BoundedInt
 from marketlake.cli.render import console, err_console, human_bytes, notice_kernel_compile, print_json
 from marketlake.core.symbols import parse_symbols
@@ -121,6 +122,7 @@ def archive(
         int, typer.Option("--concurrency", help="Day files downloaded at once (1..16).", parser=BoundedInt(1, 16))
     ] = 3,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the days to fetch and stop.")] = False,
+    base_url: BaseUrlOpt = None,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
@@ -134,7 +136,7 @@ def archive(
     from marketlake.ingest.archive import ArchiveStats, candle_timeframes, run_archive_ingest
     from marketlake.store import Lake
 
-    settings = load_settings(lake, config, category=category, archive_url=archive_url)
+    settings = load_settings(lake, config, category=category, archive_url=archive_url, base_url=base_url)
     today = dt.datetime.fromtimestamp(get_clock().now_ms() / 1000, dt.UTC).date()
     first, stop = _range(start, end, days, today)
     names = parse_symbols(symbols)
@@ -160,8 +162,30 @@ def archive(
 
     if tfs and not dry_run:
         notice_kernel_compile(("trades",))
+    notes: list[str] = []
+
+    async def with_snapshot(work):  # noqa: ANN001,ANN202
+        """The archive, and meanwhile an instruments snapshot into the history (best effort:
+        its failure is a note; the archive's own requests go to the archive host)."""
+        from marketlake.ingest.instruments import snapshot_note
+
+        snap = None if dry_run else asyncio.ensure_future(snapshot_note(
+            the_lake, settings.base_url, [settings.category],
+            rate_limit_per_5s=settings.rate_limit_per_5s, exchange=settings.exchange,
+        ))
+        try:
+            result = await work
+        except BaseException:
+            if snap is not None:
+                snap.cancel()
+                await asyncio.gather(snap, return_exceptions=True)
+            raise
+        if snap is not None and (note := await snap):
+            notes.append(note)
+        return result
+
     try:
-        plans, stats = run_async(
+        plans, stats = run_async(with_snapshot(
             run_archive_ingest(
                 the_lake,
                 names,
@@ -176,7 +200,7 @@ def archive(
                 candles=tfs,
                 on_retry=retries,
             )
-        )
+        ))
     except KeyboardInterrupt:
         retries.clear()
         _interrupted(seen[0] if seen else None)
@@ -186,5 +210,7 @@ def archive(
         _render_plan(plans, json_)
         return
     _render_stats(stats, json_)
+    for note in notes:  # after the summary: a failed archive is one error line, nothing else
+        err_console.print(f"note: {note}", markup=False)
     if stats.failures or stats.days_failed:
         raise typer.Exit(1)

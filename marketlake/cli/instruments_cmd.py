@@ -72,11 +72,15 @@ def instruments(
     when = result.snapshot.taken_ms if at_ms is None else at_ms
     import polars as pl
 
-    frames = [
-        the_lake.universe(when, c, exchange=settings.exchange, statuses=None if every_status else ("Trading",))
-        for c in cats
-    ]
-    table = pl.concat(frames) if frames else pl.DataFrame()
+    if every_status:  # every row in force then, whatever its status or delivery time
+        at_col = pl.lit(when).cast(pl.Datetime("ms", "UTC"))
+        table = the_lake.instrument_history(settings.exchange).filter(
+            pl.col("category").is_in(cats)
+            & (pl.col("valid_from") <= at_col)
+            & (pl.col("valid_to").is_null() | (at_col < pl.col("valid_to")))
+        ).sort("category", "symbol")
+    else:
+        table = pl.concat([the_lake.universe(when, c, exchange=settings.exchange) for c in cats])
     table = table.select([c for c in _SHOWN if c in table.columns]) if table.height else table
     if json_:
         print_json(
@@ -95,7 +99,7 @@ def instruments(
     console.print(
         f"{seen} instrument(s) of {', '.join(cats)} seen"
         + (f", recorded ({result.history_rows} history rows)" if result.recorded else ", not recorded")
-        + f"; {table.height} in the universe"
+        + f"; {table.height} listed"
         + ("" if at_ms is None else " at --at")
-        + ("" if every_status else " (Trading; --all for every status)")
+        + (" (every status)" if every_status else " (Trading; --all for every status)")
     )

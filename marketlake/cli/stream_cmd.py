@@ -127,6 +127,7 @@ def run_stream(
             announce_pause(budget)
             async with BybitRestClient(settings.base_url, budget=budget, on_retry=retries) as rest:
                 cfg = config if isinstance(config, LiveConfig) else await config(rest)
+                snapshot = asyncio.ensure_future(_record_instruments(lake, rest, cfg.category, settings.exchange))
                 url = ws_url or ws_url_for(settings.base_url, cfg.category)
                 runner = LiveRunner(
                     lake,
@@ -138,7 +139,11 @@ def run_stream(
                 )
                 if not as_json:
                     console.print(f"streaming {len(cfg.topics())} topics from {url} (Ctrl-C stops)")
-                return await runner.run()
+                try:
+                    return await runner.run()
+                finally:
+                    snapshot.cancel()
+                    await asyncio.gather(snapshot, return_exceptions=True)
         except asyncio.CancelledError:
             raise KeyboardInterrupt from None
         finally:
@@ -171,6 +176,15 @@ def run_stream(
             "committed; run `marketlake stream` again to resume (the time in between is backfilled over REST)"
         )
     return stats
+
+
+async def _record_instruments(lake: Lake, rest: BybitRestClient, category: str, exchange: str) -> None:
+    """The instruments snapshot of a stream start (beside the stream, best effort: a note)."""
+    from marketlake.ingest.instruments import record_snapshot_best_effort
+
+    note = await record_snapshot_best_effort(lake, rest, [category], exchange=exchange)
+    if note:
+        err_console.print(f"note: {note}", markup=False)
 
 
 @app.command()

@@ -13,6 +13,8 @@ listing and delivery times the planner clips at, so delisted symbols can be inge
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -25,9 +27,10 @@ from marketlake.core.symbols import parse_symbols, validate_category
 from marketlake.core.timeframes import Timeframe, parse_timeframe, parse_timeframes
 from marketlake.errors import DataValidationError
 from marketlake.exchanges.bybit import constants as C
+from marketlake.exchanges.bybit.parse import Instrument
 from marketlake.exchanges.bybit.rest import BybitRestClient
 from marketlake.ingest.historical import HistoricalIngest, IngestStats
-from marketlake.ingest.instruments import record_snapshot
+from marketlake.ingest.instruments import SnapshotResult, fetch_snapshot, store_snapshot
 from marketlake.ingest.planner import Plan, make_plan, series_label
 from marketlake.store import Lake
 from marketlake.store.datasets import (
@@ -253,8 +256,40 @@ async def run_ingest(
     """Record an instruments snapshot, plan and (unless ``dry_run``) run an ingest; verify the
     result against the ledger. A dry run records nothing."""
     now = await client.get_server_time()
-    snap = await record_snapshot(lake, client, [request.category], write=not dry_run)
-    instruments = [i for i in snap.snapshot.instruments if i.category == request.category]
+    snap = await fetch_snapshot(client, [request.category])
+    # Recorded beside the fetch (a Delta write), awaited before returning.
+    stored = None if dry_run else asyncio.ensure_future(store_snapshot(lake, snap))
+    try:
+        outcome = await _plan_and_run(lake, client, request, snap.instruments, now, dry_run=dry_run,
+                                      concurrency=concurrency, on_progress=on_progress, on_plan=on_plan)
+    finally:
+        if stored is not None:
+            result: SnapshotResult | None = None
+            with contextlib.suppress(Exception):
+                result = await asyncio.shield(stored)
+    if stored is not None:
+        if result is None:  # the write failed: say so, and raise it
+            await stored
+        assert result is not None
+        outcome.instruments_recorded = result.recorded
+        if result.note:
+            outcome.notes.insert(0, result.note)
+    return outcome
+
+
+async def _plan_and_run(
+    lake: Lake,
+    client: BybitRestClient,
+    request: IngestRequest,
+    instruments: list[Instrument],
+    now: int,
+    *,
+    dry_run: bool,
+    concurrency: int,
+    on_progress: Callable[[IngestStats], None] | None,
+    on_plan: Callable[[Plan], None] | None,
+) -> IngestOutcome:
+    instruments = [i for i in instruments if i.category == request.category]
     listed = {i.symbol: i.launch_time_ms for i in instruments}
     delivered = {i.symbol: i.delivery_time_ms for i in instruments}
     funding_minutes = {i.symbol: i.funding_interval_minutes for i in instruments}
@@ -264,10 +299,7 @@ async def run_ingest(
     else:
         symbols = [s for s in request.symbols if s in listed]
         unknown = [s for s in request.symbols if s not in listed]
-    outcome = IngestOutcome(plan=Plan(), unknown_symbols=unknown, server_time_ms=now,
-                            instruments_recorded=snap.recorded)
-    if snap.note:
-        outcome.notes.append(snap.note)
+    outcome = IngestOutcome(plan=Plan(), unknown_symbols=unknown, server_time_ms=now)
     end = request.end_ms if request.end_ms is not None else now
     order = {k: i for i, k in enumerate(DATA_KINDS.values())}
     plan = outcome.plan
