@@ -139,7 +139,10 @@ def lake_has_no_data(root: Path) -> bool:
     Read-only commands check this first: there is nothing to read, so they answer at once without
     loading the store (fast), and without opening it (which would create its metadata there).
     """
-    return not any((root / name).is_dir() for name in ("candles", "trades"))
+    # (the dataset names, spelled out: importing the store's registry would load polars here)
+    names = ("candles", "trades", "funding", "mark_candles", "index_candles", "premium_candles",
+             "open_interest", "instruments")
+    return not any((root / name).is_dir() for name in names)
 
 
 @app.command()

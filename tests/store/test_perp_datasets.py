@@ -157,3 +157,13 @@ def test_as_of_a_time_reads_the_universe_as_recorded_then(tmp_path):
     lake.record_instruments(_snapshot([{"symbol": "BTCUSDT", "tick_size": 0.5}]), T0 + DAY, categories=["linear"])
     old = Lake(lake.root, settings=lake.settings, as_of=between)
     assert old.universe(T0 + 2 * DAY, "linear")["tick_size"].to_list() == [0.1]
+
+
+def test_the_cli_knows_every_dataset_directory():
+    from marketlake.cli.app import lake_has_no_data
+    from marketlake.store.datasets import DATASETS
+    from marketlake.store.perp import INSTRUMENTS
+    import inspect
+
+    source = inspect.getsource(lake_has_no_data)
+    assert all(f'"{name}"' in source for name in (*DATASETS, INSTRUMENTS))
