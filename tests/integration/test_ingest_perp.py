@@ -388,3 +388,33 @@ def test_the_instruments_command_records_a_snapshot_and_prints_the_universe(tmp_
                    "--base-url", emu.url, "--lake", root, "--dry-run")
         assert dry.returncode == 0, dry.stderr
         assert "premium_candles" not in dry.stdout and "no premium-index candles for inverse" in dry.stderr
+
+
+def test_archive_and_stream_starts_record_the_instruments(tmp_path):
+    a_root, s_root = tmp_path / "a", tmp_path / "s"
+    with emulator_thread(symbols=SYMBOLS) as emu:
+        done = _cli("archive", "--symbols", "BTCUSDT", "--start", "2024-07-01", "--end", "2024-07-02",
+                    "--archive-url", emu.url, "--base-url", emu.url, "--lake", str(a_root))
+        assert done.returncode == 0, done.stderr
+        assert "note:" not in done.stderr
+        assert set(new_lake(a_root).instrument_history("bybit")["symbol"]) == set(SYMBOLS)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "marketlake", "stream", "--symbols", "BTCUSDT", "--base-url", emu.url,
+             "--lake", str(s_root)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 60
+        while not (s_root / "instruments" / "_delta_log").is_dir():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert set(new_lake(s_root).instrument_history("bybit")["symbol"]) == set(SYMBOLS)
+    # Without a reachable REST host the archive still works; the snapshot is a note.
+    with emulator_thread(symbols=SYMBOLS) as emu:
+        done = _cli("archive", "--symbols", "BTCUSDT", "--start", "2024-07-01", "--end", "2024-07-02",
+                    "--archive-url", emu.url, "--base-url", "http://127.0.0.1:9", "--lake", str(tmp_path / "c"))
+        assert done.returncode == 0, done.stderr
+        assert "note: instrument snapshot not recorded" in done.stderr
