@@ -33,7 +33,7 @@ import polars as pl
 import pyarrow as pa
 
 from marketlake.errors import LakeError, LakeWriteError
-from marketlake.store import statecache
+from marketlake.store import logwriter, statecache
 from marketlake.store.datasets import spec
 from marketlake.store.layout import SeriesId, partition_columns
 
@@ -255,6 +255,7 @@ class DatasetTable:
         self._dt: Any = None
         self._snapshot: Snapshot | None = None
         self._saved = -(2**62)  # the version last written to the table-state cache
+        self._plain: bool | None = None  # the table's protocol lets marketlake write its log
 
     # ------------------------------------------------------------------ reading
 
@@ -400,11 +401,26 @@ class DatasetTable:
         with self._lock:
             if not self.exists():
                 self._create()
+            if self._plain is None:
+                self._plain = logwriter.protocol_is_plain(self.path)
             for attempt in range(_COMMIT_ATTEMPTS):
                 snap = self.snapshot()
                 for (sid, key), paths in expect.items():
                     if frozenset(f.path for f in snap.partition(sid, key)) != paths:
                         raise CommitConflict(f"{sid.label()} {key} changed at version {snap.version}")
+                if self._plain and snap.version >= 0:
+                    try:
+                        won = logwriter.write_commit(
+                            self.path, snap.version + 1, adds, removes, operation=operation,
+                            partition_by=partition_columns(self.dataset),
+                        )
+                    except OSError as exc:
+                        raise LakeWriteError(f"cannot commit to {self.path}: {exc.strerror or exc}") from None
+                    if not won:
+                        # Another writer took the next version: re-check our partitions against it.
+                        time.sleep(random.uniform(0, 0.002 * min(attempt + 1, 20)))
+                        continue
+                    return self._committed(snap, adds, removes)
                 handle = self._handle()
                 try:
                     handle.update_incremental()
@@ -423,17 +439,23 @@ class DatasetTable:
                     continue
                 except Exception as exc:
                     raise LakeWriteError(f"cannot commit to {self.path}: {_first_line(exc)}") from None
-                # Our commit is version snap.version + 1, made of exactly these actions: derive its
-                # file list from the previous one instead of re-reading the whole log's file list
-                # (what keeps a bulk write of many series from paying O(files) per commit).
-                self._snapshot = Snapshot(
-                    self.root, self.dataset, snap.version + 1, _apply(snap.files, adds, removes)
-                )
-                if snap.version + 1 - self._saved >= _SAVE_EVERY:
-                    statecache.save(self.root, self.dataset, snap.version + 1, self._snapshot.files)
-                    self._saved = snap.version + 1
-                return snap.version + 1
+                return self._committed(snap, adds, removes)
         raise LakeWriteError(f"{self.path}: gave up committing after {_COMMIT_ATTEMPTS} concurrent commits")
+
+    def _committed(
+        self, snap: Snapshot, adds: Sequence[NewFile], removes: Sequence[tuple[FileEntry, Mapping[str, str]]]
+    ) -> int:
+        """Our commit is version ``snap.version + 1``, made of exactly these actions: derive its
+        file list from the previous one instead of re-reading the log (no O(files) step per
+        commit), keep the table-state cache fresh, and start a checkpoint when one is due."""
+        version = snap.version + 1
+        self._snapshot = Snapshot(self.root, self.dataset, version, _apply(snap.files, adds, removes))
+        if version - self._saved >= _SAVE_EVERY:
+            statecache.save(self.root, self.dataset, version, self._snapshot.files)
+            self._saved = version
+        if self._plain and logwriter.checkpoint_due(self.path, version):
+            logwriter.checkpoint_in_background(self.path)
+        return version
 
     def _current_handle(self) -> Any:
         """The delta-rs handle brought to the newest version (snapshots may come from the

@@ -106,3 +106,22 @@ def test_vacuum_by_a_process_that_read_through_the_cache_deletes_no_referenced_f
     reader.vacuum()
     assert Lake(lake.root, settings=settings).read_candles().height == 200
     assert Lake(lake.root, settings=settings).fsck().ok
+
+
+def test_marketlake_writes_the_log_delta_rs_reads_and_checkpoints_every_100_versions(tmp_path):
+    import threading
+
+    from marketlake.store import logwriter
+
+    lake = Lake(tmp_path / "lake", settings=Settings.load(overrides={"compact_after_deltas": 1000}, environ={}))
+    for i in range(105):
+        lake.write_candles(candles(1, start=T0 + i * MINUTE), symbol="BTCUSDT", timeframe="1")
+    for t in threading.enumerate():
+        if t.name.startswith("marketlake-checkpoint"):
+            t.join(60)
+    assert logwriter.last_checkpoint(lake.root / "candles") >= 100
+    table = DeltaTable(str(lake.root / "candles"))
+    assert table.version() == lake.versions()["candles"] == 105
+    assert table.history(1)[0]["marketlake.operation"] == "write_candles"
+    assert pl.scan_delta(str(lake.root / "candles")).collect().height == 105
+    assert _truth(lake, 105).equals(Lake(lake.root, settings=lake.settings).snapshot("candles").files)
