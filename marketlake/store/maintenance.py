@@ -10,6 +10,7 @@ the previous format: a replaced file simply stays where it was until vacuum.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import TYPE_CHECKING, Final
@@ -66,6 +67,11 @@ class Maintenance:
             if not dry_run:
                 remove_files([table.path / p for p in doomed])
                 _prune_empty_dirs(table.path, doomed)
+                # Log entries older than the log retention (7 days) and behind a checkpoint go
+                # too: marketlake writes its commits itself, so delta-rs's post-commit clean-up
+                # does not run.
+                with contextlib.suppress(Exception):
+                    table.cleanup_log()
             out.extend(f"{ds}/{p}" for p in doomed)
         return out
 

@@ -468,6 +468,12 @@ class DatasetTable:
                 raise _lake_error(self.path, exc) from None
         return handle
 
+    def cleanup_log(self) -> None:
+        """Delete log entries older than the log retention that a checkpoint makes unneeded."""
+        with self._lock:
+            if self.exists():
+                self._current_handle().cleanup_metadata()
+
     def checkpoint(self) -> None:
         """Write a checkpoint at the newest version (opening the table then reads one file)."""
         with self._lock:
