@@ -88,9 +88,13 @@ def write_data_file(lake_root: Path, dataset: str, rel_dir: str, table: pa.Table
     directory = table_root / rel_dir
     name = data_file_name()
     path = directory / name
+    # Before anything is created: a planted symlink in the existing part of the path would make
+    # mkdir -p create directories outside the lake.
+    if not directory.resolve().is_relative_to(lake_root.resolve()):
+        raise LakeWriteError(f"refusing to write {directory}: it resolves outside the lake root {lake_root}")
     try:
         _makedirs(directory)
-        if not directory.resolve().is_relative_to(lake_root.resolve()):
+        if not directory.resolve().is_relative_to(lake_root.resolve()):  # (a race with a planter)
             raise LakeWriteError(f"refusing to write {directory}: it resolves outside the lake root {lake_root}")
         with open(path, "xb") as fh:
             pq.write_table(table, fh, **_WRITE_OPTIONS)

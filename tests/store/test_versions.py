@@ -129,3 +129,15 @@ def test_reading_a_missing_lake_creates_nothing(tmp_path):
     assert set(lake.versions().values()) == {-1}
     assert lake.sql("select count(*) from candles").item() == 0
     assert not os.path.exists(tmp_path / "typo")
+
+
+def test_a_symlink_planted_in_the_tree_is_refused_and_nothing_is_created_outside(tmp_path):
+    lake = _lake(tmp_path / "lake")
+    lake.write_candles(candles(10), symbol="BTCUSDT", timeframe="1")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (lake.root / "candles" / "exchange=bybit" / "category=linear" / "symbol=ETHUSDT").symlink_to(outside)
+    with pytest.raises(LakeWriteError, match="outside the lake root"):
+        lake.write_candles(candles(10), symbol="ETHUSDT", timeframe="1")
+    assert list(outside.iterdir()) == []
+    assert lake.read_candles().height == 10 and lake.fsck().ok
