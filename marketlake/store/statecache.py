@@ -65,7 +65,7 @@ def save(root: Path, dataset: str, version: int, files: pl.DataFrame) -> None:
     """Keep ``files`` as the file list of ``version`` (unless a newer one is kept already)."""
     path = _cache_path(root, dataset)
     with contextlib.suppress(OSError):
-        if _cached_version(path) == version:
+        if _cached(path) == (version, _log_identity(root / dataset)):
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         table = files.to_arrow()
@@ -88,14 +88,17 @@ def _log_identity(table_path: Path) -> str:
     return f"{st.st_dev}:{st.st_ino}"
 
 
-def _cached_version(path: Path) -> int | None:
+def _cached(path: Path) -> tuple[int, str] | None:
+    """(version, log identity) of the kept file list, None when there is none readable."""
     try:
         with pa.memory_map(str(path)) as source:
             meta = ipc.open_file(source).schema.metadata or {}
     except (OSError, pa.ArrowInvalid):
         return None
     raw = meta.get(b"marketlake.version")
-    return int(raw) if raw is not None and raw.isdigit() else None
+    if raw is None or not raw.isdigit():
+        return None
+    return int(raw), meta.get(b"marketlake.log", b"").decode()
 
 
 def load(root: Path, dataset: str, schema: dict[str, pl.DataType]) -> tuple[int, pl.DataFrame] | None:
