@@ -210,7 +210,7 @@ async def repair_lake(
     """
     report = RepairReport()
     kinds = parse_data(data, timeframes)
-    _forget_perp_holes(lake, symbols, timeframes, exchange, category, kinds, report)
+    await _repair_perp_holes(lake, symbols, timeframes, exchange, category, kinds, report, client)
     if "klines" not in kinds:
         if "trades" in kinds and lake.has_ledger:
             await _recover_trades(lake, symbols, exchange, category, archive, report)
@@ -284,16 +284,20 @@ async def repair_lake(
     return report
 
 
-def _forget_perp_holes(
+async def _repair_perp_holes(
     lake: Lake, symbols: str | Sequence[str] | None, timeframes: str | Sequence[str] | None,
     exchange: str | None, category: str | None, kinds: tuple[str, ...], report: RepairReport,
+    client: BybitRestClient | None,
 ) -> None:
-    """Make the ledger forget what the perpetual datasets miss; name the command that fetches it."""
+    """Make the ledger forget what the perpetual datasets miss and, with a client, fetch it again
+    (the ingest plans exactly what the ledger no longer covers); what is still missing is reported
+    with the command that fetches it."""
     wanted = [k for k in kinds if k in PERP_KINDS]
     if not wanted:
         return
-    found = check_lake(lake, symbols, timeframes, exchange=exchange, category=category,
-                       consistency=False, data=wanted)
+    scope = dict(exchange=exchange, category=category, consistency=False, data=wanted)
+    found = check_lake(lake, symbols, timeframes, **scope)  # type: ignore[arg-type]
+    todo = []
     for sc in found.perp_series:
         holes = _holes(sc) if isinstance(sc, SeriesCheck) else sc.holes
         if not holes:
@@ -301,8 +305,41 @@ def _forget_perp_holes(
         if lake.has_ledger:
             for a, b in holes:
                 lake.ledger.forget(sc.sid, a, b)
-        report.perp.append(PerpRepair(series_name(sc.sid), kind_of(sc.sid.dataset), holes,
-                                      ingest_command(sc.sid, holes)))
+        todo.append((sc.sid, holes))
+    if client is not None:
+        for sid, holes in todo:
+            if sid.exchange != "bybit":
+                continue
+            await _refetch_perp(lake, client, sid, holes[0][0], holes[-1][1], report)
+        after = check_lake(lake, symbols, timeframes, **scope)  # type: ignore[arg-type]
+        left = {sc.sid: (_holes(sc) if isinstance(sc, SeriesCheck) else sc.holes) for sc in after.perp_series}
+        todo = [(sid, left.get(sid, [])) for sid, _ in todo]
+    for sid, holes in todo:
+        if holes:
+            report.perp.append(PerpRepair(series_name(sid), kind_of(sid.dataset), holes, ingest_command(sid, holes)))
+
+
+async def _refetch_perp(
+    lake: Lake, client: BybitRestClient, sid: SeriesId, start_ms: int, end_ms: int, report: RepairReport
+) -> None:
+    from marketlake.ingest.service import IngestRequest, run_ingest
+    from marketlake.store.perp import OI_INTERVALS
+
+    kind = kind_of(sid.dataset)
+    extra: dict[str, Any] = {}
+    if kind == "oi" and sid.timeframe is not None:
+        extra["oi_intervals"] = {v: k for k, v in OI_INTERVALS.items()}[sid.timeframe.name]
+    elif sid.timeframe is not None:
+        extra["timeframes"] = sid.timeframe.name
+    request = IngestRequest.of(symbols=sid.symbol, category=sid.category, start_ms=start_ms,
+                               end_ms=end_ms, data=kind, **extra)
+    try:
+        outcome = await run_ingest(lake, client, request)
+    except Exception as exc:  # noqa: BLE001 - one series failing leaves the others to repair
+        report.refetch_failures.append(f"{series_name(sid)}: {str(exc).splitlines()[0] if str(exc) else exc}")
+        return
+    if outcome.stats is not None:
+        report.refetch_failures.extend(outcome.stats.failures)
 
 
 async def _recover_trades(

@@ -418,3 +418,32 @@ def test_archive_and_stream_starts_record_the_instruments(tmp_path):
                     "--archive-url", emu.url, "--base-url", "http://127.0.0.1:9", "--lake", str(tmp_path / "c"))
         assert done.returncode == 0, done.stderr
         assert "note: instrument snapshot not recorded" in done.stderr
+
+
+def test_repair_refetches_what_the_perpetual_datasets_lost(tmp_path):
+    from marketlake.quality import check_lake, repair_lake
+    from marketlake.store.layout import SeriesId
+
+    lake = new_lake(tmp_path / "lake")
+
+    async def t(emu: BybitEmulator) -> None:
+        req = IngestRequest.of(symbols="BTCUSDT", timeframes="1", days=3, data="funding,mark,oi")
+        async with client_for(emu.url, lake) as client:
+            await run_ingest(lake, client, req)
+        before = {ds: lake.read(ds) for ds in ("funding", "mark_candles", "open_interest")}
+        # Lose a stretch of each dataset (as a damaged or deleted file would): rows gone, the
+        # ledger still claiming them.
+        cut_lo, cut_hi = NOW - 2 * DAY, NOW - DAY
+        for ds, tf in (("funding", None), ("mark_candles", "1"), ("open_interest", "5")):
+            sid = SeriesId.of(ds, exchange="bybit", category="linear", symbol="BTCUSDT", timeframe=tf)
+            lake._rewrite(sid, cut_lo, cut_hi, lambda f: f.filter(
+                (pl.col("ts").dt.epoch("ms") < cut_lo) | (pl.col("ts").dt.epoch("ms") >= cut_hi)), "test_damage")
+        assert check_lake(lake, data=["funding", "mark", "oi"]).has_issues
+        async with client_for(emu.url, lake) as client:
+            rep = await repair_lake(lake, client=client, data=["funding", "mark", "oi"])
+        assert rep.perp == [] and not rep.refetch_failures
+        assert not check_lake(lake, data=["funding", "mark", "oi"]).has_issues
+        for ds, frame in before.items():
+            assert lake.read(ds).equals(frame), ds
+
+    run_with_emulator(t, symbols=48)
