@@ -47,8 +47,25 @@ def _cache_path(root: Path, dataset: str) -> Path:
     return root / META_DIR / "tablestate" / f"{dataset}.arrow"
 
 
-def latest_version(table_path: Path) -> int:
-    """The newest committed version of the table (-1 when it has no log)."""
+def latest_version(table_path: Path, known: int | None = None) -> int:
+    """The newest committed version of the table (-1 when it has no log).
+
+    Versions are contiguous, so from a version known to exist (``known``, or the last checkpoint's)
+    the newest is found by probing the entries after it (a stat each; usually one that fails),
+    not by listing a log of thousands of entries.
+    """
+    log = table_path / "_delta_log"
+    start = known
+    if start is None:
+        try:
+            start = int(json.loads((log / "_last_checkpoint").read_text())["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            start = None
+    if start is not None and start >= 0 and (log / f"{start:020d}.json").exists():
+        v = start
+        while (log / f"{v + 1:020d}.json").exists():
+            v += 1
+        return v
     best = -1
     try:
         with os.scandir(table_path / "_delta_log") as it:

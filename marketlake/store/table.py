@@ -314,7 +314,8 @@ class DatasetTable:
             return self._snapshot
 
     def _fast_snapshot(self) -> Snapshot | None:
-        newest = statecache.latest_version(self.path)
+        known = self._snapshot.version if self._snapshot is not None and self._snapshot.version >= 0 else None
+        newest = statecache.latest_version(self.path, known)
         if newest < 0:
             return None
         if self._snapshot is not None:
