@@ -99,8 +99,9 @@ def test_get_candles_and_module_functions_on_redis(tmp_path: Path, redis_url: st
         assert await get_candles("SOLUSDT", "5") == []
         with pytest.raises(DataValidationError):
             await get_candles("ETHUSDT", "5", limit=0)
-        # No cached price yet: the lake's newest 1m close.
-        assert await get_latest_price("ETHUSDT") == candles(30)["close"][-1]
+        # No cached price yet: the close of the candle that closed last across timeframes (the
+        # 5m series here runs to T0 + 504 min, the 1m one to T0 + 30 min).
+        assert await get_latest_price("ETHUSDT") == candles(500)["close"][-1]
         assert await get_latest_price("XRPUSDT") is None
         # A Bybit publicTrade push and a kline push, as the socket delivers them.
         await process_market_data({"topic": "publicTrade.ETHUSDT", "data": [

@@ -156,7 +156,7 @@ def test_ctrl_c_mid_archive_exits_130_with_the_days_committed_and_a_rerun_fetche
         done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         fetched = [r.path for r in emu.control.log.select() if r.path.endswith(".csv.gz")]
-        assert len(fetched) == planned - days  # only the days the first run did not commit
+        assert len(set(fetched)) == planned - days  # only the days the first run did not commit (a retry may repeat one)
         first = (start - dt.date(1970, 1, 1)).days * DAY_MS
         want = pl.concat(
             emu.market.trades("BTCUSDT", first + i * DAY_MS, first + (i + 1) * DAY_MS, category="linear")
