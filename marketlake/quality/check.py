@@ -334,10 +334,12 @@ def check_lake(
 def _with_ledger_series(
     lake: Lake, sids: list[SeriesId], exchange: str | None, category: str | None,
     symbols: str | Sequence[str] | None, timeframes: str | Sequence[str] | None,
+    dataset: str = CANDLES,
 ) -> list[SeriesId]:
-    """``sids`` plus candle series the ledger claims something of but the lake holds nothing of."""
+    """``sids`` plus series of ``dataset`` the ledger claims something of but the lake holds
+    nothing of (a series whose every file was lost is still checked, and repaired)."""
     table = lake.ledger.table().filter(
-        (pl.col("dataset") == CANDLES) & (pl.col("status") == Status.PRESENT.value)
+        (pl.col("dataset") == dataset) & (pl.col("status") == Status.PRESENT.value)
     )
     if exchange is not None:
         table = table.filter(pl.col("exchange") == exchange)
@@ -349,9 +351,9 @@ def _with_ledger_series(
         table = table.filter(pl.col("timeframe").is_in([t.name for t in parse_timeframes(timeframes)]))  # type: ignore[arg-type]
     have = set(sids)
     out = list(sids)
-    for row in table.select("exchange", "category", "symbol", "timeframe").unique().sort(pl.all()).iter_rows():
+    for ex, cat, sym, tf in table.select("exchange", "category", "symbol", "timeframe").unique().sort(pl.all()).iter_rows():
         try:
-            sid = SeriesId.of(CANDLES, exchange=row[0], category=row[1], symbol=row[2], timeframe=row[3])
+            sid = SeriesId.of(dataset, exchange=ex, category=cat, symbol=sym, timeframe=tf or None)
         except ValueError:
             continue
         if sid not in have:

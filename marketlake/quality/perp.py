@@ -271,28 +271,10 @@ def perp_series(
     sids = find_series(lake.snapshot(dataset), exchange=exchange, category=category, symbols=syms, timeframes=tfs)
     if not lake.has_ledger:
         return sids
-    table = lake.ledger.table().filter(
-        (pl.col("dataset") == dataset) & (pl.col("status") == Status.PRESENT.value)
-    )
-    if exchange is not None:
-        table = table.filter(pl.col("exchange") == exchange)
-    if category is not None:
-        table = table.filter(pl.col("category") == category)
-    if syms is not None:
-        table = table.filter(pl.col("symbol").is_in(syms))
-    if tfs is not None:
-        table = table.filter(pl.col("timeframe").is_in([t.name for t in tfs]))
-    have = set(sids)
-    out = list(sids)
-    for ex, cat, sym, tf in table.select("exchange", "category", "symbol", "timeframe").unique().sort(pl.all()).iter_rows():
-        try:
-            sid = SeriesId.of(dataset, exchange=ex, category=cat, symbol=sym, timeframe=tf or None)
-        except ValueError:
-            continue
-        if sid not in have:
-            have.add(sid)
-            out.append(sid)
-    return out
+    from marketlake.quality.check import _with_ledger_series
+
+    return _with_ledger_series(lake, sids, exchange, category, syms,
+                               None if tfs is None else [t.name for t in tfs], dataset)
 
 
 def _read(lake: Lake, sid: SeriesId) -> tuple[pl.DataFrame, str | None]:
