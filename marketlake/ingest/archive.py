@@ -59,8 +59,10 @@ __all__ = [
     "ArchiveStats",
     "SymbolPlan",
     "candle_timeframes",
+    "candles_from_stored",
     "day_bounds",
     "plan_archive",
+    "record_built_candles",
     "run_archive_ingest",
 ]
 
@@ -263,7 +265,8 @@ class ArchiveIngest:
                     for day in plan.rebuild:
                         queue.put_nowait((plan.sid, day, True))
                     if plan.days:
-                        await self._triage(plan, queue)
+                        for item in await self.triage(plan):
+                            queue.put_nowait((*item, False))
                 await queue.join()
             finally:
                 for w in workers:
@@ -285,8 +288,13 @@ class ArchiveIngest:
             self.lake.ledger.finish_run(self.run_id, status, st.to_dict())
         return st
 
-    async def _triage(self, plan: SymbolPlan, queue: asyncio.Queue[tuple[SeriesId, dt.date, bool]]) -> None:
-        """Ask the index once, then queue listed days and settle the others in the ledger."""
+    async def triage(self, plan: SymbolPlan) -> list[tuple[SeriesId, dt.date]]:
+        """Ask the index once; settle the days it does not list in the ledger (empty, or not
+        published yet) and return the listed ones, to download (:meth:`settle`).
+
+        Needs :attr:`run_id` (set by :meth:`run`, or by a caller that dispatches the days
+        elsewhere, e.g. to a cluster).
+        """
         sid, st, ledger = plan.sid, self.stats, self.lake.ledger
         try:
             listed = await self.client.days(sid.symbol, sid.category)
@@ -294,13 +302,14 @@ class ArchiveIngest:
             st.failures.append(str(exc))
             st.days_failed += len(plan.days)
             self._progress()
-            return
+            return []
         listed_set = set(listed)
         unpublished = 0
+        todo: list[tuple[SeriesId, dt.date]] = []
         for day in plan.days:
             a, b = day_bounds(day)
             if day in listed_set:
-                queue.put_nowait((sid, day, False))
+                todo.append((sid, day))
             elif not listed or day < listed[0]:
                 ledger.record(sid, a, b, Status.EMPTY, detail="before the archive's first day", run_id=self.run_id)
                 st.days_empty += 1
@@ -315,22 +324,31 @@ class ArchiveIngest:
                 f"{sid.symbol}: {unpublished} day(s) after {listed[-1]} not published yet; the next run asks again"
             )
         self._progress()
+        return todo
 
     async def _worker(self, queue: asyncio.Queue[tuple[SeriesId, dt.date, bool]]) -> None:
         while True:
             sid, day, from_stored = await queue.get()
             try:
-                if from_stored:
-                    await self._rebuild_day(sid, day)
-                else:
-                    await self._day(sid, day)
-            except Exception as exc:
-                log.exception("archive %s %s", sid.label(), day)
-                self.stats.days_failed += 1
-                self.stats.failures.append(f"{sid.symbol} {day}: {type(exc).__name__}: {str(exc)[:200]}")
+                await self.settle(sid, day, from_stored=from_stored)
             finally:
                 queue.task_done()
-                self._progress()
+
+    async def settle(self, sid: SeriesId, day: dt.date, *, from_stored: bool = False) -> None:
+        """Settle one planned day into :attr:`stats`: download, store and record it, or (with
+        ``from_stored``) build its candles from the stored trades. Never raises for the day's own
+        failure (counted and named in the stats); a Ctrl-C or a cancellation propagates."""
+        try:
+            if from_stored:
+                await self._rebuild_day(sid, day)
+            else:
+                await self._day(sid, day)
+        except Exception as exc:
+            log.exception("archive %s %s", sid.label(), day)
+            self.stats.days_failed += 1
+            self.stats.failures.append(f"{sid.symbol} {day}: {type(exc).__name__}: {str(exc)[:200]}")
+        finally:
+            self._progress()
 
     async def _day(self, sid: SeriesId, day: dt.date) -> None:
         st, ledger = self.stats, self.lake.ledger
@@ -397,28 +415,13 @@ class ArchiveIngest:
         them: ``present``, or verified ``empty`` when the day has no trade at all."""
         a, b = day_bounds(day)
         t = time.monotonic()
-        trades = await asyncio.to_thread(self._build_from_stored, sid, a, b)
+        trades, written = await asyncio.to_thread(candles_from_stored, self.lake, sid, a, b, self.candles)
         self.stats.write_seconds += time.monotonic() - t
+        self.stats.candles_written += written
         # Only now, with the candles committed, may the ledger say they are there (on the loop's
         # thread: the ledger's connection belongs to it).
-        for tf in self.candles:
-            csid = SeriesId.of(CANDLES, exchange=sid.exchange, category=sid.category, symbol=sid.symbol, timeframe=tf)
-            if trades:
-                self.lake.ledger.record(csid, a, b, Status.PRESENT, run_id=self.run_id)
-            else:
-                self.lake.ledger.record(csid, a, b, Status.EMPTY, detail="no trades that day", run_id=self.run_id)
+        record_built_candles(self.lake, sid, a, b, self.candles, trades=trades, run_id=self.run_id)
         self.stats.days_rebuilt += 1
-
-    def _build_from_stored(self, sid: SeriesId, a: int, b: int) -> int:
-        """Write the candles of ``[a, b)`` built from the stored trades; return the trade count."""
-        where = {"exchange": sid.exchange, "category": sid.category}
-        trades = self.lake.read_trades(sid.symbol, a, b, **where)
-        for tf in self.candles:
-            candles = candles_from_trades(trades, tf)
-            if candles.height:
-                self.lake.write_candles(candles, symbol=sid.symbol, timeframe=tf, **where)
-            self.stats.candles_written += candles.height
-        return trades.height
 
     def _progress(self) -> None:
         if self.on_progress is not None:
@@ -426,6 +429,40 @@ class ArchiveIngest:
             self.stats.requests = self.client.stats.requests
             self.stats.bytes_downloaded = self.client.stats.bytes_downloaded
             self.on_progress(self.stats)
+
+
+def candles_from_stored(
+    lake: Lake, sid: SeriesId, a: int, b: int, timeframes: Sequence[Timeframe]
+) -> tuple[int, int]:
+    """Build the candles of ``[a, b)`` of each timeframe from the stored trades of ``sid`` (the
+    numba kernel) and write them (a re-build of unchanged candles commits nothing).
+
+    Returns:
+        ``(trades read, candles written)``.
+    """
+    where = {"exchange": sid.exchange, "category": sid.category}
+    trades = lake.read_trades(sid.symbol, a, b, **where)
+    written = 0
+    for tf in timeframes:
+        candles = candles_from_trades(trades, tf)
+        if candles.height:
+            lake.write_candles(candles, symbol=sid.symbol, timeframe=tf, **where)
+        written += candles.height
+    return trades.height, written
+
+
+def record_built_candles(
+    lake: Lake, sid: SeriesId, a: int, b: int, timeframes: Sequence[Timeframe], *, trades: int,
+    run_id: str | None = None,
+) -> None:
+    """Record candles built from the complete trades of ``[a, b)`` in the ledger: ``present``,
+    or verified ``empty`` when there was no trade at all. Call only once they are committed."""
+    for tf in timeframes:
+        csid = SeriesId.of(CANDLES, exchange=sid.exchange, category=sid.category, symbol=sid.symbol, timeframe=tf)
+        if trades:
+            lake.ledger.record(csid, a, b, Status.PRESENT, run_id=run_id)
+        else:
+            lake.ledger.record(csid, a, b, Status.EMPTY, detail="no trades that day", run_id=run_id)
 
 
 class _ListedButMissing(Exception):
