@@ -47,7 +47,7 @@ from marketlake.quality.perp import (
     series_name,
 )
 
-__all__ = ["LakeCheck", "SeriesCheck", "check_lake", "read_series"]
+__all__ = ["CheckPlan", "LakeCheck", "SeriesCheck", "check_lake", "check_one", "finish_check", "plan_check", "read_series"]
 
 #: Higher timeframes compared with the resample of a stored 1m series.
 CONSISTENCY_TIMEFRAMES = ("3", "5", "15", "30", "60", "120", "240", "360", "720", "D")
@@ -129,6 +129,26 @@ class LakeCheck:
     open_interest: list[PerpSeriesCheck] = field(default_factory=list)
     #: Rows of the perpetual datasets checked (``rows`` counts candles).
     perp_rows: int = 0
+
+    def add(self, kind: str, check: SeriesCheck | PerpSeriesCheck) -> None:
+        """Take in the check of one series of ``kind`` (``klines`` or a
+        :data:`~marketlake.quality.perp.PERP_KINDS` kind), counting its rows."""
+        if kind == "klines":
+            assert isinstance(check, SeriesCheck)
+            self.series.append(check)
+            self.rows += check.result.total_candles
+        elif kind == "funding":
+            assert isinstance(check, PerpSeriesCheck)
+            self.funding.append(check)
+            self.perp_rows += check.rows
+        elif kind == "oi":
+            assert isinstance(check, PerpSeriesCheck)
+            self.open_interest.append(check)
+            self.perp_rows += check.rows
+        else:
+            assert isinstance(check, SeriesCheck)
+            self.price_series.append(check)
+            self.perp_rows += check.result.total_candles
 
     @property
     def perp_series(self) -> list[SeriesCheck | PerpSeriesCheck]:
@@ -241,6 +261,106 @@ def _tradeless(lake: Lake, sid: SeriesId, lo: int, hi: int) -> Callable[[int, in
     return test
 
 
+@dataclass(frozen=True, slots=True)
+class CheckPlan:
+    """What a check covers: the series, each with its kind, in the order they are checked.
+
+    Attributes:
+        kinds: The datasets asked for (``klines``, ``trades``, ``funding`` ...).
+        items: ``(kind, series)``: candle series (kind ``klines``) first, then the perpetual
+            datasets' series.
+    """
+
+    kinds: tuple[str, ...]
+    items: tuple[tuple[str, SeriesId], ...]
+
+
+def plan_check(
+    lake: Lake,
+    symbols: str | Sequence[str] | None = None,
+    timeframes: str | Sequence[str] | None = None,
+    *,
+    exchange: str | None = None,
+    category: str | None = None,
+    data: str | Sequence[str] | None = None,
+) -> CheckPlan:
+    """The series :func:`check_lake` checks for these filters (see there), in its order."""
+    kinds = parse_data(data, timeframes)
+    perp = [
+        (kind, sid) for kind in PERP_KINDS if kind in kinds
+        for sid in perp_series(lake, kind, exchange, category, symbols, timeframes)
+    ]
+    # Everything stored is checked unless filtered: every exchange and category by default.
+    sids = [] if "klines" not in kinds else find_series(
+        lake.snapshot(CANDLES),
+        exchange=exchange,
+        category=category,
+        symbols=None if symbols is None else parse_symbols(symbols),
+        timeframes=None if timeframes is None else parse_timeframes(timeframes),  # type: ignore[arg-type]
+    )
+    if lake.has_ledger and "klines" in kinds:
+        sids = _with_ledger_series(lake, sids, exchange, category, symbols, timeframes)
+    return CheckPlan(tuple(kinds), (*(("klines", sid) for sid in sids), *perp))
+
+
+def check_one(
+    lake: Lake,
+    kind: str,
+    sid: SeriesId,
+    *,
+    consistency: bool = True,
+    base_cache: dict[tuple[str, str, str], pl.DataFrame | None] | None = None,
+) -> SeriesCheck | PerpSeriesCheck:
+    """Check one series of a :class:`CheckPlan` (any process can: it reads the lake only).
+
+    ``base_cache`` keeps the last symbol's stored 1m series for the comparison of higher
+    timeframes with it (series come in symbol order); without one it is read per series.
+    """
+    if kind == "funding":
+        return check_funding(lake, sid)
+    if kind == "oi":
+        return check_open_interest(lake, sid)
+    if kind != "klines":
+        return check_price_candles(lake, sid)
+    tf = sid.timeframe
+    assert tf is not None
+    damaged = None
+    try:
+        frame = read_series(lake, sid)
+    except CorruptLakeError as exc:
+        # A file the log references is missing or unreadable: report it (repair drops the
+        # reference and re-fetches its range) and check what the ledger claims against nothing.
+        damaged, frame = str(exc), _EMPTY.clone()
+    result = check_candles(frame.drop("filled"), tf)
+    unexplained, explained = _classify(lake, sid, result)
+    sc = SeriesCheck(sid, result, unexplained, explained, int(frame.get_column("filled").sum()), damaged=damaged)
+    if lake.has_ledger and tf.is_bybit:
+        sc.unstored = unstored_ranges(lake, sid, frame.get_column("ts").dt.epoch("ms").to_numpy())
+    if consistency and tf.name in CONSISTENCY_TIMEFRAMES:
+        base = _base_series(lake, sid, parse_timeframe("1"), {} if base_cache is None else base_cache)
+        if base is not None and base.height:
+            sc.consistency = check_consistency(base.drop("filled"), frame.drop("filled"), tf)
+    return sc
+
+
+def finish_check(
+    lake: Lake,
+    out: LakeCheck,
+    plan: CheckPlan,
+    *,
+    symbols: str | Sequence[str] | None = None,
+    exchange: str | None = None,
+    category: str | None = None,
+) -> LakeCheck:
+    """Add what is not a series scan to ``out``: the trades lost while streaming (the ledger)."""
+    if "trades" in plan.kinds and lake.has_ledger:
+        out.trade_gaps = lost_trades(
+            lake, exchange or lake.settings.exchange, category or lake.settings.category,
+            None if symbols is None else parse_symbols(symbols),
+        )
+    return out
+
+
 def check_lake(
     lake: Lake,
     symbols: str | Sequence[str] | None = None,
@@ -261,72 +381,23 @@ def check_lake(
 
     ``progress(done, total)`` is called with ``(0, total)`` once the series are known and after
     each series is checked (``total``: the series to check).
+
+    The same check split into tasks (:func:`plan_check`, :func:`check_one` per series,
+    :meth:`LakeCheck.add` in plan order, :func:`finish_check`) runs on a Dask cluster:
+    :func:`marketlake.cluster.check_on_cluster`.
     """
     t0 = time.perf_counter()
-    kinds = parse_data(data, timeframes)
-    perp = [
-        (kind, sid) for kind in PERP_KINDS if kind in kinds
-        for sid in perp_series(lake, kind, exchange, category, symbols, timeframes)
-    ]
-    # Everything stored is checked unless filtered: every exchange and category by default.
-    sids = [] if "klines" not in kinds else find_series(
-        lake.snapshot(CANDLES),
-        exchange=exchange,
-        category=category,
-        symbols=None if symbols is None else parse_symbols(symbols),
-        timeframes=None if timeframes is None else parse_timeframes(timeframes),  # type: ignore[arg-type]
-    )
-    if lake.has_ledger and "klines" in kinds:
-        sids = _with_ledger_series(lake, sids, exchange, category, symbols, timeframes)
+    plan = plan_check(lake, symbols, timeframes, exchange=exchange, category=category, data=data)
     out = LakeCheck()
-    minute = parse_timeframe("1")
     base_cache: dict[tuple[str, str, str], pl.DataFrame | None] = {}
-    total = len(sids) + len(perp)
+    total = len(plan.items)
     if progress is not None:
         progress(0, total)
-    for done, sid in enumerate(sids, 1):
-        tf = sid.timeframe
-        assert tf is not None
-        damaged = None
-        try:
-            frame = read_series(lake, sid)
-        except CorruptLakeError as exc:
-            # A file the log references is missing or unreadable: report it (repair drops the
-            # reference and re-fetches its range) and check what the ledger claims against nothing.
-            damaged, frame = str(exc), _EMPTY.clone()
-        result = check_candles(frame.drop("filled"), tf)
-        unexplained, explained = _classify(lake, sid, result)
-        sc = SeriesCheck(sid, result, unexplained, explained, int(frame.get_column("filled").sum()), damaged=damaged)
-        if lake.has_ledger and tf.is_bybit:
-            sc.unstored = unstored_ranges(lake, sid, frame.get_column("ts").dt.epoch("ms").to_numpy())
-        if consistency and tf.name in CONSISTENCY_TIMEFRAMES:
-            base = _base_series(lake, sid, minute, base_cache)
-            if base is not None and base.height:
-                sc.consistency = check_consistency(base.drop("filled"), frame.drop("filled"), tf)
-        out.series.append(sc)
-        out.rows += frame.height
+    for done, (kind, sid) in enumerate(plan.items, 1):
+        out.add(kind, check_one(lake, kind, sid, consistency=consistency, base_cache=base_cache))
         if progress is not None:
             progress(done, total)
-    for done, (kind, sid) in enumerate(perp, len(sids) + 1):
-        if kind == "funding":
-            fc = check_funding(lake, sid)
-            out.funding.append(fc)
-            out.perp_rows += fc.rows
-        elif kind == "oi":
-            oc = check_open_interest(lake, sid)
-            out.open_interest.append(oc)
-            out.perp_rows += oc.rows
-        else:
-            pc = check_price_candles(lake, sid)
-            out.price_series.append(pc)
-            out.perp_rows += pc.result.total_candles
-        if progress is not None:
-            progress(done, total)
-    if "trades" in kinds and lake.has_ledger:
-        out.trade_gaps = lost_trades(
-            lake, exchange or lake.settings.exchange, category or lake.settings.category,
-            None if symbols is None else parse_symbols(symbols),
-        )
+    finish_check(lake, out, plan, symbols=symbols, exchange=exchange, category=category)
     out.seconds = time.perf_counter() - t0
     return out
 
