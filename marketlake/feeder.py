@@ -707,7 +707,7 @@ class DataFeeder:
             files = [f for p in self.lake.plan_files(CANDLES, [sid], lo, hi) for f in p.files]
             # Partitions are planned in time order and a partition's live files are in time
             # order, so the concatenation is sorted: cut the boundary partitions by slicing.
-            return slice_window(read_files(files), lo, hi)
+            return slice_window(read_files(files, None, self.lake.storage.polars_options()), lo, hi)
 
         return retrying(once)
 

@@ -24,7 +24,7 @@ from marketlake.errors import ConfigError
 
 __all__ = ["Settings"]
 
-_SECRET_FIELDS = frozenset({"api_key", "api_secret"})
+_SECRET_FIELDS = frozenset({"api_key", "api_secret", "s3_secret_access_key", "s3_session_token", "s3_access_key_id"})
 _ENV_PREFIX = "MARKETLAKE_"
 # A settings file is a few hundred bytes; anything near this is a mistake (or /dev/zero), and
 # reading it whole would cost the memory.
@@ -54,6 +54,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         compact_after_deltas: Fold a partition's files into one once it holds this many (live
             flushes add one small file each).
         memory_limit_percent: Share of system memory the DataFeeder may use.
+        state_dir: This machine's own state for lakes on object storage (rate budget, cached
+            table state): default ``$XDG_CACHE_HOME/marketlake`` (``~/.cache/marketlake``). A
+            local lake keeps it in its ``_meta`` folder.
+        s3_endpoint_url: Endpoint of an S3-compatible store (MinIO, R2, Ceph); else
+            ``AWS_ENDPOINT_URL``; empty for AWS itself.
+        s3_region: Else ``AWS_REGION`` / ``AWS_DEFAULT_REGION``; default ``us-east-1``.
+        s3_addressing_style: ``path``, ``virtual``, or ``auto`` (path with a custom endpoint).
+        s3_access_key_id: Else ``AWS_ACCESS_KEY_ID``; masked in repr.
+        s3_secret_access_key: Else ``AWS_SECRET_ACCESS_KEY``; masked in repr.
+        s3_session_token: Else ``AWS_SESSION_TOKEN``; masked in repr.
+        s3_allow_http: Allow a plain-HTTP endpoint; else ``AWS_ALLOW_HTTP``.
 
     Every ``MARKETLAKE_*`` environment variable must name a field (a typo is a
     :class:`ConfigError`), except ``MARKETLAKE_CONFIG`` (the TOML file) and the prefixes
@@ -72,6 +83,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     gc_grace_seconds: float = 3600.0
     compact_after_deltas: int = 16
     memory_limit_percent: float = 90.0
+    state_dir: str = ""
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_addressing_style: str = "auto"
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
+    s3_session_token: str = ""
+    s3_allow_http: bool = False
 
     def __post_init__(self) -> None:
         # Every number is checked for range *and* finiteness: NaN passes any `<` test, and inf or
@@ -84,6 +103,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError(f"compact_after_deltas must be 1..100000, got {self.compact_after_deltas}")
         if not (math.isfinite(self.memory_limit_percent) and 0 < self.memory_limit_percent <= 100):
             raise ConfigError(f"memory_limit_percent must be in (0, 100], got {self.memory_limit_percent}")
+        if self.s3_addressing_style not in ("auto", "path", "virtual"):
+            raise ConfigError(f"s3_addressing_style must be auto, path or virtual, got {self.s3_addressing_style!r}")
 
     def __repr__(self) -> str:
         parts = []
@@ -100,6 +121,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def lake_path(self) -> Path:
         """``lake_root`` as a resolved path."""
         return Path(self.lake_root).expanduser().resolve()
+
+    @property
+    def state_path(self) -> Path:
+        """``state_dir`` resolved (default ``$XDG_CACHE_HOME/marketlake``)."""
+        if self.state_dir:
+            return Path(self.state_dir).expanduser().resolve()
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        return Path(cache) / "marketlake"
 
     @classmethod
     def load(

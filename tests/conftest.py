@@ -26,3 +26,22 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"../shared not found (looked at {SHARED})")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 for the whole session (see tests/s3server.py)."""
+    from tests.s3server import running_s3_server
+
+    with running_s3_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
+    """An empty lake on each backend: a local directory, and a bucket of the S3 test server.
+    The behaviour suites take this fixture so every backend passes the same tests."""
+    if request.param == "local":
+        return Lake(tmp_path / "lake", settings=Settings.load(environ={}))
+    server = request.getfixturevalue("s3_server")
+    return Lake(f"s3://{server.new_bucket()}/lake", settings=server.settings(tmp_path / "state"))

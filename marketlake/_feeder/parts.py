@@ -41,7 +41,10 @@ def ts_array(frame: pl.DataFrame) -> np.ndarray:
     return frame.get_column("ts").dt.epoch("ms").to_numpy()
 
 
-def read_files(files: Sequence[Path], schema: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
+def read_files(
+    files: Sequence[Path | str], schema: dict[str, pl.DataType] | None = None,
+    storage_options: dict[str, str] | None = None,
+) -> pl.DataFrame:
     """Read stored candle files (or another dataset's, given its ``schema``) into one frame
     (stored columns, in file order).
 
@@ -56,12 +59,13 @@ def read_files(files: Sequence[Path], schema: dict[str, pl.DataType] | None = No
         # The same reading contract as the store's scans: the stored schema, no hive parsing,
         # no globbing of the (already exact) file list.
         return pl.read_parquet(
-            [str(f) for f in files], schema=schema, hive_partitioning=False, glob=False
+            [str(f) for f in files], schema=schema, hive_partitioning=False, glob=False,
+            storage_options=storage_options,
         )
     except FileNotFoundError:
         raise
     except (pl.exceptions.ComputeError, pl.exceptions.SchemaError, OSError) as exc:
-        missing = [f for f in files if not Path(f).exists()]
+        missing = [f for f in files if "://" not in str(f) and not Path(f).exists()]
         if missing:  # the log references it, so this is damage, not a race (fsck, then repair)
             raise CorruptLakeError(missing[0], "referenced by the log but missing") from None
         raise CorruptLakeError(files[0], f"cannot read candles: {str(exc).splitlines()[0]}") from None
@@ -79,16 +83,17 @@ def retrying(action: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
-def live_partition_files(lake: Lake, sid: SeriesId, key: str) -> tuple[Path, ...]:
+def live_partition_files(lake: Lake, sid: SeriesId, key: str) -> tuple[str, ...]:
     """The files of one partition in the version ``lake`` reads (empty when it holds nothing)."""
-    base = lake.root / sid.dataset
-    return tuple(base / f.path for f in lake.snapshot(sid.dataset).partition(sid, key))
+    base = lake.storage.uri(sid.dataset)
+    return tuple(f"{base}/{f.path}" for f in lake.snapshot(sid.dataset).partition(sid, key))
 
 
 def read_partition_files(lake: Lake, sid: SeriesId, key: str) -> tuple[tuple[Path, ...], pl.DataFrame]:
     """List and read one partition (of any time-series dataset: its stored schema)."""
     files = live_partition_files(lake, sid, key)
-    return files, read_files(files, None if sid.dataset == CANDLES else spec(sid.dataset).schema)
+    return files, read_files(files, None if sid.dataset == CANDLES else spec(sid.dataset).schema,
+                             lake.storage.polars_options())
 
 
 @dataclass(frozen=True, slots=True)

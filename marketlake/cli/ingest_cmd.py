@@ -291,7 +291,7 @@ def ingest(
         return
 
     async def main() -> IngestOutcome:
-        budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.root / "_meta")
+        budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.storage.state_dir)
         announce_pause(budget)
         async with BybitRestClient(settings.base_url, budget=budget, on_retry=retries) as client:
             return await run_ingest(

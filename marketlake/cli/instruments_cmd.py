@@ -58,7 +58,7 @@ def instruments(
     retries = RetryLine()
 
     async def main() -> SnapshotResult:
-        budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.root / "_meta")
+        budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.storage.state_dir)
         announce_pause(budget)
         async with BybitRestClient(settings.base_url, budget=budget, on_retry=retries) as client:
             return await record_snapshot(the_lake, client, cats, exchange=settings.exchange)

@@ -123,7 +123,7 @@ def run_stream(
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, on_signal, sig)
         try:
-            budget = RateBudget(settings.rate_limit_per_5s, state_dir=lake.root / "_meta")
+            budget = RateBudget(settings.rate_limit_per_5s, state_dir=lake.storage.state_dir)
             announce_pause(budget)
             async with BybitRestClient(settings.base_url, budget=budget, on_retry=retries) as rest:
                 cfg = config if isinstance(config, LiveConfig) else await config(rest)

@@ -53,7 +53,7 @@ class OptimizedDataFetcher:
             return
         settings = self.config.to_settings()
         self.lake = Lake(settings=settings)
-        budget = RateBudget(settings.rate_limit_per_5s, state_dir=self.lake.root / "_meta")
+        budget = RateBudget(settings.rate_limit_per_5s, state_dir=self.lake.storage.state_dir)
         self.client = BybitRestClient(
             self.config.API_BASE_URL, budget=budget,
             backoff=Backoff(max_attempts=self.config.BULK_MAX_RETRIES + 1),

@@ -108,7 +108,7 @@ class WebSocketHandler:
         cfg = LiveConfig.of(self.symbols, self.timeframes, category=self.config.CATEGORY,
                             exchange=settings.exchange)
         self._rest = BybitRestClient(
-            self.config.API_BASE_URL, budget=RateBudget(settings.rate_limit_per_5s, state_dir=lake.root / "_meta")
+            self.config.API_BASE_URL, budget=RateBudget(settings.rate_limit_per_5s, state_dir=lake.storage.state_dir)
         )
         url = self.config.WS_URL or ws_url_for(self.config.API_BASE_URL, cfg.category)
         runner = LiveRunner(lake, self._rest, cfg, ws_url=url, ws_options=self.ws_options,

@@ -116,7 +116,7 @@ async def snapshot_note(
     from marketlake.net.ratelimit import RateBudget
 
     try:
-        budget = RateBudget(rate_limit_per_5s, state_dir=lake.root / "_meta")
+        budget = RateBudget(rate_limit_per_5s, state_dir=lake.storage.state_dir)
         client = BybitRestClient(base_url, budget=budget, backoff=Backoff(base=0.5, cap=2.0, max_attempts=2))
     except MarketlakeError as exc:
         return f"instrument snapshot not recorded: {exc}"

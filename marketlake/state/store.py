@@ -355,7 +355,7 @@ def open_state_store(
     if text is None:
         if lake is None:
             raise ConfigError("open_state_store needs a URL or a lake (for <lake>/_meta/state.sqlite)")
-        backend = SQLiteBackend(lake.root / "_meta" / "state.sqlite", **backend_options)
+        backend = SQLiteBackend(lake.storage.state_dir / "state.sqlite", **backend_options)
     elif text.startswith(("redis://", "rediss://", "unix://")):
         from marketlake.state.redis_backend import RedisBackend
 

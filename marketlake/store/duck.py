@@ -14,6 +14,8 @@ import pyarrow as pa
 
 from marketlake.store.datasets import CANDLES, DATASETS, spec
 from marketlake.store.reader import PartitionFiles
+from marketlake.store.storage import Storage
+from marketlake.store.table import table_arrow_schema
 
 __all__ = ["create_views", "sandbox"]
 
@@ -25,7 +27,7 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _view_sql(dataset: str, files: list[Path]) -> str:
+def _view_sql(dataset: str, files: list[str]) -> str:
     hive = spec(dataset).hive
     cols = spec(dataset).duck_columns()
     typed = ", ".join([*(f'NULL::VARCHAR AS "{h}"' for h in hive), *(f'NULL::{t} AS "{c}"' for c, t in cols)])
@@ -45,10 +47,33 @@ def _view_sql(dataset: str, files: list[Path]) -> str:
     )
 
 
+def _remote_view(con: duckdb.DuckDBPyConnection, dataset: str, files: list[str], storage: Storage) -> str:
+    """A view over files on an object store: DuckDB reads them through a registered Arrow
+    dataset (pyarrow's S3 client, the lake's credentials), so no DuckDB extension (httpfs) has
+    to be downloaded. Filters and projections are pushed down into the dataset scan."""
+    import pyarrow.dataset as pads
+
+    fs, to_path = storage.arrow_filesystem()
+    hive = spec(dataset).hive
+    base = to_path(dataset)
+    schema = table_arrow_schema(dataset)
+    data = pads.dataset(
+        [to_path(f"{dataset}/{f.split(storage.uri(dataset) + '/', 1)[1]}") for f in files],
+        schema=schema, format="parquet", filesystem=fs,
+        partitioning=pads.partitioning(pa.schema([pa.field(h, pa.string()) for h in hive]), flavor="hive"),
+        partition_base_dir=base,
+    )
+    name = f"__files_{dataset}"
+    con.register(name, data)
+    names = ", ".join([*(f'"{h}"' for h in hive), *(_DEFAULTS.get((dataset, c), f'"{c}"') for c, _ in spec(dataset).duck_columns())])
+    return f"CREATE OR REPLACE VIEW {dataset} AS SELECT {names} FROM {name}"
+
+
 def create_views(
     con: duckdb.DuckDBPyConnection,
     parts: dict[str, list[PartitionFiles]],
     coverage: pa.Table | None = None,
+    storage: Storage | None = None,
 ) -> None:
     """(Re)create one view per dataset (``candles``, ``trades``, ``funding``, ``mark_candles`` ...)
     over the given files, and the ``coverage`` view over the ledger's ranges when given."""
@@ -56,16 +81,20 @@ def create_views(
         con.execute("SET TimeZone = 'UTC'")  # (a sandboxed connection is locked, and already UTC)
     for dataset in DATASETS:
         files = [f for p in parts.get(dataset, []) for f in p.files]
-        con.execute(_view_sql(dataset, files))
+        if files and storage is not None and not storage.is_local:
+            con.execute(_remote_view(con, dataset, files, storage))
+        else:
+            con.execute(_view_sql(dataset, files))
     if coverage is not None:
         # A registered Arrow table: no DuckDB extension (sqlite_scanner) needs downloading.
         con.register("coverage", coverage)
 
 
-def sandbox(con: duckdb.DuckDBPyConnection, root: Path) -> None:
-    """Restrict ``con`` to reading the lake: file access only under its tables, no extension
-    installs or loads, and the configuration locked so a query cannot lift it."""
-    dirs = [str(root / ds) + "/" for ds in DATASETS]
+def sandbox(con: duckdb.DuckDBPyConnection, storage: Storage) -> None:
+    """Restrict ``con`` to reading the lake: file access only under its tables (none at all for
+    a lake on an object store, read through registered datasets), no extension installs or
+    loads, and the configuration locked so a query cannot lift it."""
+    dirs = [storage.uri(ds) + "/" for ds in DATASETS] if storage.is_local else []
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
     con.execute(f"SET allowed_directories = [{', '.join(_quote(d) for d in dirs)}]")

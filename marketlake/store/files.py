@@ -8,11 +8,6 @@ leaves an orphan that vacuum removes once it is older than the retention.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-import uuid
-from pathlib import Path
 from typing import Final
 
 import pyarrow as pa
@@ -20,8 +15,9 @@ import pyarrow.parquet as pq
 
 from marketlake.errors import LakeWriteError
 from marketlake.store.layout import data_file_name
+from marketlake.store.storage import Storage
 
-__all__ = ["TEMP_PREFIX", "fsync_dir", "is_temp_name", "publish_table", "remove_files", "write_data_file"]
+__all__ = ["TEMP_PREFIX", "is_temp_name", "publish_table", "remove_files", "write_data_file"]
 
 TEMP_PREFIX: Final = ".tmp-"
 _TEMP_SUFFIX: Final = ".inprogress"
@@ -45,28 +41,6 @@ _WRITE_OPTIONS: Final = dict(
 )
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _makedirs(path: Path) -> None:
-    """mkdir -p, fsyncing each new directory's parent so the directory entry itself is durable."""
-    missing: list[Path] = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            d.mkdir()
-        fsync_dir(d.parent)
-
-
 def is_temp_name(name: str) -> bool:
     """True for the temp names :func:`publish_table` uses (leftovers of a crashed writer)."""
     return name.startswith(TEMP_PREFIX) and name.endswith(_TEMP_SUFFIX)
@@ -74,8 +48,8 @@ def is_temp_name(name: str) -> bool:
 
 
 
-def write_data_file(lake_root: Path, dataset: str, rel_dir: str, table: pa.Table) -> tuple[str, int]:
-    """Write ``table`` as a new Parquet file in ``<lake_root>/<dataset>/<rel_dir>``, durably.
+def write_data_file(storage: Storage, dataset: str, rel_dir: str, table: pa.Table) -> tuple[str, int]:
+    """Write ``table`` as a new Parquet file in ``<dataset>/<rel_dir>`` of the lake, durably.
 
     Returns:
         The file's path relative to the table root, and its size in bytes.
@@ -84,66 +58,27 @@ def write_data_file(lake_root: Path, dataset: str, rel_dir: str, table: pa.Table
         LakeWriteError: the file could not be written (nothing is left that a reader could see),
             or the directory resolves outside the lake (a planted symlink).
     """
-    table_root = lake_root / dataset
-    directory = table_root / rel_dir
-    name = data_file_name()
-    path = directory / name
-    # Before anything is created: a planted symlink in the existing part of the path would make
-    # mkdir -p create directories outside the lake.
-    if not directory.resolve().is_relative_to(lake_root.resolve()):
-        raise LakeWriteError(f"refusing to write {directory}: it resolves outside the lake root {lake_root}")
-    try:
-        _makedirs(directory)
-        if not directory.resolve().is_relative_to(lake_root.resolve()):  # (a race with a planter)
-            raise LakeWriteError(f"refusing to write {directory}: it resolves outside the lake root {lake_root}")
-        with open(path, "xb") as fh:
-            pq.write_table(table, fh, **_WRITE_OPTIONS)
-            fh.flush()
-            os.fsync(fh.fileno())
-        fsync_dir(directory)
-        size = os.stat(path).st_size
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        if isinstance(exc, OSError):
-            raise LakeWriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise
-    return f"{rel_dir}/{name}", size
+    rel = f"{rel_dir}/{data_file_name()}"
+    size = storage.write_new(f"{dataset}/{rel}", lambda fh: pq.write_table(table, fh, **_WRITE_OPTIONS))
+    return rel, size
 
 
-def remove_files(paths: list[Path]) -> int:
-    """Delete files (already absent ones are skipped); return how many were deleted."""
-    removed = 0
-    for path in paths:
-        try:
-            os.unlink(path)
-            removed += 1
-        except FileNotFoundError:
-            continue
-    return removed
+def remove_files(storage: Storage, keys: list[str]) -> int:
+    """Delete objects (already absent ones are skipped); return how many were deleted."""
+    return sum(1 for k in keys if storage.delete(k))
 
 
-def publish_table(table: pa.Table, directory: Path, name: str) -> Path:
-    """Write ``table`` as ``directory/name`` atomically (temp file, fsync, rename, fsync dir):
-    for marketlake's own files beside the tables (quarantine, snapshot manifests).
+def publish_table(storage: Storage, key: str, table: pa.Table) -> str:
+    """Write ``table`` as the Parquet object ``key`` atomically: for marketlake's own files
+    beside the tables (quarantine, snapshot manifests).
 
     Raises:
         LakeWriteError: the file could not be written; nothing was published.
     """
-    _makedirs(directory)
-    tmp = directory / f"{TEMP_PREFIX}{name}.{os.getpid()}.{uuid.uuid4().hex[:12]}{_TEMP_SUFFIX}"
-    final = directory / name
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression="zstd")
     try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, final)
-        fsync_dir(directory)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise LakeWriteError(f"cannot write {final}: {exc.strerror or exc}") from exc
-        raise
-    return final
+        storage.put(key, buf.getvalue().to_pybytes())
+    except OSError as exc:
+        raise LakeWriteError(f"cannot write {storage.uri(key)}: {exc.strerror or exc}") from exc
+    return key

@@ -23,6 +23,7 @@ A referenced file a reader can read is never removed.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -35,6 +36,7 @@ import pyarrow.parquet as pq
 
 from marketlake.store.datasets import spec
 from marketlake.store.layout import DATASETS, META_DIR, SeriesId
+from marketlake.store.storage import LocalStorage, Storage
 from marketlake.store.table import CommitConflict, FileEntry, data_arrow_schema, partition_values
 
 if TYPE_CHECKING:
@@ -96,16 +98,18 @@ class FsckReport:
         }
 
 
-def _check_file(path: Path, f: FileEntry, dataset: str, sid: SeriesId | None) -> tuple[str, str] | None:
+def _check_file(storage: Storage, key: str, f: FileEntry, dataset: str, sid: SeriesId | None) -> tuple[str, str] | None:
     """None if the file matches the log, else (kind, what is wrong)."""
     try:
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        return "missing", "referenced by the log but not on disk"
+        info = storage.head(key)
     except OSError as exc:
         return "unreadable", f"cannot stat: {exc.strerror}"
+    if info is None:
+        return "missing", "referenced by the log but not on disk"
+    size = info.size
     try:
-        table = pq.ParquetFile(path).read()
+        source: Any = storage.uri(key) if storage.is_local else io.BytesIO(storage.read(key))
+        table = pq.ParquetFile(source).read()
     except Exception as exc:  # any decoding failure means unreadable
         text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         return "unreadable", f"cannot decode: {text}"
@@ -130,27 +134,30 @@ def _check_file(path: Path, f: FileEntry, dataset: str, sid: SeriesId | None) ->
     return None
 
 
-def ever_referenced(table_root: Path) -> set[str]:
+def ever_referenced(storage: Storage, table: str) -> set[str]:
     """Every path any version still in the log added or removed (checkpoint and commits)."""
-    log = table_root / "_delta_log"
+    log = f"{table}/_delta_log"
     out: set[str] = set()
-    try:
-        names = sorted(os.listdir(log))
-    except FileNotFoundError:
-        return out
+    names = sorted(o.key.rsplit("/", 1)[-1] for o in storage.list(log))
     for name in names:
-        path = log / name
+        key = f"{log}/{name}"
         if name.endswith(".json") and name[:20].isdigit():
-            with open(path, "rb") as fh:
-                for line in fh:
-                    if b'"add"' not in line and b'"remove"' not in line:
-                        continue
-                    action: dict[str, Any] = json.loads(line)
-                    for kind in ("add", "remove"):
-                        if kind in action and action[kind]:
-                            out.add(_unquote(action[kind]["path"]))
+            try:
+                body = storage.read(key)
+            except FileNotFoundError:
+                continue  # (cleaned up meanwhile)
+            for line in body.splitlines():
+                if b'"add"' not in line and b'"remove"' not in line:
+                    continue
+                action: dict[str, Any] = json.loads(line)
+                for kind in ("add", "remove"):
+                    if kind in action and action[kind]:
+                        out.add(_unquote(action[kind]["path"]))
         elif ".checkpoint" in name and name.endswith(".parquet"):
-            table = pq.read_table(path, columns=["add", "remove"])
+            try:
+                table = pq.read_table(io.BytesIO(storage.read(key)), columns=["add", "remove"])
+            except FileNotFoundError:
+                continue
             for col in ("add", "remove"):
                 for item in table.column(col).to_pylist():
                     if item and item.get("path"):
@@ -164,17 +171,15 @@ def _unquote(path: str) -> str:
     return unquote(path)
 
 
-def _storage_files(table_root: Path) -> list[str]:
+def _storage_files(storage: Storage, table: str) -> list[tuple[str, float]]:
+    """(path relative to the table root, modification time) of every object under the table
+    but its log."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(table_root):
-        rel_dir = os.path.relpath(dirpath, table_root)
-        if rel_dir == ".":
-            dirnames[:] = [d for d in dirnames if d != "_delta_log"]
-            rel_dir = ""
-        dirnames.sort()
-        for name in sorted(filenames):
-            out.append(f"{rel_dir}/{name}" if rel_dir else name)
-    return out
+    for o in storage.list(table):
+        rel = o.key[len(table) + 1:]
+        if not rel.startswith("_delta_log/"):
+            out.append((rel, o.mtime))
+    return sorted(out)
 
 
 def _sid_of(dataset: str, values: dict[str, Any]) -> SeriesId | None:
@@ -220,13 +225,13 @@ def run_fsck(
             sid = _sid_of(dataset, row)
             if series is not None and sid not in series:
                 continue
-            found = _check_file(table.path / f.path, f, dataset, sid)
+            found = _check_file(lake.storage, f"{dataset}/{f.path}", f, dataset, sid)
             if found is None:
                 report.files_checked += 1
                 report.rows_checked += f.rows
                 continue
             kind, detail = found
-            report.issues.append(FsckIssue(kind, str(table.path / f.path), detail, fix and kind != "mismatch" and sid is not None))
+            report.issues.append(FsckIssue(kind, f"{table.path}/{f.path}", detail, fix and kind != "mismatch" and sid is not None))
             if kind != "mismatch" and sid is not None:
                 bad.append((sid, f, kind))
         if fix and bad:
@@ -234,21 +239,16 @@ def run_fsck(
         if series is not None:
             continue
         referenced = set(snap.files.get_column("path").to_list())
-        known = ever_referenced(table.path)
+        known = ever_referenced(lake.storage, dataset)
         now = time.time()
-        for rel in _storage_files(table.path):
+        for rel, mtime in _storage_files(lake.storage, dataset):
             if rel in referenced or rel in known:
                 continue
-            path = table.path / rel
-            try:
-                age = now - path.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            old = age >= retention
+            old = now - mtime >= retention
             if fix and old:
-                path.unlink(missing_ok=True)
+                lake.storage.delete(f"{dataset}/{rel}")
             report.issues.append(FsckIssue(
-                "orphan", str(path),
+                "orphan", f"{table.path}/{rel}",
                 "no version of the log references it" + ("" if old else f" (younger than the {retention:.0f} s retention: kept)"),
                 fix and old,
             ))
@@ -272,9 +272,15 @@ def _drop_bad(lake: Lake, dataset: str, bad: list[tuple[SeriesId, FileEntry, str
             break
         except CommitConflict:
             continue
+    storage = lake.storage
     for sid, f, kind in live:
-        src = table.path / f.path
-        if kind == "unreadable" and src.exists():
-            target = lake.root / META_DIR / "quarantine" / dataset / f.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(src, target)
+        src = f"{dataset}/{f.path}"
+        if kind == "unreadable" and storage.exists(src):
+            target = f"{META_DIR}/quarantine/{dataset}/{f.path}"
+            if isinstance(storage, LocalStorage):
+                dest = storage.path(target)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(storage.path(src), dest)
+            else:  # an object store has no rename: copy, then delete the original
+                storage.put(target, storage.read(src))
+                storage.delete(src)

@@ -29,6 +29,7 @@ from marketlake.store.maintenance import Maintenance
 from marketlake.store.perp import PerpLakeMixin
 from marketlake.store.quarantine import read_quarantine, write_quarantine
 from marketlake.store.reader import PartitionFiles, find_series, plan_files, scan_files
+from marketlake.store.storage import LocalStorage, Storage, open_storage
 from marketlake.store.table import DatasetTable, Snapshot
 from marketlake.store.writer import (
     WriteResult,
@@ -63,8 +64,10 @@ class Lake(PerpLakeMixin):
     """A lake of Delta Lake tables (one per dataset) of hive-partitioned Parquet under one root.
 
     Args:
-        root: The lake directory; defaults to ``settings.lake_root`` (``./lake``). Created on the
-            first write; reading a lake that does not exist reads nothing and creates nothing.
+        root: The lake directory, or ``s3://bucket/prefix`` on an S3-compatible object store
+            (endpoint and credentials from the settings or the ``AWS_*`` variables); defaults
+            to ``settings.lake_root`` (``./lake``). Created on the first write; reading a lake
+            that does not exist reads nothing and creates nothing.
         settings: Settings to use; loaded from file/environment when omitted.
         as_of: Read the lake as it was: a named snapshot, a time (datetime or ISO 8601), a
             version of the ``candles`` table, or ``{"candles": v, "trades": w}``. Such a lake is
@@ -86,9 +89,12 @@ class Lake(PerpLakeMixin):
         as_of: snaps.AsOf | None = None,
     ):
         self.settings = settings if settings is not None else Settings.load()
-        self.root = Path(root if root is not None else self.settings.lake_root).expanduser().resolve()
-        if self.root.exists() and not self.root.is_dir():
-            raise LakeError(f"lake root {self.root} exists and is not a directory")
+        self.storage: Storage = (
+            root if isinstance(root, Storage)
+            else open_storage(root if root is not None else self.settings.lake_root, self.settings)
+        )
+        #: The root: a directory (local lake) or the ``s3://`` URL (without credentials).
+        self.root: Path | str = self.storage.root if isinstance(self.storage, LocalStorage) else self.storage.display
         self.as_of = as_of
         self._tables: dict[str, DatasetTable] = {}
         self._pinned: dict[str, Snapshot] | None = None
@@ -99,7 +105,7 @@ class Lake(PerpLakeMixin):
         self._maintenance = Maintenance(self)
         if as_of is not None:
             self._check_format()
-            self._pinned = snaps.resolve_as_of(self.root, as_of)
+            self._pinned = snaps.resolve_as_of(self.storage, as_of)
 
     def __repr__(self) -> str:
         pinned = "" if self.as_of is None else f", as_of={self.as_of!r}"
@@ -108,7 +114,7 @@ class Lake(PerpLakeMixin):
     def pinned(self) -> Lake:
         """A read-only view of this lake at the versions it reads now: every read through it sees
         the same version, whatever writers commit meanwhile (exports, long reports)."""
-        view = Lake(self.root, settings=self.settings)
+        view = Lake(self.storage, settings=self.settings)
         view._pinned = {ds: self.snapshot(ds) for ds in DATASETS}
         view.as_of = {ds: s.version for ds, s in view._pinned.items()}
         return view
@@ -128,7 +134,7 @@ class Lake(PerpLakeMixin):
             t = self._tables.get(dataset)
             if t is None:
                 self._check_format()
-                t = self._tables[dataset] = DatasetTable(self.root, dataset)
+                t = self._tables[dataset] = DatasetTable(self.storage, dataset)
             return t
 
     def snapshot(self, dataset: str) -> Snapshot:
@@ -144,7 +150,7 @@ class Lake(PerpLakeMixin):
     def _check_format(self) -> None:
         from marketlake.store.migrate import is_legacy_lake
 
-        if is_legacy_lake(self.root):
+        if isinstance(self.storage, LocalStorage) and is_legacy_lake(self.storage.root):
             raise LakeError(
                 f"{self.root} holds a lake in the previous (pre-Delta) format; "
                 f"run `marketlake migrate --lake {self.root}` once to convert it"
@@ -161,16 +167,16 @@ class Lake(PerpLakeMixin):
         current = {ds: self.snapshot(ds) for ds in DATASETS}
         if all(s.version < 0 for s in current.values()):
             raise DataValidationError(f"nothing to snapshot: {self.root} holds no table yet")
-        return snaps.create_snapshot(self.root, name, note, current, get_clock().now_ms(),
+        return snaps.create_snapshot(self.storage, name, note, current, get_clock().now_ms(),
                                      self.instrument_history())
 
     def snapshots(self) -> list[snaps.SnapshotInfo]:
         """Every named snapshot, oldest first."""
-        return snaps.list_snapshots(self.root)
+        return snaps.list_snapshots(self.storage)
 
     def delete_snapshot(self, name: str) -> None:
         """Forget a named snapshot; files only it kept become garbage for the next vacuum."""
-        snaps.delete_snapshot(self.root, name)
+        snaps.delete_snapshot(self.storage, name)
 
     def vacuum(self, *, retention_s: float | None = None, dry_run: bool = False) -> list[str]:
         """Delete files no version within the retention (default ``settings.gc_grace_seconds``)
@@ -445,7 +451,7 @@ class Lake(PerpLakeMixin):
             why = pl.Series([reasons[int(t)] for t in out.get_column("ts").dt.epoch("ms")])
             # Published before the commit that removes the rows, so no row is ever lost; a
             # retried plan publishes again, and read_quarantine keeps one copy per row.
-            write_quarantine(self.root, sid, out, why, now)
+            write_quarantine(self.storage, sid, out, why, now)
             with lock:
                 moved += out.height
             return frame.filter(~hit)
@@ -455,7 +461,7 @@ class Lake(PerpLakeMixin):
 
     def quarantined(self) -> pl.DataFrame:
         """Every row ``repair`` moved into the quarantine, with its reason and series."""
-        return read_quarantine(self.root)
+        return read_quarantine(self.storage)
 
     def _sid(
         self, symbol: str, timeframe: str | int | Timeframe, exchange: str | None, category: str | None
@@ -585,26 +591,33 @@ class Lake(PerpLakeMixin):
         con = duckdb.connect(database)
         self.refresh(con)
         if not full_engine:
-            sandbox(con, self.root)
+            sandbox(con, self.storage)
         return con
 
     def refresh(self, con: duckdb.DuckDBPyConnection) -> None:
         """Rebuild ``con``'s views over the current files (and ``coverage``, once a ledger exists)."""
         coverage = self.ledger.table().to_arrow() if self.has_ledger else None
-        create_views(con, {ds: self._all_parts(ds) for ds in DATASETS}, coverage)
+        create_views(con, {ds: self._all_parts(ds) for ds in DATASETS}, coverage, self.storage)
         # The instrument history is small: a registered Arrow table (no file access needed).
         con.register("instruments", self.instrument_history().to_arrow())
 
     @property
     def has_ledger(self) -> bool:
         """True once anything recorded coverage in this lake."""
-        return (self.root / META_DIR / "ledger.sqlite").exists()
+        if isinstance(self.storage, LocalStorage):
+            return (self.storage.root / META_DIR / "ledger.sqlite").exists()
+        return self.storage.has_prefix(f"{META_DIR}/ledger")
 
     @property
     def ledger(self) -> Ledger:
         """The coverage ledger of this lake (opened, and created, on first use)."""
         if self._ledger is None:
-            self._ledger = Ledger(self.root)
+            if isinstance(self.storage, LocalStorage):
+                self._ledger = Ledger(self.storage.root)
+            else:
+                from marketlake.store.sharedledger import SharedLedger
+
+                self._ledger = SharedLedger(self.storage)
         return self._ledger
 
     def sql(

@@ -130,6 +130,13 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _refresh(self) -> None:
+        """Bring the local state up to date before a read (a shared ledger replays new entries)."""
+
+    def _read(self, query: str, params: tuple = ()) -> list[tuple]:
+        self._refresh()
+        return self._db.execute(query, params).fetchall()
+
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         self._db.execute("BEGIN IMMEDIATE")
@@ -171,46 +178,25 @@ class Ledger:
         """:meth:`record` for many ranges of one series in one transaction and one pass (the
         thousands of empty runs of a day of 1s candles cost one commit, not thousands)."""
         status = Status(status)
-        pieces = merge(ranges)
-        if not pieces:
+        if not merge(ranges):
             return
-        now = get_clock().now_ms()
-        key = _key(sid)
-        lo, hi = pieces[0][0], pieces[-1][1]
+        self._submit({"op": "record", "key": list(_key(sid)), "ranges": [list(r) for r in merge(ranges)],
+                      "status": status.value, "now": get_clock().now_ms(), "run_id": run_id, "detail": detail})
+
+    def _submit(self, op: dict[str, Any]) -> None:
+        """Apply one change (a plain dict, so a shared ledger can log and replay it)."""
         with self._tx() as db:
-            rows = _touching(db, key, lo, hi)
-            if status is Status.FAILED:
-                pieces = subtract(pieces, [(s, e) for s, e, st, *_ in rows if st in _DONE])
-            keep = [(s, e, *rest) for (s0, e0, *rest) in rows for s, e in _minus_sorted(s0, e0, pieces)]
-            new = keep + [(s, e, status.value, now, run_id, detail) for s, e in pieces]
-            first = rows[0][0] if rows else lo
-            db.execute(f"DELETE FROM coverage WHERE {_WHERE} AND start_ms >= ? AND start_ms <= ?", (*key, first, hi))
-            db.executemany(
-                "INSERT INTO coverage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(*key, *row) for row in _coalesce(new)],
-            )
+            _apply(db, op)
 
     def forget(self, sid: SeriesId, start_ms: int, end_ms: int) -> None:
         """Drop what is recorded over ``[start_ms, end_ms)`` (so that ingest fetches it again)."""
-        key = _key(sid)
-        with self._tx() as db:
-            rows = db.execute(
-                f"SELECT start_ms, end_ms, status, updated_ms, run_id, detail FROM coverage "
-                f"WHERE {_WHERE} AND end_ms > ? AND start_ms < ?",
-                (*key, start_ms, end_ms),
-            ).fetchall()
-            db.execute(f"DELETE FROM coverage WHERE {_WHERE} AND end_ms > ? AND start_ms < ?", (*key, start_ms, end_ms))
-            rest = [
-                (*key, rs, re_, st, up, run, det)
-                for s, e, st, up, run, det in rows
-                for rs, re_ in subtract([(s, e)], [(start_ms, end_ms)])
-            ]
-            db.executemany("INSERT INTO coverage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rest)
+        self._submit({"op": "forget", "key": list(_key(sid)), "start": start_ms, "end": end_ms})
 
     def ranges(self, sid: SeriesId, start_ms: int | None = None, end_ms: int | None = None) -> list[Coverage]:
         """Recorded ranges of ``sid`` overlapping ``[start_ms, end_ms)``, in time order."""
         lo = -(2**62) if start_ms is None else start_ms
         hi = 2**62 if end_ms is None else end_ms
+        self._refresh()
         rows = [r for r in _touching(self._db, _key(sid), lo, hi) if r[1] > lo and r[0] < hi]
         return [Coverage(s, e, Status(st), up, run, det) for s, e, st, up, run, det in rows]
 
@@ -227,7 +213,7 @@ class Ledger:
 
     def table(self) -> pl.DataFrame:
         """Every recorded range as a frame (the DuckDB ``coverage`` view)."""
-        rows = self._db.execute("SELECT * FROM coverage ORDER BY dataset, exchange, category, symbol, timeframe, start_ms").fetchall()
+        rows = self._read("SELECT * FROM coverage ORDER BY dataset, exchange, category, symbol, timeframe, start_ms")
         schema = {
             "dataset": pl.String, "exchange": pl.String, "category": pl.String, "symbol": pl.String,
             "timeframe": pl.String, "start_ms": pl.Int64, "end_ms": pl.Int64, "status": pl.String,
@@ -249,22 +235,15 @@ class Ledger:
         now = get_clock().now_ms()
         run_id = f"{now}-{uuid.uuid4().hex[:8]}"
         pid = os.getpid()
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, NULL, 'running', ?, NULL)",
-                (run_id, kind, now, json.dumps(args, default=str)),
-            )
-            db.execute(
-                "INSERT INTO run_procs VALUES (?, ?, ?, ?, ?)",
-                (run_id, socket.gethostname(), pid, process_token(pid), now),
-            )
+        self._submit({"op": "run_start", "run_id": run_id, "kind": kind, "now": now,
+                      "args": json.dumps(args, default=str), "host": socket.gethostname(), "pid": pid,
+                      "token": process_token(pid)})
         return run_id
 
     def heartbeat(self, run_id: str) -> None:
         """Record that ``run_id``'s process is still alive (runners call it every
         :data:`RUN_HEARTBEAT_S`)."""
-        with self._tx() as db:
-            db.execute("UPDATE run_procs SET heartbeat_ms = ? WHERE run_id = ?", (get_clock().now_ms(), run_id))
+        self._submit({"op": "heartbeat", "run_id": run_id, "now": get_clock().now_ms()})
 
     def reap_dead_runs(self, *, stale_ms: int = RUN_STALE_MS) -> list[str]:
         """Mark ``killed`` every ``running`` run whose process is gone; return their ids.
@@ -277,38 +256,35 @@ class Ledger:
         """
         host = socket.gethostname()
         now = get_clock().now_ms()
-        with self._tx() as db:
-            rows = db.execute(
-                "SELECT r.run_id, r.started_ms, p.host, p.pid, p.proc_token, p.heartbeat_ms "
-                "FROM runs r LEFT JOIN run_procs p USING (run_id) WHERE r.status = 'running'"
-            ).fetchall()
-            dead: list[tuple[int, str]] = []
-            for run_id, started, run_host, pid, token, beat in rows:
-                last_seen = beat if beat is not None else started
-                if run_host == host and pid is not None:
-                    alive = _process_alive(pid) and (token is None or process_token(pid) in (None, token))
-                else:
-                    alive = now - last_seen <= stale_ms
-                if not alive:
-                    dead.append((last_seen, run_id))
-            db.executemany("UPDATE runs SET status = 'killed', finished_ms = ? WHERE run_id = ?", dead)
+        rows = self._read(
+            "SELECT r.run_id, r.started_ms, p.host, p.pid, p.proc_token, p.heartbeat_ms "
+            "FROM runs r LEFT JOIN run_procs p USING (run_id) WHERE r.status = 'running'"
+        )
+        dead: list[tuple[int, str]] = []
+        for run_id, started, run_host, pid, token, beat in rows:
+            last_seen = beat if beat is not None else started
+            if run_host == host and pid is not None:
+                alive = _process_alive(pid) and (token is None or process_token(pid) in (None, token))
+            else:
+                alive = now - last_seen <= stale_ms
+            if not alive:
+                dead.append((last_seen, run_id))
+        if dead:
+            self._submit({"op": "reap", "dead": [list(d) for d in dead]})
         return [run_id for _, run_id in dead]
 
     def finish_run(self, run_id: str, status: str, stats: dict[str, Any]) -> None:
         """Close a run record with its outcome (``ok``, ``failed``, ``interrupted``) and figures."""
-        with self._tx() as db:
-            db.execute(
-                "UPDATE runs SET finished_ms = ?, status = ?, stats = ? WHERE run_id = ?",
-                (get_clock().now_ms(), status, json.dumps(stats, default=str), run_id),
-            )
+        self._submit({"op": "finish", "run_id": run_id, "now": get_clock().now_ms(), "status": status,
+                      "stats": json.dumps(stats, default=str)})
 
     def runs(self) -> pl.DataFrame:
         """Every run, newest first, with its owner (host, pid) and last heartbeat when known."""
-        rows = self._db.execute(
+        rows = self._read(
             "SELECT r.run_id, r.kind, r.started_ms, r.finished_ms, r.status, r.args, r.stats, "
             "p.host, p.pid, p.heartbeat_ms FROM runs r LEFT JOIN run_procs p USING (run_id) "
             "ORDER BY r.started_ms DESC"
-        ).fetchall()
+        )
         return pl.DataFrame(
             rows,
             schema={"run_id": pl.String, "kind": pl.String, "started_ms": pl.Int64, "finished_ms": pl.Int64,
@@ -329,16 +305,12 @@ class Ledger:
     ) -> None:
         """Log an event (``disconnect``, ``backfill``, ``quarantine`` ...)."""
         key: tuple = _key(sid) if sid is not None else (None,) * 5
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (get_clock().now_ms(), run_id, kind, *key, start_ms, end_ms, detail),
-            )
+        self._submit({"op": "event", "row": [get_clock().now_ms(), run_id, kind, *key, start_ms, end_ms, detail]})
 
     def events(self, kind: str | None = None) -> pl.DataFrame:
         """Logged events, oldest first (optionally of one kind)."""
         q = "SELECT * FROM events" + (" WHERE kind = ?" if kind else "") + " ORDER BY ts_ms"
-        rows = self._db.execute(q, (kind,) if kind else ()).fetchall()
+        rows = self._read(q, (kind,) if kind else ())
         return pl.DataFrame(
             rows,
             schema={"ts_ms": pl.Int64, "run_id": pl.String, "kind": pl.String, "dataset": pl.String,
@@ -346,6 +318,60 @@ class Ledger:
                     "start_ms": pl.Int64, "end_ms": pl.Int64, "detail": pl.String},
             orient="row",
         )
+
+
+def _apply(db: sqlite3.Connection, op: dict[str, Any]) -> None:
+    """Apply one change to the ledger's tables. Deterministic: every value it writes is in
+    ``op`` (times, ids, owners), so replicas replaying the same changes in the same order agree."""
+    kind = op["op"]
+    if kind == "record":
+        key = tuple(op["key"])
+        status = Status(op["status"])
+        pieces = [(int(a), int(b)) for a, b in op["ranges"]]
+        lo, hi = pieces[0][0], pieces[-1][1]
+        rows = _touching(db, key, lo, hi)
+        if status is Status.FAILED:
+            pieces = subtract(pieces, [(s, e) for s, e, st, *_ in rows if st in _DONE])
+        keep = [(s, e, *rest) for (s0, e0, *rest) in rows for s, e in _minus_sorted(s0, e0, pieces)]
+        new = keep + [(s, e, status.value, op["now"], op["run_id"], op["detail"]) for s, e in pieces]
+        first = rows[0][0] if rows else lo
+        db.execute(f"DELETE FROM coverage WHERE {_WHERE} AND start_ms >= ? AND start_ms <= ?", (*key, first, hi))
+        db.executemany(
+            "INSERT INTO coverage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*key, *row) for row in _coalesce(new)],
+        )
+    elif kind == "forget":
+        key = tuple(op["key"])
+        start_ms, end_ms = op["start"], op["end"]
+        rows = db.execute(
+            f"SELECT start_ms, end_ms, status, updated_ms, run_id, detail FROM coverage "
+            f"WHERE {_WHERE} AND end_ms > ? AND start_ms < ?",
+            (*key, start_ms, end_ms),
+        ).fetchall()
+        db.execute(f"DELETE FROM coverage WHERE {_WHERE} AND end_ms > ? AND start_ms < ?", (*key, start_ms, end_ms))
+        rest = [
+            (*key, rs, re_, st, up, run, det)
+            for s, e, st, up, run, det in rows
+            for rs, re_ in subtract([(s, e)], [(start_ms, end_ms)])
+        ]
+        db.executemany("INSERT INTO coverage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rest)
+    elif kind == "run_start":
+        db.execute("INSERT OR IGNORE INTO runs VALUES (?, ?, ?, NULL, 'running', ?, NULL)",
+                   (op["run_id"], op["kind"], op["now"], op["args"]))
+        db.execute("INSERT OR IGNORE INTO run_procs VALUES (?, ?, ?, ?, ?)",
+                   (op["run_id"], op["host"], op["pid"], op["token"], op["now"]))
+    elif kind == "heartbeat":
+        db.execute("UPDATE run_procs SET heartbeat_ms = ? WHERE run_id = ?", (op["now"], op["run_id"]))
+    elif kind == "reap":
+        db.executemany("UPDATE runs SET status = 'killed', finished_ms = ? WHERE run_id = ? AND status = 'running'",
+                       [tuple(d) for d in op["dead"]])
+    elif kind == "finish":
+        db.execute("UPDATE runs SET finished_ms = ?, status = ?, stats = ? WHERE run_id = ?",
+                   (op["now"], op["status"], op["stats"], op["run_id"]))
+    elif kind == "event":
+        db.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", tuple(op["row"]))
+    else:
+        raise ValueError(f"unknown ledger change {kind!r}")
 
 
 def _process_alive(pid: int) -> bool:

@@ -19,19 +19,16 @@ through delta-rs, which knows the features.
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
-import os
 import threading
 import time
-import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import polars as pl
 
-from marketlake.store.files import fsync_dir
+from marketlake.store.storage import Storage
 
 if TYPE_CHECKING:
     from marketlake.store.table import FileEntry, NewFile
@@ -42,46 +39,52 @@ CHECKPOINT_INTERVAL: Final = 100
 _CLIENT: Final = "marketlake"
 
 
-def _log(table_path: Path) -> Path:
-    return table_path / "_delta_log"
+def _log(table: str) -> str:
+    return f"{table}/_delta_log"
 
 
-def last_checkpoint(table_path: Path) -> int:
+def last_checkpoint(storage: Storage, table: str) -> int:
     """The version of the newest checkpoint (-1 when none)."""
     try:
-        return int(json.loads((_log(table_path) / "_last_checkpoint").read_text())["version"])
+        return int(json.loads(storage.read(f"{_log(table)}/_last_checkpoint"))["version"])
     except (OSError, ValueError, KeyError, TypeError):
         return -1
 
 
-def protocol_is_plain(table_path: Path) -> bool:
+def protocol_is_plain(storage: Storage, table: str) -> bool:
     """True when every protocol action in the log (the newest checkpoint's and the entries after
     it) is reader 1 / writer ≤ 2 without table features: the protocol this module writes for."""
-    log = _log(table_path)
+    log = _log(table)
     protocols: list[dict[str, Any]] = []
     start = 0
-    cp = last_checkpoint(table_path)
-    if cp >= 0:
-        for f in sorted(log.glob(f"{cp:020d}.checkpoint*.parquet")):
-            try:
-                col = pl.read_parquet(f, columns=["protocol"]).get_column("protocol")
-            except Exception:
-                return False
-            protocols += [p for p in col.to_list() if p]
-        start = cp + 1
+    cp = last_checkpoint(storage, table)
     try:
-        names = sorted(n for n in os.listdir(log) if n.endswith(".json") and n[:20].isdigit() and len(n) == 25)
+        listed = sorted(o.key.rsplit("/", 1)[-1] for o in storage.list(log))
     except OSError:
         return False
+    if cp >= 0:
+        for name in listed:
+            if name.startswith(f"{cp:020d}.checkpoint") and name.endswith(".parquet"):
+                try:
+                    data = storage.read(f"{log}/{name}")
+                    col = pl.read_parquet(io.BytesIO(data), columns=["protocol"]).get_column("protocol")
+                except Exception:
+                    return False
+                protocols += [p for p in col.to_list() if p]
+        start = cp + 1
+    names = [n for n in listed if n.endswith(".json") and n[:20].isdigit() and len(n) == 25]
     for name in names:
         if int(name[:20]) < start:
             continue
-        with open(log / name, "rb") as fh:
-            for line in fh:
-                if b'"protocol"' in line:
-                    action = json.loads(line)
-                    if "protocol" in action:
-                        protocols.append(action["protocol"])
+        try:
+            body = storage.read(f"{log}/{name}")
+        except FileNotFoundError:
+            continue  # (cleaned up meanwhile: a checkpoint covers it)
+        for line in body.splitlines():
+            if b'"protocol"' in line:
+                action = json.loads(line)
+                if "protocol" in action:
+                    protocols.append(action["protocol"])
     if not protocols:
         return False
     return all(
@@ -103,7 +106,8 @@ def _stats(f: NewFile) -> str:
 
 
 def write_commit(
-    table_path: Path,
+    storage: Storage,
+    table: str,
     version: int,
     adds: Sequence[NewFile],
     removes: Sequence[tuple[FileEntry, Mapping[str, str]]],
@@ -136,39 +140,25 @@ def write_commit(
             "path": f.path, "dataChange": True, "deletionTimestamp": now, "extendedFileMetadata": True,
             "partitionValues": dict(pv), "size": f.size,
         }})
-    log = _log(table_path)
-    final = log / f"{version:020d}.json"
-    tmp = log / f".tmp-{version:020d}-{os.getpid()}-{uuid.uuid4().hex[:12]}.json"
     body = "\n".join(json.dumps(line, separators=(",", ":")) for line in lines) + "\n"
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            fh.write(body)
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, final)  # fails if the version exists: put-if-absent
-        except FileExistsError:
-            return False
-        fsync_dir(log)
-        return True
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    # Put-if-absent: link() of a fsynced temp file on a local disk, a conditional PUT
+    # (If-None-Match) on an object store. Of writers racing for a version exactly one wins.
+    return storage.put_if_absent(f"{_log(table)}/{version:020d}.json", body.encode())
 
 
 _checkpointing: set[str] = set()
 _checkpoint_lock = threading.Lock()
 
 
-def checkpoint_due(table_path: Path, version: int) -> bool:
+def checkpoint_due(storage: Storage, table: str, version: int) -> bool:
     """True when ``version`` is at least :data:`CHECKPOINT_INTERVAL` past the newest checkpoint."""
-    return version - max(last_checkpoint(table_path), 0) >= CHECKPOINT_INTERVAL
+    return version - max(last_checkpoint(storage, table), 0) >= CHECKPOINT_INTERVAL
 
 
-def checkpoint_in_background(table_path: Path) -> threading.Thread | None:
+def checkpoint_in_background(storage: Storage, table: str) -> threading.Thread | None:
     """Write a checkpoint at the newest version from a background thread (one per table per
     process); a failure only means the next commit tries again."""
-    key = str(table_path)
+    key = storage.uri(table)
     with _checkpoint_lock:
         if key in _checkpointing:
             return None
@@ -178,7 +168,7 @@ def checkpoint_in_background(table_path: Path) -> threading.Thread | None:
         try:
             from deltalake import DeltaTable
 
-            DeltaTable(str(table_path)).create_checkpoint()
+            DeltaTable(key, storage_options=storage.delta_options()).create_checkpoint()
         except Exception:  # noqa: BLE001 - upkeep never fails a write
             pass
         finally:
@@ -187,6 +177,6 @@ def checkpoint_in_background(table_path: Path) -> threading.Thread | None:
 
     # Not a daemon: the interpreter waits for it at exit (a daemon thread inside delta-rs while
     # Python finalises crashes the process).
-    thread = threading.Thread(target=run, name=f"marketlake-checkpoint-{table_path.name}", daemon=False)
+    thread = threading.Thread(target=run, name=f"marketlake-checkpoint-{table}", daemon=False)
     thread.start()
     return thread

@@ -15,6 +15,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Final
 
+from marketlake.errors import LakeError
 from marketlake.store.files import remove_files
 from marketlake.store.layout import DATASETS, META_DIR
 from marketlake.store.snapshots import protected_paths
@@ -40,17 +41,15 @@ class Maintenance:
         if now - self._checked < 60.0:
             return
         self._checked = now
-        stamp = self.lake.root / META_DIR / "last-vacuum"
+        storage = self.lake.storage
+        stamp = f"{META_DIR}/last-vacuum"
         try:
-            if now - stamp.stat().st_mtime < _VACUUM_EVERY_S:
+            info = storage.head(stamp)
+            if info is not None and now - info.mtime < _VACUUM_EVERY_S:
                 return
-        except FileNotFoundError:
-            pass
-        try:
-            stamp.parent.mkdir(parents=True, exist_ok=True)
-            stamp.touch()
+            storage.put(stamp, str(now).encode())
             self.vacuum(self.lake.settings.gc_grace_seconds)
-        except OSError:
+        except (OSError, LakeError):
             return  # upkeep never fails a write; the next one tries again
 
     def vacuum(self, retention_s: float, *, dry_run: bool = False) -> list[str]:
@@ -61,12 +60,14 @@ class Maintenance:
             table = self.lake.table(ds)
             if not table.exists():
                 continue
-            keep = protected_paths(self.lake.root, ds)
+            storage = self.lake.storage
+            keep = protected_paths(storage, ds)
             # (delta-rs lists tombstones of files a previous vacuum already deleted: skip those)
-            doomed = [p for p in table.vacuum_candidates(retention_s) if p not in keep and (table.path / p).exists()]
+            doomed = [p for p in table.vacuum_candidates(retention_s) if p not in keep and storage.exists(f"{ds}/{p}")]
             if not dry_run:
-                remove_files([table.path / p for p in doomed])
-                _prune_empty_dirs(table.path, doomed)
+                remove_files(storage, [f"{ds}/{p}" for p in doomed])
+                if storage.is_local:
+                    _prune_empty_dirs(table.path, doomed)
                 # Log entries older than the log retention (7 days) and behind a checkpoint go
                 # too: marketlake writes its commits itself, so delta-rs's post-commit clean-up
                 # does not run.

@@ -30,7 +30,8 @@ from typing import Final
 import polars as pl
 
 from marketlake.errors import LakeError, LakeWriteError
-from marketlake.store.files import remove_files, write_data_file
+from marketlake.store.files import write_data_file
+from marketlake.store.storage import LocalStorage
 from marketlake.store.layout import DATASETS, META_DIR, SeriesId, partition_columns
 from marketlake.store.reader import scan_data_files
 from marketlake.store.table import TABLE_CONFIGURATION, NewFile, table_arrow_schema
@@ -182,7 +183,7 @@ def migrate_lake(root: Path) -> MigrationReport:
                 report.files_kept += 1
             else:
                 merged = old.sort("ts", maintain_order=True)
-                rel, size = write_data_file(root, dataset, rel_dir, _to_table(merged, dataset))
+                rel, size = write_data_file(LocalStorage(root), dataset, rel_dir, _to_table(merged, dataset))
                 again = scan_data_files(dataset, [table_root / rel]).collect()
                 if not again.equals(merged):
                     raise LakeError(f"cannot migrate {pdir}: the folded file does not read back equal")
@@ -206,12 +207,24 @@ def migrate_lake(root: Path) -> MigrationReport:
     return report
 
 
+def remove_files(paths: list[Path]) -> int:
+    """Delete local files (already absent ones are skipped); return how many were deleted."""
+    removed = 0
+    for path in paths:
+        try:
+            os.unlink(path)
+            removed += 1
+        except FileNotFoundError:
+            continue
+    return removed
+
+
 def _cleanup(table_root: Path, dataset: str) -> int:
     """Delete old-format files the new log does not reference (after a kill between commit and
     clean-up); return how many."""
     from marketlake.store.fsck import ever_referenced
 
-    known = ever_referenced(table_root)
+    known = ever_referenced(LocalStorage(table_root.parent), table_root.name)
     doomed = []
     for _, pdir in _partitions(table_root, dataset):
         for n in os.listdir(pdir):

@@ -62,11 +62,11 @@ def oi_timeframe(interval: str) -> str:
     raise DataValidationError(f"open-interest interval {interval!r}: use one of {', '.join(OI_INTERVALS)}")
 
 
-def _read_as_of(path: Path, when: Any) -> pl.DataFrame | None:
+def _read_as_of(path: str, when: Any, options: dict[str, str] | None = None) -> pl.DataFrame | None:
     """The instrument history table as of ``when`` (None: it did not exist yet)."""
     import deltalake
 
-    table = deltalake.DeltaTable(str(path))
+    table = deltalake.DeltaTable(path, storage_options=options)
     try:
         table.load_as_version(when)
     except Exception:
@@ -174,8 +174,11 @@ class PerpLakeMixin:
 
     # ------------------------------------------------------------------ the instrument universe
 
-    def _instruments_path(self: Lake) -> Path:
-        return self.root / INSTRUMENTS
+    def _instruments_path(self: Lake) -> str:
+        return self.storage.uri(INSTRUMENTS)
+
+    def _instruments_exist(self: Lake) -> bool:
+        return self.storage.has_prefix(f"{INSTRUMENTS}/_delta_log")
 
     def instrument_history(self: Lake, exchange: str | None = None) -> pl.DataFrame:
         """The instrument history (``valid_from``/``valid_to`` per attribute set), every exchange
@@ -184,24 +187,25 @@ class PerpLakeMixin:
         kept = None
         empty = empty_instrument_history().with_columns(pl.lit(None, dtype=pl.String).alias("exchange"))
         if isinstance(self.as_of, str):
-            from marketlake.store.snapshots import snapshot_instruments, snapshots_dir
+            from marketlake.store.snapshots import snapshot_exists, snapshot_instruments
 
-            if (snapshots_dir(self.root) / self.as_of).is_dir():
-                kept = snapshot_instruments(self.root, self.as_of)
+            if snapshot_exists(self.storage, self.as_of):
+                kept = snapshot_instruments(self.storage, self.as_of)
                 if kept is None:
                     return empty  # the snapshot was taken before any instrument was recorded
         when = None
         if kept is None and self.as_of is not None:
             from marketlake.store.snapshots import as_of_time
 
-            when = as_of_time(self.root, self.as_of)  # the history as it was then
+            when = as_of_time(self.storage, self.as_of)  # the history as it was then
         if kept is not None:
             df = kept
-        elif not (path / "_delta_log").is_dir():
+        elif not self._instruments_exist():
             return empty
         else:
             try:
-                df = pl.read_delta(str(path)) if when is None else _read_as_of(path, when)
+                options = self.storage.delta_options()
+                df = pl.read_delta(path, storage_options=options) if when is None else _read_as_of(path, when, options)
             except Exception as exc:
                 raise LakeError(f"{path}: cannot read the instrument history ({str(exc).splitlines()[0][:160]})") from None
             if df is None:
@@ -236,8 +240,9 @@ class PerpLakeMixin:
             validate_category(c)
         path = self._instruments_path()
         for attempt in range(50):
-            exists = (path / "_delta_log").is_dir()
-            table = deltalake.DeltaTable(str(path)) if exists else None
+            exists = self._instruments_exist()
+            options = self.storage.delta_options()
+            table = deltalake.DeltaTable(path, storage_options=options) if exists else None
             history = (
                 pl.from_arrow(table.to_pyarrow_table(filters=[("exchange", "=", ex)])).drop("exchange")  # type: ignore[union-attr]
                 if table is not None else empty_instrument_history()
@@ -247,7 +252,8 @@ class PerpLakeMixin:
             arrow = arrow.append_column("exchange", pl.Series([ex] * new.height, dtype=pl.String).to_arrow())
             try:
                 deltalake.write_deltalake(
-                    table if table is not None else str(path), arrow, mode="overwrite",
+                    table if table is not None else path, arrow, mode="overwrite",
+                    storage_options=None if table is not None else options,
                     partition_by=["exchange"], predicate=f"exchange = '{ex}'",
                     commit_properties=deltalake.CommitProperties(
                         max_commit_retries=0, custom_metadata={"marketlake.operation": "record_instruments"}),
@@ -256,7 +262,7 @@ class PerpLakeMixin:
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
             except Exception as exc:
-                if not exists and (path / "_delta_log").is_dir():
+                if not exists and self._instruments_exist():
                     continue  # another process created the table first: fold into theirs
                 raise LakeWriteError(f"cannot write the instrument history: {str(exc).splitlines()[0][:200]}") from None
             return new.height

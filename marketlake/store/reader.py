@@ -38,20 +38,22 @@ class PartitionFiles:
     Attributes:
         series: The series.
         key: The partition key.
-        files: Absolute paths, in the order they are to be read.
+        files: Absolute paths or object URLs, in the order they are to be read.
         rows: Each file's row count (from the log).
         first_ms: Each file's first ``ts`` (epoch ms; None without statistics).
         last_ms: Each file's last ``ts``.
         sizes: Each file's size in bytes.
+        storage_options: How Polars reaches the files (object store credentials; None locally).
     """
 
     series: SeriesId
     key: str
-    files: tuple[Path, ...]
+    files: tuple[str, ...]
     rows: tuple[int, ...] = ()
     first_ms: tuple[int | None, ...] = ()
     last_ms: tuple[int | None, ...] = ()
     sizes: tuple[int, ...] = ()
+    storage_options: dict[str, str] | None = None
 
 
 def find_series(
@@ -102,16 +104,18 @@ def plan_files(
     out: list[PartitionFiles] = []
     if hi <= lo:
         return out
-    base = snapshot.root / snapshot.dataset
+    storage = snapshot.storage
+    base = storage.uri(snapshot.dataset)
+    options = storage.polars_options()
     for sid in series:
         for key, files in snapshot.partitions(sid).items():
             p_lo, p_hi = sid.period.bounds(key)
             if p_hi <= lo or p_lo >= hi:
                 continue
             out.append(PartitionFiles(
-                sid, key, tuple(base / f.path for f in files), tuple(f.rows for f in files),
+                sid, key, tuple(f"{base}/{f.path}" for f in files), tuple(f.rows for f in files),
                 tuple(f.first_ms for f in files), tuple(f.last_ms for f in files),
-                tuple(f.size for f in files),
+                tuple(f.size for f in files), options,
             ))
     return out
 
@@ -129,16 +133,19 @@ def _ts_literal(ms: int, dataset: str) -> pl.Expr:
     return pl.lit(ms_to_datetime(ms), dtype=pl.Datetime(unit, "UTC"))
 
 
-def scan_data_files(dataset: str, files: Sequence[Path]) -> pl.LazyFrame:
-    """Scan data files of one series in the stored schema.
+def scan_data_files(
+    dataset: str, files: Sequence[str | Path], storage_options: dict[str, str] | None = None
+) -> pl.LazyFrame:
+    """Scan data files of one series in the stored schema (``storage_options`` for files on an
+    object store).
 
     Files written before an optional column was added read it as its default (schema evolution
     by addition: new columns are nullable or have a default in the dataset's spec).
     """
     ds = spec(dataset)
     lf = pl.scan_parquet(
-        list(files), schema=ds.schema, hive_partitioning=False, glob=False,
-        missing_columns="insert", extra_columns="ignore",
+        [str(f) for f in files], schema=ds.schema, hive_partitioning=False, glob=False,
+        missing_columns="insert", extra_columns="ignore", storage_options=storage_options,
     )
     if ds.defaults:
         lf = lf.with_columns(pl.col(c).fill_null(v) for c, v in ds.defaults.items())
@@ -157,12 +164,13 @@ def scan_files(
     if not parts:
         return pl.LazyFrame(schema={**schema_labels, **spec(dataset).schema})
     schema = spec(dataset).schema
-    by_series: dict[SeriesId, list[Path]] = {}
+    by_series: dict[SeriesId, list[str]] = {}
     for p in parts:
         by_series.setdefault(p.series, []).extend(p.files)
+    options = parts[0].storage_options
     frames = []
     for sid, files in by_series.items():
-        lf = scan_data_files(dataset, files)
+        lf = scan_data_files(dataset, files, options)
         label = [pl.lit(sid.symbol, dtype=pl.String).alias("symbol")]
         if sid.timeframe is not None:
             label.append(pl.lit(sid.timeframe.name, dtype=pl.String).alias("timeframe"))

@@ -14,20 +14,19 @@ Versions and timestamps reach back as far as the log is kept (7 days, ``store/ta
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
-import os
 import re
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 import polars as pl
 
 from marketlake.errors import DataValidationError, LakeError, LakeWriteError
-from marketlake.store.files import fsync_dir, publish_table
+from marketlake.store.files import publish_table
 from marketlake.store.layout import CANDLES, DATASETS, META_DIR
+from marketlake.store.storage import Storage
 from marketlake.store.table import DatasetTable, Snapshot, empty_files_frame
 
 __all__ = [
@@ -63,9 +62,12 @@ class SnapshotInfo:
     rows: dict[str, int]
 
 
-def snapshots_dir(root: Path) -> Path:
-    """Where named snapshots live."""
-    return root / META_DIR / "snapshots"
+SNAPSHOTS_DIR: Final = f"{META_DIR}/snapshots"
+
+
+def snapshots_dir(root: Storage) -> str:
+    """Where named snapshots live (a key prefix of the lake)."""
+    return SNAPSHOTS_DIR
 
 
 def _check_name(name: str) -> str:
@@ -77,105 +79,124 @@ def _check_name(name: str) -> str:
     return name
 
 
+def _manifest(name: str) -> str:
+    return f"{SNAPSHOTS_DIR}/{name}/manifest.json"
+
+
+def snapshot_exists(root: Storage, name: str) -> bool:
+    """True when a snapshot of that name exists (its manifest does)."""
+    return bool(_NAME_RE.fullmatch(name)) and root.exists(_manifest(name))
+
+
 def create_snapshot(
-    root: Path, name: str, note: str, snapshots: Mapping[str, Snapshot], now_ms: int,
+    root: Storage, name: str, note: str, snapshots: Mapping[str, Snapshot], now_ms: int,
     instruments: pl.DataFrame | None = None,
 ) -> SnapshotInfo:
     """Record ``snapshots`` (one per dataset) under ``name``.
+
+    The file lists are written first and the manifest last, put-if-absent: the snapshot exists
+    once its manifest does (all or nothing, on a disk or an object store), and of two machines
+    creating the same name exactly one succeeds.
 
     Raises:
         DataValidationError: a bad name, or a snapshot of that name exists.
         LakeWriteError: the manifest could not be written.
     """
     _check_name(name)
-    final = snapshots_dir(root) / name
-    if final.exists():
+    if root.exists(_manifest(name)):
         raise DataValidationError(f"snapshot {name!r} exists; delete it first or pick another name")
-    tmp = snapshots_dir(root) / f".tmp-{name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     info = SnapshotInfo(
         name, note, now_ms,
         {ds: s.version for ds, s in snapshots.items()},
         {ds: int(s.files.get_column("rows").sum() or 0) for ds, s in snapshots.items()},
     )
+    base = f"{SNAPSHOTS_DIR}/{name}"
     try:
         for ds, snap in snapshots.items():
-            publish_table(snap.files.to_arrow(), tmp, f"{ds}.parquet")
+            publish_table(root, f"{base}/{ds}.parquet", snap.files.to_arrow())
         if instruments is not None and instruments.height:
             # The instrument history is small: the snapshot keeps a copy of it, not a file list.
-            publish_table(instruments.to_arrow(), tmp, "instruments.parquet")
+            publish_table(root, f"{base}/instruments.parquet", instruments.to_arrow())
         manifest = {"name": name, "note": note, "created_ms": now_ms, "versions": info.versions, "rows": info.rows}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        os.rename(tmp, final)  # the snapshot exists once its folder has its name: all or nothing
-        fsync_dir(final.parent)
+        won = root.put_if_absent(_manifest(name), json.dumps(manifest, indent=1).encode())
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise LakeWriteError(f"cannot write snapshot {name!r}: {exc.strerror or exc}") from None
+    if not won:
+        raise DataValidationError(f"snapshot {name!r} exists; delete it first or pick another name")
     return info
 
 
-def _read_info(path: Path) -> SnapshotInfo:
+def _read_info(root: Storage, name: str) -> SnapshotInfo:
     try:
-        m = json.loads((path / "manifest.json").read_text())
+        m = json.loads(root.read(_manifest(name)))
         return SnapshotInfo(m["name"], m.get("note", ""), int(m["created_ms"]),
                             {k: int(v) for k, v in m["versions"].items()}, {k: int(v) for k, v in m["rows"].items()})
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LakeError(f"snapshot {path.name!r} is damaged ({exc}); delete it with marketlake snapshot delete") from None
+        raise LakeError(f"snapshot {name!r} is damaged ({exc}); delete it with marketlake snapshot delete") from None
 
 
-def list_snapshots(root: Path) -> list[SnapshotInfo]:
+def _names(root: Storage) -> list[str]:
+    out = []
+    for o in root.list(SNAPSHOTS_DIR):
+        parts = o.key.split("/")
+        if len(parts) == 4 and parts[3] == "manifest.json" and _NAME_RE.fullmatch(parts[2]):
+            out.append(parts[2])
+    return out
+
+
+def list_snapshots(root: Storage) -> list[SnapshotInfo]:
     """Every named snapshot, oldest first."""
-    base = snapshots_dir(root)
-    if not base.is_dir():
-        return []
-    out = [_read_info(p) for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    out = [_read_info(root, n) for n in _names(root)]
     return sorted(out, key=lambda s: (s.created_ms, s.name))
 
 
-def delete_snapshot(root: Path, name: str) -> None:
+def delete_snapshot(root: Storage, name: str) -> None:
     """Delete a named snapshot (its files become ordinary garbage for vacuum).
 
     Raises:
         DataValidationError: no snapshot has that name.
     """
-    path = snapshots_dir(root) / _check_name(name)
-    if not path.is_dir():
+    _check_name(name)
+    # The manifest goes first: from then on the snapshot does not exist, whatever is left.
+    if not root.delete(_manifest(name)):
         raise DataValidationError(f"no snapshot named {name!r}")
-    trash = path.with_name(f".deleting-{name}-{os.getpid()}")
-    os.rename(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
+    for o in list(root.list(f"{SNAPSHOTS_DIR}/{name}")):
+        root.delete(o.key)
 
 
-def snapshot_files(root: Path, name: str) -> dict[str, Snapshot]:
+def _read_frame(root: Storage, key: str, columns: list[str] | None = None) -> pl.DataFrame | None:
+    try:
+        data = root.read(key)
+    except FileNotFoundError:
+        return None
+    return pl.read_parquet(io.BytesIO(data), columns=columns)
+
+
+def snapshot_files(root: Storage, name: str) -> dict[str, Snapshot]:
     """The per-dataset file lists of a named snapshot."""
-    path = snapshots_dir(root) / _check_name(name)
-    if not path.is_dir():
+    _check_name(name)
+    if not root.exists(_manifest(name)):
         raise DataValidationError(f"no snapshot named {name!r} (marketlake snapshot list shows them)")
-    info = _read_info(path)
+    info = _read_info(root, name)
     out = {}
     for ds in DATASETS:
-        f = path / f"{ds}.parquet"
-        files = pl.read_parquet(f) if f.exists() else empty_files_frame()
-        out[ds] = Snapshot(root, ds, info.versions.get(ds, -1), files)
+        files = _read_frame(root, f"{SNAPSHOTS_DIR}/{name}/{ds}.parquet")
+        out[ds] = Snapshot(root, ds, info.versions.get(ds, -1), files if files is not None else empty_files_frame())
     return out
 
 
-def snapshot_instruments(root: Path, name: str) -> pl.DataFrame | None:
+def snapshot_instruments(root: Storage, name: str) -> pl.DataFrame | None:
     """The instrument history a named snapshot kept (None when it kept none)."""
-    f = snapshots_dir(root) / _check_name(name) / "instruments.parquet"
-    return pl.read_parquet(f) if f.exists() else None
+    return _read_frame(root, f"{SNAPSHOTS_DIR}/{_check_name(name)}/instruments.parquet")
 
 
-def protected_paths(root: Path, dataset: str) -> set[str]:
+def protected_paths(root: Storage, dataset: str) -> set[str]:
     """Paths (relative to the table root) that some named snapshot still reads."""
     out: set[str] = set()
-    base = snapshots_dir(root)
-    if not base.is_dir():
-        return out
-    for p in base.iterdir():
-        f = p / f"{dataset}.parquet"
-        if p.is_dir() and f.exists():
-            out.update(pl.read_parquet(f, columns=["path"]).get_column("path").to_list())
+    for name in _names(root):
+        frame = _read_frame(root, f"{SNAPSHOTS_DIR}/{name}/{dataset}.parquet", ["path"])
+        if frame is not None:
+            out.update(frame.get_column("path").to_list())
     return out
 
 
@@ -191,7 +212,7 @@ def _parse_time(value: str | dt.datetime | dt.date) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-def resolve_as_of(root: Path, as_of: AsOf) -> dict[str, Snapshot]:
+def resolve_as_of(root: Storage, as_of: AsOf) -> dict[str, Snapshot]:
     """The per-dataset snapshots ``as_of`` names (see the module docstring).
 
     Raises:
@@ -213,7 +234,7 @@ def resolve_as_of(root: Path, as_of: AsOf) -> dict[str, Snapshot]:
             if ds != CANDLES:
                 out[ds] = _at_time(root, ds, when)
         return out
-    if isinstance(as_of, str) and (snap := snapshots_dir(root) / as_of).is_dir() and _NAME_RE.fullmatch(as_of):
+    if isinstance(as_of, str) and _NAME_RE.fullmatch(as_of) and snapshot_exists(root, as_of):
         return snapshot_files(root, as_of)
     when = _parse_time(as_of) if isinstance(as_of, (str, dt.date)) else None
     if when is None:
@@ -223,11 +244,11 @@ def resolve_as_of(root: Path, as_of: AsOf) -> dict[str, Snapshot]:
     return {ds: _at_time(root, ds, when) for ds in DATASETS}
 
 
-def _empty(root: Path, ds: str) -> Snapshot:
+def _empty(root: Storage, ds: str) -> Snapshot:
     return Snapshot(root, ds, -1, empty_files_frame())
 
 
-def _at_version(root: Path, ds: str, version: int) -> Snapshot:
+def _at_version(root: Storage, ds: str, version: int) -> Snapshot:
     if version < 0:
         raise DataValidationError(f"as_of version {version}: versions start at 0")
     if not DatasetTable(root, ds).exists():
@@ -245,7 +266,7 @@ def _at_version(root: Path, ds: str, version: int) -> Snapshot:
         ) from None
 
 
-def _commit_time(root: Path, ds: str, version: int) -> dt.datetime:
+def _commit_time(root: Storage, ds: str, version: int) -> dt.datetime:
     table = DatasetTable(root, ds, pinned=version)
     for entry in table.history(1):
         ts = entry.get("timestamp")
@@ -254,7 +275,7 @@ def _commit_time(root: Path, ds: str, version: int) -> dt.datetime:
     raise DataValidationError(f"as_of version {version}: no commit time in the log")
 
 
-def _at_time(root: Path, ds: str, when: dt.datetime) -> Snapshot:
+def _at_time(root: Storage, ds: str, when: dt.datetime) -> Snapshot:
     table = DatasetTable(root, ds, pinned=when)
     if not table.exists():
         return _empty(root, ds)
@@ -265,7 +286,7 @@ def _at_time(root: Path, ds: str, when: dt.datetime) -> Snapshot:
         return _empty(root, ds)
 
 
-def as_of_time(root: Path, as_of: AsOf) -> dt.datetime:
+def as_of_time(root: Storage, as_of: AsOf) -> dt.datetime:
     """The moment an ``as_of`` that is not a named snapshot stands for (a version: its commit
     time; a mapping: the candles version's commit time, or now without one)."""
     if isinstance(as_of, Mapping):

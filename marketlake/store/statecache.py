@@ -34,7 +34,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from marketlake.store.layout import META_DIR
+from marketlake.store.storage import Storage
 
 __all__ = ["advance", "latest_version", "load", "save"]
 
@@ -43,52 +43,49 @@ _MAX_REPLAY: Final = 500  # beyond that, delta-rs's checkpoint is the faster way
 _PARTS: Final = ("exchange", "category", "symbol", "timeframe", "date")
 
 
-def _cache_path(root: Path, dataset: str) -> Path:
-    return root / META_DIR / "tablestate" / f"{dataset}.arrow"
+def _cache_path(cache_dir: Path, dataset: str) -> Path:
+    return cache_dir / "tablestate" / f"{dataset}.arrow"
 
 
-def latest_version(table_path: Path, known: int | None = None) -> int:
+def latest_version(storage: Storage, table: str, known: int | None = None) -> int:
     """The newest committed version of the table (-1 when it has no log).
 
     Versions are contiguous, so from a version known to exist (``known``, or the last checkpoint's)
     the newest is found by probing the entries after it (a stat each; usually one that fails),
     not by listing a log of thousands of entries.
     """
-    log = table_path / "_delta_log"
+    log = f"{table}/_delta_log"
     start = known
     if start is None:
         try:
-            start = int(json.loads((log / "_last_checkpoint").read_text())["version"])
+            start = int(json.loads(storage.read(f"{log}/_last_checkpoint"))["version"])
         except (OSError, ValueError, KeyError, TypeError):
             start = None
-    if start is not None and start >= 0 and (log / f"{start:020d}.json").exists():
+    if start is not None and start >= 0 and storage.exists(f"{log}/{start:020d}.json"):
         v = start
-        while (log / f"{v + 1:020d}.json").exists():
+        while storage.exists(f"{log}/{v + 1:020d}.json"):
             v += 1
         return v
     best = -1
-    try:
-        with os.scandir(table_path / "_delta_log") as it:
-            for e in it:
-                m = _COMMIT.fullmatch(e.name)
-                if m:
-                    best = max(best, int(m.group(1)))
-    except FileNotFoundError:
-        return -1
+    for o in storage.list(log):
+        m = _COMMIT.fullmatch(o.key.rsplit("/", 1)[-1])
+        if m:
+            best = max(best, int(m.group(1)))
     return best
 
 
-def save(root: Path, dataset: str, version: int, files: pl.DataFrame) -> None:
+def save(storage: Storage, cache_dir: Path, dataset: str, version: int, files: pl.DataFrame) -> None:
     """Keep ``files`` as the file list of ``version`` (unless a newer one is kept already)."""
-    path = _cache_path(root, dataset)
+    path = _cache_path(cache_dir, dataset)
     with contextlib.suppress(OSError):
-        if _cached(path) == (version, _log_identity(root / dataset)):
+        identity = _log_identity(storage, dataset)
+        if _cached(path) == (version, identity):
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         table = files.to_arrow()
         table = table.replace_schema_metadata({
             b"marketlake.version": str(version).encode(),
-            b"marketlake.log": _log_identity(root / dataset).encode(),
+            b"marketlake.log": identity.encode(),
         })
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
         with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
@@ -96,13 +93,10 @@ def save(root: Path, dataset: str, version: int, files: pl.DataFrame) -> None:
         os.replace(tmp, path)
 
 
-def _log_identity(table_path: Path) -> str:
-    """Which log this is: the log directory's device and inode (a re-created table has another)."""
-    try:
-        st = os.stat(table_path / "_delta_log")
-    except OSError:
-        return ""
-    return f"{st.st_dev}:{st.st_ino}"
+def _log_identity(storage: Storage, table: str) -> str:
+    """Which log this is: the log directory's device and inode, or on an object store the first
+    entry's time and size (a re-created table has another)."""
+    return storage.identity(f"{table}/_delta_log")
 
 
 def _cached(path: Path) -> tuple[int, str] | None:
@@ -118,12 +112,13 @@ def _cached(path: Path) -> tuple[int, str] | None:
     return int(raw), meta.get(b"marketlake.log", b"").decode()
 
 
-def load(root: Path, dataset: str, schema: dict[str, pl.DataType]) -> tuple[int, pl.DataFrame] | None:
+def load(
+    storage: Storage, cache_dir: Path, dataset: str, schema: dict[str, pl.DataType]
+) -> tuple[int, pl.DataFrame] | None:
     """The newest version's file list from the cache and the log entries after it, or None when
     that cannot be said for certain (then open the table with delta-rs)."""
-    table_path = root / dataset
-    newest = latest_version(table_path)
-    path = _cache_path(root, dataset)
+    newest = latest_version(storage, dataset)
+    path = _cache_path(cache_dir, dataset)
     if newest < 0 or not path.exists():
         return None
     try:
@@ -135,7 +130,7 @@ def load(root: Path, dataset: str, schema: dict[str, pl.DataType]) -> tuple[int,
         return None
     if raw is None or not raw.isdigit():
         return None
-    if (reader.schema.metadata or {}).get(b"marketlake.log", b"").decode() != _log_identity(table_path):
+    if (reader.schema.metadata or {}).get(b"marketlake.log", b"").decode() != _log_identity(storage, dataset):
         return None  # the table was deleted and created again since: a list of another table
     cached = int(raw)
     try:
@@ -144,11 +139,11 @@ def load(root: Path, dataset: str, schema: dict[str, pl.DataType]) -> tuple[int,
         return None
     if not isinstance(files, pl.DataFrame) or files.schema != schema:
         return None
-    return advance(table_path, cached, files, newest, schema)
+    return advance(storage, dataset, cached, files, newest, schema)
 
 
 def advance(
-    table_path: Path, version: int, files: pl.DataFrame, newest: int, schema: dict[str, pl.DataType]
+    storage: Storage, table: str, version: int, files: pl.DataFrame, newest: int, schema: dict[str, pl.DataType]
 ) -> tuple[int, pl.DataFrame] | None:
     """``files`` (the file list of ``version``) brought to ``newest`` by replaying the log
     entries in between, or None when that cannot be done for certain."""
@@ -160,25 +155,24 @@ def advance(
         adds: dict[str, dict[str, Any]] = {}
         gone: set[str] = set()
         for v in range(version + 1, newest + 1):
-            entry = table_path / "_delta_log" / f"{v:020d}.json"
-            with open(entry, "rb") as fh:
-                for line in fh:
-                    if not line.strip():
-                        continue
-                    action = json.loads(line)
-                    if "protocol" in action or "metaData" in action:
+            body = storage.read(f"{table}/_delta_log/{v:020d}.json")
+            for line in body.splitlines():
+                if not line.strip():
+                    continue
+                action = json.loads(line)
+                if "protocol" in action or "metaData" in action:
+                    return None
+                if "add" in action:
+                    add = action["add"]
+                    if add.get("deletionVector"):
                         return None
-                    if "add" in action:
-                        add = action["add"]
-                        if add.get("deletionVector"):
-                            return None
-                        p = unquote(add["path"])
-                        adds[p] = _row(p, add)
-                        gone.discard(p)
-                    elif "remove" in action:
-                        p = unquote(action["remove"]["path"])
-                        adds.pop(p, None)
-                        gone.add(p)
+                    p = unquote(add["path"])
+                    adds[p] = _row(p, add)
+                    gone.discard(p)
+                elif "remove" in action:
+                    p = unquote(action["remove"]["path"])
+                    adds.pop(p, None)
+                    gone.add(p)
     except (OSError, ValueError, KeyError, TypeError):
         return None
     drop = gone | set(adds)

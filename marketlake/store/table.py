@@ -36,6 +36,7 @@ from marketlake.errors import LakeError, LakeWriteError
 from marketlake.store import logwriter, statecache
 from marketlake.store.datasets import spec
 from marketlake.store.layout import SeriesId, partition_columns
+from marketlake.store.storage import Storage
 
 __all__ = [
     "CommitConflict",
@@ -148,13 +149,13 @@ class Snapshot:
     """The files of one table version (immutable; lookups are cached).
 
     Attributes:
-        root: The lake root.
+        storage: The lake's storage.
         dataset: ``candles`` or ``trades``.
         version: The Delta version (-1 for a table that does not exist yet).
         files: One row per referenced file (see ``_SNAPSHOT_SCHEMA``).
     """
 
-    root: Path
+    storage: Storage
     dataset: str
     version: int
     files: pl.DataFrame
@@ -241,15 +242,17 @@ class DatasetTable:
     data files are written outside it, in parallel).
 
     Args:
-        root: The lake root.
+        storage: The lake's storage.
         dataset: ``candles`` or ``trades``.
         pinned: Read this fixed version instead of following the newest (read-only).
     """
 
-    def __init__(self, root: Path, dataset: str, *, pinned: int | dt.datetime | None = None) -> None:
-        self.root = root
+    def __init__(self, storage: Storage, dataset: str, *, pinned: int | dt.datetime | None = None) -> None:
+        self.storage = storage
         self.dataset = dataset
-        self.path = root / dataset
+        # The table's location: a directory (local lake) or its ``s3://`` URL.
+        self.path: Path | str = Path(storage.uri(dataset)) if storage.is_local else storage.uri(dataset)
+        self.cache_dir = storage.state_dir  # the table-state cache: this machine's own
         self._pinned = pinned
         self._lock = threading.RLock()
         self._dt: Any = None
@@ -261,17 +264,18 @@ class DatasetTable:
 
     def exists(self) -> bool:
         """True once the table's log exists."""
-        return (self.path / "_delta_log").is_dir()
+        return self.storage.has_prefix(f"{self.dataset}/_delta_log")
 
     def _handle(self) -> Any:
         from deltalake import DeltaTable
 
         if self._dt is None:
             try:
+                options = self.storage.delta_options()
                 if isinstance(self._pinned, int):
-                    self._dt = DeltaTable(str(self.path), version=self._pinned)
+                    self._dt = DeltaTable(str(self.path), version=self._pinned, storage_options=options)
                 else:
-                    self._dt = DeltaTable(str(self.path))
+                    self._dt = DeltaTable(str(self.path), storage_options=options)
                     if isinstance(self._pinned, dt.datetime):
                         self._dt.load_as_version(self._pinned)
             except Exception as exc:
@@ -290,7 +294,7 @@ class DatasetTable:
             if not self.exists():
                 if self._pinned is not None:
                     raise LakeError(f"{self.path}: no {self.dataset} table to read as of {self._pinned}")
-                return Snapshot(self.root, self.dataset, -1, empty_files_frame())
+                return Snapshot(self.storage, self.dataset, -1, empty_files_frame())
             if self._pinned is None:
                 fast = self._fast_snapshot()
                 if fast is not None:
@@ -307,29 +311,29 @@ class DatasetTable:
                     frame = files_frame_from_actions(handle.get_add_actions(flatten=True))
                 except Exception as exc:
                     raise _lake_error(self.path, exc) from None
-                self._snapshot = Snapshot(self.root, self.dataset, version, frame)
+                self._snapshot = Snapshot(self.storage, self.dataset, version, frame)
                 if self._pinned is None:
-                    statecache.save(self.root, self.dataset, version, frame)
+                    statecache.save(self.storage, self.cache_dir, self.dataset, version, frame)
                     self._saved = version
             return self._snapshot
 
     def _fast_snapshot(self) -> Snapshot | None:
         known = self._snapshot.version if self._snapshot is not None and self._snapshot.version >= 0 else None
-        newest = statecache.latest_version(self.path, known)
+        newest = statecache.latest_version(self.storage, self.dataset, known)
         if newest < 0:
             return None
         if self._snapshot is not None:
             if self._snapshot.version == newest:
                 return self._snapshot
-            moved = statecache.advance(self.path, self._snapshot.version, self._snapshot.files, newest,
+            moved = statecache.advance(self.storage, self.dataset, self._snapshot.version, self._snapshot.files, newest,
                                        _SNAPSHOT_SCHEMA)
         else:
-            moved = statecache.load(self.root, self.dataset, _SNAPSHOT_SCHEMA)
+            moved = statecache.load(self.storage, self.cache_dir, self.dataset, _SNAPSHOT_SCHEMA)
         if moved is None or moved[0] != newest:
             return None
-        self._snapshot = Snapshot(self.root, self.dataset, moved[0], moved[1])
+        self._snapshot = Snapshot(self.storage, self.dataset, moved[0], moved[1])
         if moved[0] - self._saved >= _SAVE_EVERY:
-            statecache.save(self.root, self.dataset, moved[0], moved[1])
+            statecache.save(self.storage, self.cache_dir, self.dataset, moved[0], moved[1])
             self._saved = moved[0]
         return self._snapshot
 
@@ -350,12 +354,13 @@ class DatasetTable:
         from deltalake import Schema as DeltaSchema
         from deltalake.transaction import create_table_with_add_actions
 
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.storage.is_local:
+            Path(self.path).mkdir(parents=True, exist_ok=True)
         try:
             create_table_with_add_actions(
                 str(self.path), DeltaSchema.from_arrow(table_arrow_schema(self.dataset)), [],
                 mode="ignore", partition_by=list(partition_columns(self.dataset)),
-                configuration=TABLE_CONFIGURATION,
+                configuration=TABLE_CONFIGURATION, storage_options=self.storage.delta_options(),
             )
         except Exception as exc:
             if not self.exists():  # (a concurrent creator winning is fine)
@@ -403,7 +408,7 @@ class DatasetTable:
             if not self.exists():
                 self._create()
             if self._plain is None:
-                self._plain = logwriter.protocol_is_plain(self.path)
+                self._plain = logwriter.protocol_is_plain(self.storage, self.dataset)
             for attempt in range(_COMMIT_ATTEMPTS):
                 snap = self.snapshot()
                 for (sid, key), paths in expect.items():
@@ -412,7 +417,7 @@ class DatasetTable:
                 if self._plain and snap.version >= 0:
                     try:
                         won = logwriter.write_commit(
-                            self.path, snap.version + 1, adds, removes, operation=operation,
+                            self.storage, self.dataset, snap.version + 1, adds, removes, operation=operation,
                             partition_by=partition_columns(self.dataset),
                         )
                     except OSError as exc:
@@ -450,12 +455,12 @@ class DatasetTable:
         file list from the previous one instead of re-reading the log (no O(files) step per
         commit), keep the table-state cache fresh, and start a checkpoint when one is due."""
         version = snap.version + 1
-        self._snapshot = Snapshot(self.root, self.dataset, version, _apply(snap.files, adds, removes))
+        self._snapshot = Snapshot(self.storage, self.dataset, version, _apply(snap.files, adds, removes))
         if version - self._saved >= _SAVE_EVERY:
-            statecache.save(self.root, self.dataset, version, self._snapshot.files)
+            statecache.save(self.storage, self.cache_dir, self.dataset, version, self._snapshot.files)
             self._saved = version
-        if self._plain and logwriter.checkpoint_due(self.path, version):
-            logwriter.checkpoint_in_background(self.path)
+        if self._plain and logwriter.checkpoint_due(self.storage, self.dataset, version):
+            logwriter.checkpoint_in_background(self.storage, self.dataset)
         return version
 
     def _current_handle(self) -> Any:
@@ -500,7 +505,7 @@ class DatasetTable:
         base = str(self.path).rstrip("/") + "/"
         out = []
         for p in paths:
-            rel = str(p).removeprefix("file://").removeprefix(base)
+            rel = str(p).removeprefix("file://").removeprefix(base).removeprefix("s3a://")
             # The log and hidden files are never data; and, belt to the braces, a file the
             # newest version references is never a candidate whatever delta-rs says.
             if not rel.startswith(("_", ".")) and rel not in referenced:
@@ -533,14 +538,14 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _lake_error(path: Path, exc: BaseException) -> LakeError:
+def _lake_error(path: Path | str, exc: BaseException) -> LakeError:
     # A damaged log is not something fsck can mend (the log is the truth it checks against):
     # say what delta-rs found, short, and where to look.
     reason = _first_line(exc).removeprefix("Kernel error: ")
     if len(reason) > 160:
         reason = reason[:157] + "..."
     return LakeError(
-        f"{path}: the Delta log cannot be read ({reason}); restore {path / '_delta_log'} from a "
+        f"{path}: the Delta log cannot be read ({reason}); restore {path}/_delta_log from a "
         "backup: marketlake never rewrites a log entry"
     )
 

@@ -36,6 +36,7 @@ from marketlake.store.files import remove_files, write_data_file
 from marketlake.store.datasets import spec
 from marketlake.store.layout import SeriesId
 from marketlake.store.reader import scan_data_files
+from marketlake.store.storage import Storage
 from marketlake.store.table import (
     CommitConflict,
     DatasetTable,
@@ -94,19 +95,21 @@ def _key_column(sid: SeriesId) -> str:
     return spec(sid.dataset).key
 
 
-def read_entries(lake_root: Path, dataset: str, files: Sequence[FileEntry]) -> pl.DataFrame:
+def read_entries(storage: Storage, dataset: str, files: Sequence[FileEntry]) -> pl.DataFrame:
     """Read referenced data files (in the given order) into one frame.
 
     Raises:
         CorruptLakeError: a file is missing or cannot be decoded.
     """
     frames = []
+    options = storage.polars_options()
     for f in files:
-        path = lake_root / dataset / f.path
+        key = f"{dataset}/{f.path}"
+        path = storage.uri(key)
         try:
-            frames.append(scan_data_files(dataset, [path]).collect())
+            frames.append(scan_data_files(dataset, [path], options).collect())
         except Exception as exc:  # polars raises several types for a missing or damaged file
-            why = "referenced by the log but missing" if not path.exists() else (
+            why = "referenced by the log but missing" if not storage.exists(key) else (
                 f"unreadable Parquet file: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             )
             raise CorruptLakeError(path, why) from None
@@ -157,8 +160,8 @@ class _Plan:
 class _Writer:
     """Plans partitions of one series against one snapshot, writing the new files."""
 
-    def __init__(self, lake_root: Path, sid: SeriesId, snap: Snapshot) -> None:
-        self.root, self.sid, self.snap = lake_root, sid, snap
+    def __init__(self, storage: Storage, sid: SeriesId, snap: Snapshot) -> None:
+        self.root, self.sid, self.snap = storage, sid, snap
 
     def files(self, key: str) -> list[FileEntry]:
         return self.snap.partition(self.sid, key)
@@ -276,7 +279,7 @@ def write_series(
         LakeWriteError: the files or the commit could not be written; the lake is unchanged.
         CorruptLakeError: a stored file of a planned partition cannot be read.
     """
-    root = table.root
+    root = table.storage
     table.ensure()
     for attempt in range(_CONFLICT_ATTEMPTS):
         snap = table.snapshot()
@@ -340,7 +343,7 @@ def write_series_chunks(
     Raises:
         As :func:`write_series`; and whatever ``chunks`` or ``prepare`` raise (nothing committed).
     """
-    root = table.root
+    root = table.storage
     table.ensure()
     for attempt in range(_CONFLICT_ATTEMPTS):
         snap = table.snapshot()
@@ -360,7 +363,7 @@ def write_series_chunks(
                         FileEntry(a.path, a.size, a.rows, None, None, key) for a in mine
                     ])
                     rows = _merge(staged, rows, key_col)
-                    remove_files([root / sid.dataset / a.path for a in mine])
+                    remove_files(root, [f"{sid.dataset}/{a.path}" for a in mine])
             plans[key] = _merge_plan(w, key, rows, compact_after)
 
         try:
@@ -399,8 +402,8 @@ def write_series_chunks(
     raise LakeWriteError(f"{sid.label()}: gave up after {_CONFLICT_ATTEMPTS} conflicting concurrent writes")
 
 
-def _discard(root: Path, sid: SeriesId, plans: list[_Plan]) -> None:
-    remove_files([root / sid.dataset / a.path for p in plans for a in p.adds])
+def _discard(root: Storage, sid: SeriesId, plans: list[_Plan]) -> None:
+    remove_files(root, [f"{sid.dataset}/{a.path}" for p in plans for a in p.adds])
 
 
 def merge_plan(rows_by_key: dict[str, pl.DataFrame], compact_after: int) -> PlanFn:

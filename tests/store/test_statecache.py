@@ -18,7 +18,7 @@ def _truth(lake: Lake, version: int) -> pl.DataFrame:
 
 def _fresh(lake: Lake) -> tuple[int, pl.DataFrame]:
     """What a new process gets: the cache plus the log entries after it."""
-    hit = statecache.load(lake.root, "candles", _SNAPSHOT_SCHEMA)
+    hit = statecache.load(lake.storage, lake.storage.state_dir, "candles", _SNAPSHOT_SCHEMA)
     assert hit is not None
     return hit
 
@@ -28,7 +28,7 @@ def test_the_cached_file_list_equals_delta_rs_at_every_version(tmp_path):
     df = candles(1440 * 70)
     lake.write_candles(df.head(1440 * 20), symbol="BTCUSDT", timeframe="1")
     lake.table("candles").snapshot()
-    statecache.save(lake.root, "candles", lake.versions()["candles"], lake.snapshot("candles").files)
+    statecache.save(lake.storage, lake.storage.state_dir, "candles", lake.versions()["candles"], lake.snapshot("candles").files)
     steps = [
         lambda: lake.write_candles(df.slice(1440 * 20, 1440 * 30), symbol="BTCUSDT", timeframe="1"),
         lambda: lake.write_candles(df.slice(1440 * 50, 10), symbol="BTCUSDT", timeframe="1"),   # an appended file
@@ -50,7 +50,7 @@ def test_a_commit_by_another_engine_is_replayed_too(tmp_path):
 
     lake = Lake(tmp_path / "lake", settings=Settings.load(environ={}))
     lake.write_candles(candles(100), symbol="BTCUSDT", timeframe="1")
-    statecache.save(lake.root, "candles", lake.versions()["candles"], lake.snapshot("candles").files)
+    statecache.save(lake.storage, lake.storage.state_dir, "candles", lake.versions()["candles"], lake.snapshot("candles").files)
     foreign = Lake(tmp_path / "other", settings=Settings.load(environ={}))
     foreign.write_candles(candles(50, start=T0 + 10**9), symbol="XRPUSDT", timeframe="1")
     data = pl.scan_delta(str(foreign.root / "candles")).collect().to_arrow()
@@ -64,18 +64,18 @@ def test_no_cache_or_a_damaged_one_gives_no_answer_and_readers_fall_back(tmp_pat
     lake.write_candles(candles(100), symbol="BTCUSDT", timeframe="1")
     path = lake.root / "_meta" / "tablestate" / "candles.arrow"
     path.unlink(missing_ok=True)
-    assert statecache.load(lake.root, "candles", _SNAPSHOT_SCHEMA) is None
+    assert statecache.load(lake.storage, lake.storage.state_dir, "candles", _SNAPSHOT_SCHEMA) is None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not arrow at all")
-    assert statecache.load(lake.root, "candles", _SNAPSHOT_SCHEMA) is None
+    assert statecache.load(lake.storage, lake.storage.state_dir, "candles", _SNAPSHOT_SCHEMA) is None
     assert Lake(lake.root, settings=lake.settings).read_candles().height == 100
 
 
 def test_a_cache_newer_than_the_log_is_not_trusted(tmp_path):
     lake = Lake(tmp_path / "lake", settings=Settings.load(environ={}))
     lake.write_candles(candles(100), symbol="BTCUSDT", timeframe="1")
-    statecache.save(lake.root, "candles", 10**6, lake.snapshot("candles").files.head(0))
-    assert statecache.load(lake.root, "candles", _SNAPSHOT_SCHEMA) is None
+    statecache.save(lake.storage, lake.storage.state_dir, "candles", 10**6, lake.snapshot("candles").files.head(0))
+    assert statecache.load(lake.storage, lake.storage.state_dir, "candles", _SNAPSHOT_SCHEMA) is None
     assert Lake(lake.root, settings=lake.settings).read_candles().height == 100
 
 
@@ -85,7 +85,7 @@ def test_a_cache_of_a_table_deleted_and_created_again_is_not_trusted(tmp_path):
     lake = Lake(tmp_path / "lake", settings=Settings.load(environ={}))
     for i in range(3):
         lake.write_candles(candles(100, seed=i).with_columns(pl.col("close") + i), symbol="BTCUSDT", timeframe="1")
-    statecache.save(lake.root, "candles", lake.versions()["candles"], lake.snapshot("candles").files)
+    statecache.save(lake.storage, lake.storage.state_dir, "candles", lake.versions()["candles"], lake.snapshot("candles").files)
     shutil.rmtree(lake.root / "candles")
     again = Lake(lake.root, settings=lake.settings)
     for i in range(5):
@@ -119,7 +119,7 @@ def test_marketlake_writes_the_log_delta_rs_reads_and_checkpoints_every_100_vers
     for t in threading.enumerate():
         if t.name.startswith("marketlake-checkpoint"):
             t.join(60)
-    assert logwriter.last_checkpoint(lake.root / "candles") >= 100
+    assert logwriter.last_checkpoint(lake.storage, "candles") >= 100
     table = DeltaTable(str(lake.root / "candles"))
     assert table.version() == lake.versions()["candles"] == 105
     assert table.history(1)[0]["marketlake.operation"] == "write_candles"

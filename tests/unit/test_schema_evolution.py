@@ -20,7 +20,7 @@ def _downgrade(lake):
             adds = []
             for f in files:
                 old = pq.read_table(table.path / f.path).drop(["filled"])
-                rel, size = write_data_file(lake.root, "candles", sid.partition_path(key), old)
+                rel, size = write_data_file(lake.storage, "candles", sid.partition_path(key), old)
                 ts = old.column("ts").cast("int64").to_numpy() * 1000
                 adds.append(NewFile(rel, size, old.num_rows, int(ts.min()), int(ts.max()), partition_values(sid, key)))
             table.commit(adds, [(f, partition_values(sid, key)) for f in files],
