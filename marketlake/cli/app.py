@@ -95,7 +95,8 @@ def _root(
     """A columnar time-series lake for crypto market data."""
 
 LakeOpt = Annotated[
-    Optional[Path], typer.Option("--lake", help="Lake directory (default: settings, ./lake).", show_default=False)
+    Optional[str],
+    typer.Option("--lake", help="Lake directory or s3://bucket/prefix (default: settings, ./lake).", show_default=False),
 ]
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", help="TOML settings file.", show_default=False)
@@ -117,12 +118,12 @@ CategoryOpt = Annotated[
 ]
 
 
-def load_settings(lake: Path | None, config: Path | None, **overrides: object) -> Settings:
+def load_settings(lake: str | Path | None, config: Path | None, **overrides: object) -> Settings:
     """Settings from file < environment < flags (``None`` flags are not set)."""
     return Settings.load(config, overrides={"lake_root": str(lake) if lake else None, **overrides})
 
 
-def open_lake(lake: Path | None, config: Path | None, *, as_of: str | None = None) -> Lake:
+def open_lake(lake: str | Path | None, config: Path | None, *, as_of: str | None = None) -> Lake:
     """The lake the flags point at (read as of a snapshot, version or time when ``as_of``)."""
     from marketlake.store import Lake
 
@@ -133,15 +134,28 @@ def open_lake(lake: Path | None, config: Path | None, *, as_of: str | None = Non
     return Lake(settings=settings, as_of=pinned)  # type: ignore[arg-type]
 
 
-def lake_has_no_data(root: Path) -> bool:
-    """True when ``root`` holds no dataset directory: a new or empty lake, or a mistyped ``--lake``.
+def lake_has_no_data(settings: Settings) -> bool:
+    """True when the lake holds no dataset table: a new or empty lake, or a mistyped ``--lake``.
 
     Read-only commands check this first: there is nothing to read, so they answer at once without
     loading the store (fast), and without opening it (which would create its metadata there).
+
+    Raises:
+        LakeError: a local root that is a file; an object store that cannot be reached, a
+            missing bucket, refused credentials, or a prefix holding something else than a lake.
     """
+    from marketlake.store.storage import check_is_lake, is_remote, open_storage
+
     # (the dataset names, spelled out: importing the store's registry would load polars here)
     names = ("candles", "trades", "funding", "mark_candles", "index_candles", "premium_candles",
              "open_interest", "instruments")
+    if is_remote(settings.lake_root):
+        storage = open_storage(settings.lake_root, settings)
+        check_is_lake(storage)
+        return not any(storage.has_prefix(f"{name}/_delta_log") for name in names)
+    root = settings.lake_path
+    if root.exists() and not root.is_dir():
+        raise LakeError(f"lake root {root} exists and is not a directory")
     return not any((root / name).is_dir() for name in names)
 
 
@@ -151,10 +165,8 @@ def info(lake: LakeOpt = None, config: ConfigOpt = None, json_: JsonOpt = False)
     from marketlake.cli.render import print_series
 
     settings = load_settings(lake, config)
-    root = settings.lake_path
-    if root.exists() and not root.is_dir():
-        raise LakeError(f"lake root {root} exists and is not a directory")
-    if lake_has_no_data(root):
+    root = settings.lake_root if "://" in settings.lake_root else settings.lake_path
+    if lake_has_no_data(settings):
         # Nothing to list, and opening the store would create its metadata under a mistyped path.
         if json_:
             print_json({"lake": str(root), "series": []})
@@ -362,6 +374,7 @@ from marketlake.cli import instruments_cmd  # noqa: E402,F401
 from marketlake.cli import coverage_cmd  # noqa: E402,F401
 from marketlake.cli import lake_cmd  # noqa: E402,F401
 from marketlake.cli import runs_cmd  # noqa: E402,F401
+from marketlake.cli import candles_cmd  # noqa: E402,F401
 
 def _fail(message: str) -> None:
     err_console.print(f"error: {message}", markup=False, soft_wrap=True, highlight=False)

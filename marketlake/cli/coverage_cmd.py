@@ -63,8 +63,10 @@ def coverage(
     if output is not None and output.suffix.lower() not in (".png", ".html", ".htm"):
         raise DataValidationError(f"--output {output}: write a .png or a .html file")
     settings = load_settings(lake, config)
-    if not settings.lake_path.is_dir():
-        raise DataValidationError(f"no lake at {settings.lake_path}")
+    from marketlake.cli.app import lake_has_no_data
+
+    if lake_has_no_data(settings):
+        raise DataValidationError(f"no lake at {settings.lake_root}")
     grid = coverage_grid(
         Lake(settings=settings), symbols, timeframes, start, end, exchange=exchange, category=category
     )

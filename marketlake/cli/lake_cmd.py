@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from marketlake.errors import DataValidationError
 from marketlake.cli.app import ConfigOpt, JsonOpt, LakeOpt, app, load_settings, open_lake
 from marketlake.cli.render import console, print_json
 
@@ -61,7 +62,10 @@ def snapshot_list(lake: LakeOpt = None, config: ConfigOpt = None, json_: JsonOpt
     """List the named snapshots, oldest first."""
     from marketlake.store.snapshots import describe, list_snapshots
 
-    snaps = list_snapshots(load_settings(lake, config).lake_path)
+    settings = load_settings(lake, config)
+    from marketlake.cli.app import lake_has_no_data
+
+    snaps = [] if lake_has_no_data(settings) else open_lake(lake, config).snapshots()
     if json_:
         print_json([describe(s) for s in snaps])
         return
@@ -90,7 +94,11 @@ def migrate(lake: LakeOpt = None, config: ConfigOpt = None, json_: JsonOpt = Fal
 
     from marketlake.store.migrate import migrate_lake
 
-    root = load_settings(lake, config).lake_path
+    settings = load_settings(lake, config)
+    if "://" in settings.lake_root:
+        raise DataValidationError(f"{settings.lake_root}: migrate converts a local lake of the previous format; "
+                                  "a lake on object storage was always in the current one")
+    root = settings.lake_path
     report = migrate_lake(root)
     if json_:
         print_json(asdict(report))

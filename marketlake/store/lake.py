@@ -29,7 +29,7 @@ from marketlake.store.maintenance import Maintenance
 from marketlake.store.perp import PerpLakeMixin
 from marketlake.store.quarantine import read_quarantine, write_quarantine
 from marketlake.store.reader import PartitionFiles, find_series, plan_files, scan_files
-from marketlake.store.storage import LocalStorage, Storage, open_storage
+from marketlake.store.storage import LocalStorage, Storage, check_is_lake, open_storage
 from marketlake.store.table import DatasetTable, Snapshot
 from marketlake.store.writer import (
     WriteResult,
@@ -96,6 +96,7 @@ class Lake(PerpLakeMixin):
         #: The root: a directory (local lake) or the ``s3://`` URL (without credentials).
         self.root: Path | str = self.storage.root if isinstance(self.storage, LocalStorage) else self.storage.display
         self.as_of = as_of
+        self._checked_remote = False
         self._tables: dict[str, DatasetTable] = {}
         self._pinned: dict[str, Snapshot] | None = None
         self._lock = threading.Lock()
@@ -148,6 +149,11 @@ class Lake(PerpLakeMixin):
         return {ds: self.snapshot(ds).version for ds in DATASETS}
 
     def _check_format(self) -> None:
+        if not isinstance(self.storage, LocalStorage):
+            if not self._checked_remote:
+                check_is_lake(self.storage)  # (also: the store answers, the bucket exists)
+                self._checked_remote = True
+            return
         from marketlake.store.migrate import is_legacy_lake
 
         if isinstance(self.storage, LocalStorage) and is_legacy_lake(self.storage.root):

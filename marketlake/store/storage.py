@@ -34,7 +34,7 @@ from typing import IO, Any, Final
 
 from marketlake.errors import LakeError, LakeWriteError
 
-__all__ = ["LocalStorage", "ObjectInfo", "S3Config", "S3Storage", "Storage", "is_remote", "open_storage"]
+__all__ = ["LocalStorage", "ObjectInfo", "S3Config", "S3Storage", "Storage", "check_is_lake", "is_remote", "open_storage"]
 
 _TMP: Final = ".tmp-"
 
@@ -78,6 +78,10 @@ class Storage(ABC):
     @abstractmethod
     def has_prefix(self, prefix: str) -> bool:
         """True when at least one object's key starts with ``prefix/``."""
+
+    @abstractmethod
+    def top_level(self) -> list[str]:
+        """The names directly under the root (folders and objects), one request."""
 
     @abstractmethod
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
@@ -193,6 +197,12 @@ class LocalStorage(Storage):
             return False
         with os.scandir(p) as it:
             return any(True for _ in it)
+
+    def top_level(self) -> list[str]:
+        try:
+            return sorted(os.listdir(self.root))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self.path(prefix)
@@ -488,6 +498,17 @@ class S3Storage(Storage):
             raise self._fail("list", prefix, exc) from None
         return False
 
+    def top_level(self) -> list[str]:
+        import obstore
+
+        try:
+            got = obstore.list_with_delimiter(self._client())
+        except Exception as exc:
+            raise self._fail("list", "", exc) from None
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in got["common_prefixes"]]
+        names += [o["path"].rsplit("/", 1)[-1] for o in got["objects"]]
+        return sorted(names)
+
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         import obstore
 
@@ -595,6 +616,30 @@ def storage_error(display: str, what: str, key: str, exc: BaseException) -> Lake
                          "endpoint (AWS_ENDPOINT_URL / s3_endpoint_url) and the network")
     short = text[:200] + ("..." if len(text) > 200 else "")
     return LakeError(f"cannot {what} {where}: {name}: {short}")
+
+
+#: What a lake's root may hold: its tables, the instrument history and ``_meta``.
+LAKE_ENTRIES: Final = frozenset({
+    "candles", "trades", "funding", "mark_candles", "index_candles", "premium_candles", "open_interest",
+    "instruments", "_meta",
+})
+
+
+def check_is_lake(storage: Storage) -> None:
+    """Refuse a remote root that holds something other than a lake (another team's data, a
+    mistyped prefix): marketlake would otherwise write its tables among foreign objects.
+
+    Raises:
+        LakeError: the root holds names a lake never has (the first few are named); or the
+            store cannot be reached, the bucket is missing, the credentials are refused.
+    """
+    if storage.is_local:
+        return
+    foreign = [n for n in storage.top_level() if n not in LAKE_ENTRIES]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise LakeError(f"{storage.display} holds objects that are not a marketlake lake ({shown}); "
+                        "point --lake at an empty prefix or an existing lake")
 
 
 def open_storage(root: str | os.PathLike[str], settings: Any) -> Storage:

@@ -1,0 +1,145 @@
+"""One behaviour suite, every backend: a local directory and a bucket of a real S3 server.
+
+Every test here takes ``any_lake`` (tests/conftest.py), so it runs against the local lake and
+against ``s3://bucket/lake`` on moto's S3 server (a separate process on 127.0.0.1). The lake
+must behave the same on both: the same writes commit the same versions, readers see one
+version, snapshots pin, fsck finds the same damage, the ledger is shared by every writer.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from marketlake.errors import LakeError
+from marketlake.feeder import DataFeeder
+from marketlake.store import Lake
+from marketlake.store.layout import SeriesId
+from marketlake.store.storage import S3Storage
+from tests.helpers import MINUTE, T0, candles, stored
+
+DAY = 1440 * MINUTE
+
+
+def _twin(lake: Lake, state: Path) -> Lake:
+    """The same lake opened by another machine: its own state directory (no shared local file)."""
+    settings = lake.settings.replace(state_dir=str(state))
+    return Lake(lake.root if isinstance(lake.storage, S3Storage) else lake.storage.root, settings=settings)
+
+
+def test_candles_written_read_back_identically_and_a_rewrite_commits_nothing(any_lake: Lake) -> None:
+    df = candles(3 * 1440)
+    first = any_lake.write_candles(df, symbol="BTCUSDT", timeframe="1")
+    assert first.rows_new == df.height and first.version == 1
+    want = stored(df)
+    assert any_lake.read_candles("BTCUSDT", "1").select(want.columns).equals(want)
+    again = any_lake.write_candles(df, symbol="BTCUSDT", timeframe="1")
+    assert again.rows_unchanged == df.height and again.files_written == 0 and again.version is None
+    assert any_lake.versions()["candles"] == 1
+
+
+def test_a_scan_plans_its_files_from_the_log_and_filters_by_time(any_lake: Lake) -> None:
+    any_lake.write_candles(candles(40 * 1440), symbol="BTCUSDT", timeframe="1")
+    any_lake.write_candles(candles(10 * 1440, seed=2), symbol="ETHUSDT", timeframe="1")
+    parts = any_lake.plan_files("candles", any_lake.find_series("candles", symbols=["BTCUSDT"]), T0, T0 + DAY)
+    assert [p.key for p in parts] == ["2024-01"] and all(f.startswith(any_lake.storage.uri("candles")) for p in parts for f in p.files)
+    got = any_lake.scan_candles("BTCUSDT", "1", start=T0 + 5 * MINUTE, end=T0 + 15 * MINUTE).collect()
+    assert got.height == 10
+
+
+def test_sql_views_read_the_lake_and_refuse_the_outside(any_lake: Lake) -> None:
+    any_lake.write_candles(candles(1440), symbol="BTCUSDT", timeframe="1")
+    any_lake.write_candles(candles(720, seed=1), symbol="ETHUSDT", timeframe="1")
+    got = any_lake.sql("select symbol, count(*) n from candles group by 1 order by 1")
+    assert got.to_dicts() == [{"symbol": "BTCUSDT", "n": 1440}, {"symbol": "ETHUSDT", "n": 720}]
+    with pytest.raises(Exception, match="refused|not allowed|Permission"):
+        any_lake.sql("select * from read_text('/etc/hostname')")
+
+
+def test_a_named_snapshot_pins_the_inputs_after_later_writes(any_lake: Lake) -> None:
+    any_lake.write_candles(candles(1440), symbol="BTCUSDT", timeframe="1")
+    any_lake.create_snapshot("bt-1", note="before")
+    any_lake.write_candles(candles(1440, seed=9), symbol="BTCUSDT", timeframe="1")  # every close changes
+    pinned = Lake(any_lake.root, settings=any_lake.settings, as_of="bt-1")
+    want = stored(candles(1440))
+    assert pinned.read_candles("BTCUSDT", "1").select(want.columns).equals(want)
+    assert [s.name for s in any_lake.snapshots()] == ["bt-1"]
+    any_lake.vacuum(retention_s=0)
+    assert pinned.read_candles("BTCUSDT", "1").height == 1440  # a snapshot's files are never vacuumed
+    any_lake.delete_snapshot("bt-1")
+    assert any_lake.snapshots() == []
+
+
+def test_an_old_version_reads_as_it_was(any_lake: Lake) -> None:
+    any_lake.write_candles(candles(100), symbol="BTCUSDT", timeframe="1")
+    any_lake.write_candles(candles(100, start=T0 + 100 * MINUTE), symbol="BTCUSDT", timeframe="1")
+    assert Lake(any_lake.root, settings=any_lake.settings, as_of=1).read_candles("BTCUSDT", "1").height == 100
+    assert any_lake.read_candles("BTCUSDT", "1").height == 200
+
+
+def test_fsck_finds_a_missing_file_and_an_orphan_and_fix_keeps_the_young_orphan(any_lake: Lake) -> None:
+    any_lake.write_candles(candles(100), symbol="BTCUSDT", timeframe="1")
+    any_lake.write_candles(candles(100), symbol="ETHUSDT", timeframe="1")
+    assert any_lake.fsck().ok
+    storage = any_lake.storage
+    eth = [f for f in any_lake.snapshot("candles").files.get_column("path").to_list() if "ETHUSDT" in f][0]
+    storage.delete(f"candles/{eth}")
+    storage.put("candles/exchange=bybit/category=linear/symbol=XRPUSDT/timeframe=1/date=2024-01/part-x.parquet", b"junk")
+    kinds = sorted(i.kind for i in any_lake.fsck().issues)
+    assert kinds == ["missing", "orphan"]
+    report = any_lake.fsck(fix=True)
+    assert sorted((i.kind, i.fixed) for i in report.issues) == [("missing", True), ("orphan", False)]
+    assert any_lake.read_candles("BTCUSDT", "1").height == 100 and any_lake.find_series("candles", symbols=["ETHUSDT"]) == []
+
+
+def test_writers_racing_on_one_partition_lose_nothing(any_lake: Lake) -> None:
+    any_lake.write_candles(candles(10), symbol="BTCUSDT", timeframe="1")
+    errors: list[BaseException] = []
+
+    def write(i: int) -> None:
+        try:
+            lake = Lake(any_lake.root, settings=any_lake.settings)  # a writer of its own
+            lake.write_candles(candles(5, start=T0 + (10 + 5 * i) * MINUTE, seed=i), symbol="BTCUSDT", timeframe="1")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    got = any_lake.read_candles("BTCUSDT", "1")
+    assert got.height == 40 and got.get_column("ts").is_unique().all()
+    assert any_lake.versions()["candles"] == 7 and any_lake.fsck().ok
+
+
+def test_the_ledger_is_shared_by_machines_with_their_own_state(any_lake: Lake, tmp_path: Path) -> None:
+    sid = SeriesId.of("candles", exchange="bybit", category="linear", symbol="BTCUSDT", timeframe="1")
+    any_lake.ledger.record(sid, T0, T0 + DAY, "present")
+    other = _twin(any_lake, tmp_path / "machine-2")
+    assert other.ledger.missing(sid, T0, T0 + 2 * DAY) == [(T0 + DAY, T0 + 2 * DAY)]
+    other.ledger.record(sid, T0 + DAY, T0 + 2 * DAY, "empty")
+    assert any_lake.ledger.missing(sid, T0, T0 + 2 * DAY) == []
+    run = other.ledger.start_run("ingest", {"symbols": "BTCUSDT"})
+    other.ledger.finish_run(run, "ok", {"rows": 1})
+    assert any_lake.ledger.runs()["status"].to_list() == ["ok"]
+    assert any_lake.ledger.table().height == other.ledger.table().height == 2
+
+
+def test_the_data_feeder_answers_point_lookups_without_lookahead(any_lake: Lake) -> None:
+    any_lake.write_candles(candles(600), symbol="BTCUSDT", timeframe="1")
+    feeder = DataFeeder(any_lake)
+    at = feeder.get_data_at_timestamp("BTCUSDT", "1", T0 + 100 * MINUTE)
+    assert at is not None and at["timestamp_ms"] == T0 + 100 * MINUTE
+    known = feeder.get_multi_timeframe_data("BTCUSDT", ["1"], T0 + 100 * MINUTE + 30_000)
+    assert known is not None and known["1"]["timestamp_ms"] == T0 + 99 * MINUTE  # the last closed one
+
+
+def test_a_read_only_lake_as_of_refuses_writes(any_lake: Lake) -> None:
+    any_lake.write_candles(candles(10), symbol="BTCUSDT", timeframe="1")
+    pinned = Lake(any_lake.root, settings=any_lake.settings, as_of=1)
+    with pytest.raises(LakeError, match="read-only"):
+        pinned.write_candles(candles(10), symbol="BTCUSDT", timeframe="1")
