@@ -229,7 +229,7 @@ def _announce_compile_unless_bad(
         validate_exchange(exchange)
     if timeframes is not None:
         parse_timeframes(timeframes)
-    if not lake_has_no_data(load_settings(lake, config).lake_path):
+    if not lake_has_no_data(load_settings(lake, config)):
         notice_kernel_compile(("check",))
 
 
@@ -297,7 +297,7 @@ def repair(
         if not refetch:
             return await repair_lake(the_lake, symbols, timeframes, exchange=exchange, category=category,
                                      fill=fill, unfill=unfill, data=data)
-        budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.root / "_meta")
+        budget = RateBudget(settings.rate_limit_per_5s, state_dir=the_lake.storage.state_dir)
         announce_pause(budget)
         async with BybitRestClient(settings.base_url, budget=budget, on_retry=retries) as client, \
                 BybitArchiveClient(settings.archive_url, on_retry=retries) as archive:
@@ -340,7 +340,7 @@ def demo(
     async def main() -> None:
         async with BybitEmulator(symbols=20, seed=1) as emu:
             console.print(f"1. emulator (a synthetic Bybit) listening on {emu.url}")
-            budget = RateBudget(500, state_dir=the_lake.root / "_meta")
+            budget = RateBudget(500, state_dir=the_lake.storage.state_dir)
             async with BybitRestClient(emu.url, budget=budget) as client:
                 out = await run_ingest(the_lake, client, request)
             st = out.stats
