@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 import time
 from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
 from marketlake.cli.app import ConfigOpt, JsonOpt, LakeOpt, app, load_settings
+from marketlake.cli.cluster_opts import ClusterOpt, SchedulerOpt, cluster_spec
 from marketlake.cli.feedback import RetryLine, exit_interrupted
 from marketlake.cli.ingest_cmd import BaseUrlOpt, run_async
 from marketlake.cli.params import BoundedInt
@@ -20,7 +22,11 @@ from marketlake.exchanges.bybit.constants import ARCHIVE_CATEGORIES
 
 # The archive ingest pulls in aiohttp, polars and numba: imported inside the command.
 if TYPE_CHECKING:  # pragma: no cover
+    from marketlake.cluster import ClusterSpec
+    from marketlake.core.timeframes import Timeframe
     from marketlake.ingest.archive import ArchiveStats, SymbolPlan
+    from marketlake.settings import Settings
+    from marketlake.store import Lake
 
 
 def _date(text: str | None, what: str) -> dt.date | None:
@@ -98,6 +104,62 @@ def _interrupted(st: ArchiveStats | None) -> NoReturn:
     )
 
 
+def _snapshot_in_thread(settings: Settings, root: str) -> tuple[threading.Thread, list[str]]:
+    """The instruments snapshot of an archive run (best effort, a note on failure) in a thread
+    of its own, with a lake object of its own, while the cluster does the days."""
+    notes: list[str] = []
+
+    def work() -> None:
+        from marketlake.ingest.instruments import snapshot_note
+        from marketlake.store import Lake
+
+        try:
+            note = asyncio.run(snapshot_note(
+                Lake(root, settings=settings), settings.base_url, [settings.category],
+                rate_limit_per_5s=settings.rate_limit_per_5s, exchange=settings.exchange,
+            ))
+        except Exception as exc:  # noqa: BLE001  (best effort: the archive's outcome is what counts)
+            note = f"instrument snapshot not recorded: {exc}"
+        if note:
+            notes.append(note)
+
+    thread = threading.Thread(target=work, name="marketlake-instruments", daemon=True)
+    thread.start()
+    return thread, notes
+
+
+def _archive_on_cluster(
+    spec: ClusterSpec, settings: Settings, the_lake: Lake, names: list[str], first: dt.date, stop: dt.date,
+    today: dt.date, tfs: tuple[Timeframe, ...], as_json: bool,
+) -> tuple[ArchiveStats, list[str]]:
+    """The archive with each day a task on the cluster; the stats and the notes to print."""
+    from marketlake.cluster import archive_on_cluster, open_client
+
+    last_line = [time.monotonic()]
+
+    def progress(done: int, total: int) -> None:
+        if as_json or time.monotonic() - last_line[0] < 5.0:
+            return
+        last_line[0] = time.monotonic()
+        console.print(f"archive: {done}/{total} day(s) done on the cluster ({spec.describe()})")
+
+    root = str(the_lake.root)
+    try:
+        with open_client(spec) as client:
+            snap, notes = _snapshot_in_thread(settings, root)
+            _, stats = archive_on_cluster(
+                client, root, settings, names, category=settings.category, start=first, end=stop, today=today,
+                candles=tfs, progress=progress,
+            )
+            snap.join(30)
+    except KeyboardInterrupt:
+        exit_interrupted(
+            "each day a worker stored is committed and recorded; "
+            "run the same command again to fetch only the remaining days"
+        )
+    return stats, notes
+
+
 @app.command()
 def archive(
     symbols: Annotated[str, typer.Option("--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT (required).")],
@@ -123,6 +185,8 @@ def archive(
     ] = 3,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the days to fetch and stop.")] = False,
     base_url: BaseUrlOpt = None,
+    cluster: ClusterOpt = None,
+    scheduler: SchedulerOpt = None,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
@@ -130,12 +194,14 @@ def archive(
     """Fetch whole days of trades from Bybit's public daily archives.
 
     The complete trade history, and the way trade gaps of the live stream are recovered. Only days
-    the ledger does not cover are fetched; a re-run resumes.
+    the ledger does not cover are fetched; a re-run resumes. With --cluster or --scheduler each
+    day is a task on a Dask cluster (--concurrency is then one day per worker thread).
     """
     from marketlake.clock import get_clock
     from marketlake.ingest.archive import ArchiveStats, candle_timeframes, run_archive_ingest
     from marketlake.store import Lake
 
+    spec = cluster_spec(cluster, scheduler)
     settings = load_settings(lake, config, category=category, archive_url=archive_url, base_url=base_url)
     today = dt.datetime.fromtimestamp(get_clock().now_ms() / 1000, dt.UTC).date()
     first, stop = _range(start, end, days, today)
@@ -162,6 +228,14 @@ def archive(
 
     if tfs and not dry_run:
         notice_kernel_compile(("trades",))
+    if spec is not None and not dry_run:
+        stats, notes = _archive_on_cluster(spec, settings, the_lake, names, first, stop, today, tfs, json_)
+        _render_stats(stats, json_)
+        for note in notes:
+            err_console.print(f"note: {note}", markup=False)
+        if stats.failures or stats.days_failed:
+            raise typer.Exit(1)
+        return
     notes: list[str] = []
 
     async def with_snapshot(work):  # noqa: ANN001,ANN202

@@ -22,6 +22,7 @@ from marketlake.cli.app import (
     open_lake,
     write_output,
 )
+from marketlake.cli.cluster_opts import ClusterOpt, SchedulerOpt, cluster_spec
 from marketlake.cli.feedback import ProgressOpt, RetryLine, progress_bar, show_progress
 from marketlake.cli.ingest_cmd import BaseUrlOpt, announce_pause, run_async
 from marketlake.cli.params import BoundedFloat, check_output_file
@@ -178,6 +179,8 @@ def check(
     consistency: Annotated[bool, typer.Option("--consistency/--no-consistency", help="Compare higher timeframes with the resampled 1m series.")] = True,
     progress: ProgressOpt = None,
     data: DataOpt = None,
+    cluster: ClusterOpt = None,
+    scheduler: SchedulerOpt = None,
     lake: LakeOpt = None,
     config: ConfigOpt = None,
     json_: JsonOpt = False,
@@ -187,20 +190,32 @@ def check(
     Gaps the exchange itself has (outages, before listing) are not counted; invalid and misaligned
     rows are; higher timeframes are compared with the resampled 1m series. Funding (a settlement
     missing at the interval in force), mark/index/premium candles and open interest are checked
-    too (--data picks). Exit status 1 when anything needs attention.
+    too (--data picks). With --cluster or --scheduler each series is a task on a Dask cluster
+    (the same report). Exit status 1 when anything needs attention.
     """
     from marketlake.quality.check import check_lake
     from marketlake.quality.perp import parse_data
 
+    spec = cluster_spec(cluster, scheduler)
     parse_data(data, timeframes)  # a bad --data is the only line, before anything runs
     if report is not None:
         check_output_file(report, "--report")  # before a long check, not after it
     _announce_compile_unless_bad(lake, config, timeframes, exchange, category)
     with progress_bar("check", "series", show_progress(progress, json_)) as on_progress:
-        result = check_lake(
-            open_lake(lake, config), symbols, timeframes, exchange=exchange, category=category,
-            consistency=consistency, progress=on_progress, data=data,
-        )
+        if spec is None:
+            result = check_lake(
+                open_lake(lake, config), symbols, timeframes, exchange=exchange, category=category,
+                consistency=consistency, progress=on_progress, data=data,
+            )
+        else:
+            from marketlake.cluster import check_on_cluster, open_client
+
+            the_lake = open_lake(lake, config)
+            with open_client(spec) as client:
+                result = check_on_cluster(
+                    client, str(the_lake.root), the_lake.settings, symbols, timeframes, exchange=exchange, category=category,
+                    consistency=consistency, progress=on_progress, data=data,
+                )
     if report is not None:
         text = json.dumps(to_jsonable(result.report()), indent=2)
         write_output(report, "--report", lambda: report.write_text(text))
