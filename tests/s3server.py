@@ -64,9 +64,13 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def running_s3_server() -> Iterator[S3Server]:
+def running_s3_server(*, unauthenticated_requests: int | None = None) -> Iterator[S3Server]:
+    """moto's server; with ``unauthenticated_requests`` it checks credentials after that many
+    requests (create the IAM user and its key with them)."""
     port = free_port()
     env = {**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
+    if unauthenticated_requests is not None:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(unauthenticated_requests)
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
