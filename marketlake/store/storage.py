@@ -490,6 +490,16 @@ class S3Storage(Storage):
     def has_prefix(self, prefix: str) -> bool:
         import obstore
 
+        parent, _, name = self._key(prefix).rpartition("/")
+        if name:
+            # A delimited listing of the parent names its children (a table's `_delta_log` and
+            # `exchange=...`: a few), where a listing of the prefix returns up to 1,000 of its
+            # keys: a log's entries, on every snapshot (moto, 163 entries: 5.5 vs 57 ms).
+            try:
+                got = obstore.list_with_delimiter(self._client(), parent + "/" if parent else None)
+            except Exception as exc:
+                raise self._fail("list", prefix, exc) from None
+            return any(p.rstrip("/").rsplit("/", 1)[-1] == name for p in got["common_prefixes"])
         try:
             for batch in obstore.list(self._client(), self._key(prefix) + "/", chunk_size=1):
                 if len(batch):
