@@ -117,9 +117,8 @@ def load(
 ) -> tuple[int, pl.DataFrame] | None:
     """The newest version's file list from the cache and the log entries after it, or None when
     that cannot be said for certain (then open the table with delta-rs)."""
-    newest = latest_version(storage, dataset)
     path = _cache_path(cache_dir, dataset)
-    if newest < 0 or not path.exists():
+    if not path.exists():
         return None
     try:
         with pa.memory_map(str(path)) as source:
@@ -133,6 +132,11 @@ def load(
     if (reader.schema.metadata or {}).get(b"marketlake.log", b"").decode() != _log_identity(storage, dataset):
         return None  # the table was deleted and created again since: a list of another table
     cached = int(raw)
+    # From the cached version on, the newest is found by probing the entries after it: a fresh
+    # reader of a remote lake asks for a few objects, never for a listing of the log.
+    newest = latest_version(storage, dataset, cached)
+    if newest < 0:
+        return None
     try:
         files = pl.from_arrow(table)
     except (pa.ArrowInvalid, TypeError, ValueError):

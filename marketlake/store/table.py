@@ -254,6 +254,7 @@ class DatasetTable:
         self.path: Path | str = Path(storage.uri(dataset)) if storage.is_local else storage.uri(dataset)
         self.cache_dir = storage.state_dir  # the table-state cache: this machine's own
         self._pinned = pinned
+        self._exists = False
         self._lock = threading.RLock()
         self._dt: Any = None
         self._snapshot: Snapshot | None = None
@@ -263,8 +264,11 @@ class DatasetTable:
     # ------------------------------------------------------------------ reading
 
     def exists(self) -> bool:
-        """True once the table's log exists."""
-        return self.storage.has_prefix(f"{self.dataset}/_delta_log")
+        """True once the table's log exists (a table is never deleted by marketlake, so once
+        seen it is not asked again: one request less per read on an object store)."""
+        if not self._exists:
+            self._exists = self.storage.has_prefix(f"{self.dataset}/_delta_log")
+        return self._exists
 
     def _handle(self) -> Any:
         from deltalake import DeltaTable
@@ -318,18 +322,19 @@ class DatasetTable:
             return self._snapshot
 
     def _fast_snapshot(self) -> Snapshot | None:
-        known = self._snapshot.version if self._snapshot is not None and self._snapshot.version >= 0 else None
-        newest = statecache.latest_version(self.storage, self.dataset, known)
-        if newest < 0:
-            return None
-        if self._snapshot is not None:
+        if self._snapshot is None or self._snapshot.version < 0:
+            # A fresh reader: the cache's version tells where to probe the log from (a few
+            # requests on an object store, never a listing of the log).
+            moved = statecache.load(self.storage, self.cache_dir, self.dataset, _SNAPSHOT_SCHEMA)
+        else:
+            newest = statecache.latest_version(self.storage, self.dataset, self._snapshot.version)
+            if newest < 0:
+                return None
             if self._snapshot.version == newest:
                 return self._snapshot
-            moved = statecache.advance(self.storage, self.dataset, self._snapshot.version, self._snapshot.files, newest,
-                                       _SNAPSHOT_SCHEMA)
-        else:
-            moved = statecache.load(self.storage, self.cache_dir, self.dataset, _SNAPSHOT_SCHEMA)
-        if moved is None or moved[0] != newest:
+            moved = statecache.advance(self.storage, self.dataset, self._snapshot.version, self._snapshot.files,
+                                       newest, _SNAPSHOT_SCHEMA)
+        if moved is None:
             return None
         self._snapshot = Snapshot(self.storage, self.dataset, moved[0], moved[1])
         if moved[0] - self._saved >= _SAVE_EVERY:

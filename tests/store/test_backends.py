@@ -143,3 +143,22 @@ def test_a_read_only_lake_as_of_refuses_writes(any_lake: Lake) -> None:
     pinned = Lake(any_lake.root, settings=any_lake.settings, as_of=1)
     with pytest.raises(LakeError, match="read-only"):
         pinned.write_candles(candles(10), symbol="BTCUSDT", timeframe="1")
+
+
+def test_a_fresh_reader_plans_from_the_log_and_never_lists_the_data(any_lake: Lake, monkeypatch) -> None:
+    for i, sym in enumerate(("BTCUSDT", "ETHUSDT", "XRPUSDT")):
+        any_lake.write_candles(candles(3 * 1440, seed=i), symbol=sym, timeframe="1")
+    listed: list[str] = []
+    kind = type(any_lake.storage)
+    real_list = kind.list
+
+    def spy(self, prefix: str):  # type: ignore[no-untyped-def]
+        listed.append(prefix)
+        return real_list(self, prefix)
+
+    monkeypatch.setattr(kind, "list", spy)
+    fresh = Lake(any_lake.root, settings=any_lake.settings)  # another reader, the cache on this machine
+    got = fresh.scan_candles("ETHUSDT", "1", start=T0 + DAY, end=T0 + 2 * DAY).collect()
+    assert got.height == 1440
+    assert [p for p in listed if "_delta_log" not in p] == []  # no partition was ever listed
+    assert listed == []  # and with the table-state cache, not even the log
