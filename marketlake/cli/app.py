@@ -144,13 +144,13 @@ def lake_has_no_data(settings: Settings) -> bool:
         LakeError: a local root that is a file; an object store that cannot be reached, a
             missing bucket, refused credentials, or a prefix holding something else than a lake.
     """
-    from marketlake.store.storage import check_is_lake, is_remote, open_storage
+    from marketlake.store.storage import check_is_lake, open_storage
 
     # (the dataset names, spelled out: importing the store's registry would load polars here)
     names = ("candles", "trades", "funding", "mark_candles", "index_candles", "premium_candles",
              "open_interest", "instruments")
-    if is_remote(settings.lake_root):
-        storage = open_storage(settings.lake_root, settings)
+    if "://" in settings.lake_root:
+        storage = open_storage(settings.lake_root, settings)  # (refuses an unknown scheme)
         check_is_lake(storage)
         return not any(storage.has_prefix(f"{name}/_delta_log") for name in names)
     root = settings.lake_path

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -144,10 +145,13 @@ def _select(
     timeframes: str | Sequence[str] | None, exchange: str | None, category: str | None,
 ) -> list[SeriesKey]:
     columns = ("dataset", "exchange", "category", "symbol", "timeframe")
+    # The picture draws trade candles and trades; the perpetual datasets (funding, mark/index/
+    # premium candles, open interest) are reported by `check`, not drawn.
     keys = {
         SeriesKey(d, e, c, s, t or "")
         for frame in (stored, ledger)
         for d, e, c, s, t in frame.select(columns).unique().iter_rows()
+        if d in (CANDLES, TRADES)
     }
     syms = set(parse_symbols(symbols)) if symbols is not None else None
     if syms is not None and not syms:
@@ -261,7 +265,7 @@ def coverage_grid(
     Raises:
         DataValidationError: a bad name or time, an empty range, or nothing matches.
     """
-    if not lake.root.is_dir():
+    if isinstance(lake.root, Path) and not lake.root.is_dir():
         raise DataValidationError(f"no lake at {lake.root}")
     # Valid names or one clear error (a typo would otherwise just match nothing).
     exchange = None if exchange is None else validate_exchange(exchange)

@@ -411,9 +411,9 @@ class S3Storage(Storage):
     """
 
     def __init__(self, url: str, config: S3Config, state_root: Path | None = None) -> None:
-        rest = url.split("://", 1)[1].strip("/")
+        rest = url.split("://", 1)[1]
         bucket, _, prefix = rest.partition("/")
-        if not bucket:
+        if not bucket or rest.startswith("/"):
             raise LakeError(f"{url}: no bucket in the lake URL (expected s3://bucket/prefix)")
         self.bucket = bucket
         self.prefix = prefix.strip("/")

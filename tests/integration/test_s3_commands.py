@@ -46,6 +46,9 @@ def _session(env: dict[str, str], lake: str, url: str, out: Path) -> dict[str, o
          "--base-url", url, "--lake", lake)
     info = json.loads(_run(env, "info", "--json", "--lake", lake))
     got["series"] = sorted((s["dataset"], s["symbol"], s["timeframe"], s["rows"]) for s in info["series"])
+    got["info_table"] = _run(env, "info", "--lake", lake).replace(lake, "LAKE").count("\n")
+    _run(env, "coverage", "--output", str(out.parent / f"{out.name}.png"), "--lake", lake)
+    got["coverage_png"] = (out.parent / f"{out.name}.png").read_bytes()[:8]
     checked = json.loads(_run(env, "check", "--json", "--no-progress", "--lake", lake, ok=(0, 1)))
     checked.pop("seconds", None)  # (how long it took differs, of course)
     got["check"] = json.dumps(checked, sort_keys=True, default=str)
