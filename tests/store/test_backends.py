@@ -9,6 +9,7 @@ version, snapshots pin, fsck finds the same damage, the ledger is shared by ever
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,18 @@ def test_a_fresh_reader_plans_from_the_log_and_never_lists_the_data(any_lake: La
     assert got.height == 1440
     assert [p for p in listed if "_delta_log" not in p] == []  # no partition was ever listed
     assert listed == []  # and with the table-state cache, not even the log
+
+
+def test_a_checkpoint_is_written_every_hundred_commits_and_readers_use_it(any_lake: Lake, tmp_path: Path) -> None:
+    from marketlake.store import logwriter
+
+    for i in range(101):
+        any_lake.write_candles(candles(1, start=T0 + i * MINUTE, seed=i), symbol="BTCUSDT", timeframe="1")
+    deadline = time.monotonic() + 60
+    while logwriter.last_checkpoint(any_lake.storage, "candles") < 100:  # (written in the background)
+        assert time.monotonic() < deadline, "no checkpoint"
+        time.sleep(0.2)
+    # A machine with no cached state opens the table from the checkpoint (delta-rs) and agrees.
+    other = _twin(any_lake, tmp_path / "cold-machine")
+    assert other.versions()["candles"] == 101 and other.read_candles("BTCUSDT", "1").height == 101
+    assert Lake(any_lake.root, settings=any_lake.settings, as_of=50).read_candles("BTCUSDT", "1").height == 50
