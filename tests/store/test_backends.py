@@ -178,3 +178,18 @@ def test_a_checkpoint_is_written_every_hundred_commits_and_readers_use_it(any_la
     other = _twin(any_lake, tmp_path / "cold-machine")
     assert other.versions()["candles"] == 101 and other.read_candles("BTCUSDT", "1").height == 101
     assert Lake(any_lake.root, settings=any_lake.settings, as_of=50).read_candles("BTCUSDT", "1").height == 50
+
+
+def test_a_table_another_engine_upgraded_is_written_through_delta_rs(any_lake: Lake) -> None:
+    import deltalake
+    from deltalake import TableFeatures
+
+    any_lake.write_candles(candles(10), symbol="BTCUSDT", timeframe="1")
+    foreign = deltalake.DeltaTable(str(any_lake.table("candles").path), storage_options=any_lake.storage.delta_options())
+    foreign.alter.add_feature(TableFeatures.AppendOnly, allow_protocol_versions_increase=True)
+    lake = Lake(any_lake.root, settings=any_lake.settings)  # a writer that finds the new protocol
+    result = lake.write_candles(candles(10, start=T0 + 10 * MINUTE), symbol="BTCUSDT", timeframe="1")
+    assert lake.table("candles")._plain is False  # not marketlake's own log writer: delta-rs's
+    assert result.version == 3 and lake.read_candles("BTCUSDT", "1").height == 20 and lake.fsck().ok
+    assert deltalake.DeltaTable(str(lake.table("candles").path),
+                                storage_options=lake.storage.delta_options()).version() == 3
