@@ -13,10 +13,8 @@ interleaved rounds (local first, then S3, every round; medians):
 
 1. **Bulk write** (one run): the set into each lake.
 2. **Request round trip**: one ``Storage.head`` of a log entry (a stat locally, a HEAD on S3):
-   the floor every metadata request pays; one ``Storage.has_prefix`` of the log (a directory scan
-   locally, a delimited LIST on S3); and, after the flushes, ``statecache.latest_version`` with no
-   version known (what a fresh reader without a cache does: read ``_last_checkpoint``, then probe
-   the log entries after it, one HEAD each).
+   the floor every metadata request pays; and one ``Storage.has_prefix`` of the log (a directory
+   scan locally, a delimited LIST on S3).
 3. **Live-flush commit**: ``write_candles`` of ``--flush-candles`` (3) new candles after the newest
    of BTCUSDT 1m, ``--flushes`` (100) times per lake over the rounds: p50 / p90 / max (the store's
    automatic compaction and background checkpoints included, as they happen; the three slowest
@@ -30,8 +28,10 @@ interleaved rounds (local first, then S3, every round; medians):
    inside the process from ``Lake(...)`` to the frame (table open included) and the process' wall
    time, beside ``python -c "import marketlake.store"`` (the interpreter + import floor). With the
    table-state cache present (a previous process left it: ``<lake>/_meta/tablestate`` locally,
-   ``settings.state_dir`` for S3) and absent (deleted before each run: the table is opened with
-   delta-rs, which replays the log from its last checkpoint).
+   ``settings.state_dir`` for S3), present but as old as the end of the bulk write (restored
+   before each run: a reader machine that last read before the flushes; it replays the log
+   entries since, one request each) and absent (deleted before each run: the table is opened
+   with delta-rs, which replays the log from its last checkpoint).
 7. **Requests per operation** (untimed; ``--no-requests`` skips): moto's request recorder counts
    the HTTP requests of one warm read, one fresh-process read with and without the cache, one
    full scan and one flush, by method and by kind of object (log, data file, marketlake's
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args: argparse.Namespace, ds: DataSet, server: Any, run_dir: Path, loads: list[float]) -> None:
     from marketlake.settings import Settings
-    from marketlake.store import Lake, logwriter, statecache
+    from marketlake.store import Lake, logwriter
 
     local_root = run_dir / "local"
     state_dir = run_dir / "state"
@@ -223,6 +223,15 @@ def _run(args: argparse.Namespace, ds: DataSet, server: Any, run_dir: Path, load
             t0 = time.perf_counter()
             lakes[name].write_candles(frame, symbol=sym, timeframe="1")
             write_s[name] += time.perf_counter() - t0
+
+    # The table-state caches as a reader left them after the bulk write (a fresh Lake's first
+    # snapshot saves its cache), kept aside: a reader machine that last read before the flushes.
+    stale = run_dir / "stale-cache"
+    stale_version = {}
+    for name, lk in open_lakes().items():
+        stale_version[name] = lk.snapshot("candles").version
+    shutil.copytree(local_root / "_meta" / "tablestate", stale / "local")
+    shutil.copytree(state_dir, stale / "S3")
 
     # ------------------------------------------------------------------ 2. one request
     heads = measure_many(
@@ -260,8 +269,6 @@ def _run(args: argparse.Namespace, ds: DataSet, server: Any, run_dir: Path, load
     versions = {n: lakes[n].versions()["candles"] for n in names}
     time.sleep(1.0)  # (a background checkpoint of the last commits finishes)
     checkpoint = logwriter.last_checkpoint(lakes["S3"].storage, "candles")
-    newest = measure_many({n: (lambda n=n: statecache.latest_version(lakes[n].storage, "candles")) for n in names},
-                          repeat=args.repeat)
 
     # ------------------------------------------------------------------ 4. warm symbol-month
     start, end = _month(ds)
@@ -297,10 +304,13 @@ def _run(args: argparse.Namespace, ds: DataSet, server: Any, run_dir: Path, load
     s3_env = server.env(state_dir)
     local_cache = local_root / "_meta" / "tablestate"
 
-    def child(root: str, env: dict[str, str], drop: Path | None) -> Callable[[], dict[str, float]]:
+    def child(root: str, env: dict[str, str], drop: Path | None = None,
+              restore: Path | None = None) -> Callable[[], dict[str, float]]:
         def run() -> dict[str, float]:
             if drop is not None:
                 shutil.rmtree(drop, ignore_errors=True)
+                if restore is not None:
+                    shutil.copytree(restore, drop)
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, "-c", _CHILD, root, SYMBOL, start, end], env=env,
                                   cwd=run_dir, capture_output=True, text=True, check=False)
@@ -319,8 +329,10 @@ def _run(args: argparse.Namespace, ds: DataSet, server: Any, run_dir: Path, load
 
     fresh_variants = {
         "import floor": floor,
-        "local, cache": child(str(local_root), local_env, None),
-        "S3, cache": child(s3_root, s3_env, None),
+        "local, cache": child(str(local_root), local_env),
+        "S3, cache": child(s3_root, s3_env),
+        "local, old cache": child(str(local_root), local_env, local_cache, stale / "local"),
+        "S3, old cache": child(s3_root, s3_env, state_dir, stale / "S3"),
         "local, no cache": child(str(local_root), local_env, local_cache),
         "S3, no cache": child(s3_root, s3_env, state_dir),
     }
@@ -342,6 +354,8 @@ def _run(args: argparse.Namespace, ds: DataSet, server: Any, run_dir: Path, load
             "symbol-month, warm": lambda: s3.read_candles(SYMBOL, "1", start, end),
             "symbol-month, fresh process, cache": fresh_variants["S3, cache"],
             "symbol-month, fresh process, no cache": fresh_variants["S3, no cache"],
+            f"symbol-month, fresh process, cache {versions['S3'] - stale_version['S3']} versions old":
+                fresh_variants["S3, old cache"],
             "full scan (read_candles())": lambda: s3.read_candles(),
             "count rows (select(pl.len()))": lambda: s3.scan_candles().select(pl.len()).collect(),
             "one live flush": lambda: flush("S3"),
@@ -366,8 +380,6 @@ def _run(args: argparse.Namespace, ds: DataSet, server: Any, run_dir: Path, load
             heads["S3"].median / args.heads),
         row("is there a log (Storage.has_prefix)", heads["local prefix"].median / args.heads,
             heads["S3 prefix"].median / args.heads),
-        row(f"newest version, nothing known (latest_version; checkpoint {checkpoint})",
-            newest["local"].median, newest["S3"].median),
     ]
     for label, q in (("p50", 0.5), ("p90", 0.9), ("max", 1.0)):
         rows.append(row(f"live-flush commit ({args.flush_candles} candles), {label}",
@@ -382,8 +394,10 @@ def _run(args: argparse.Namespace, ds: DataSet, server: Any, run_dir: Path, load
     def fmed(k: str, field: str) -> float:
         return statistics.median(r[field] for r in fresh[k])
 
-    for cache in ("cache", "no cache"):
-        rows.append(row(f"fresh process, Lake(...) -> frame, {cache}",
+    behind = versions["S3"] - stale_version["S3"]
+    for cache in ("cache", "old cache", "no cache"):
+        label = f"cache {behind} versions old" if cache == "old cache" else cache
+        rows.append(row(f"fresh process, Lake(...) -> frame, {label}",
                         fmed(f"local, {cache}", "inside"), fmed(f"S3, {cache}", "inside")))
     for cache in ("cache", "no cache"):
         rows.append(row(f"fresh process, wall, {cache} (floor {fmt_s(fmed('import floor', 'wall'))})",
@@ -392,13 +406,15 @@ def _run(args: argparse.Namespace, ds: DataSet, server: Any, run_dir: Path, load
                 ["measure", "local", "S3", "S3 / local"], rows)
 
     gain = [
-        ["local", fmt_s(fmed("local, cache", "inside")), fmt_s(fmed("local, no cache", "inside")),
-         fmt_x(fmed("local, no cache", "inside") / fmed("local, cache", "inside"))],
-        ["S3", fmt_s(fmed("S3, cache", "inside")), fmt_s(fmed("S3, no cache", "inside")),
-         fmt_x(fmed("S3, no cache", "inside") / fmed("S3, cache", "inside"))],
+        [n, fmt_s(fmed(f"{n}, cache", "inside")), fmt_s(fmed(f"{n}, old cache", "inside")),
+         fmt_s(fmed(f"{n}, no cache", "inside")),
+         fmt_x(fmed(f"{n}, no cache", "inside") / fmed(f"{n}, cache", "inside"))]
+        for n in names
     ]
-    print_table("What the table-state cache buys a fresh process (Lake(...) -> frame)",
-                ["lake", "cache present", "cache absent", "absent / present"], gain)
+    print_table(f"What the table-state cache buys a fresh process (Lake(...) -> frame; last checkpoint "
+                f"at version {checkpoint})",
+                ["lake", "cache current", f"cache {behind} versions old", "cache absent", "absent / current"],
+                gain)
     slow = sorted(flush_log["S3"][1:1 + len(flush_times["S3"])], key=lambda r: -r[0])[:3]
     print("\nslowest S3 flushes: " + "; ".join(f"{fmt_s(t)} (version {v})" for t, v, _ in slow)
           + f" -- a checkpoint is written every 100 versions by a background thread")
