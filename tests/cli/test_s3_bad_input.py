@@ -8,6 +8,7 @@ lake's exit code (3), no traceback, and the bucket is left exactly as it was.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -60,15 +61,17 @@ def test_a_missing_bucket_is_one_line_and_nothing_is_created(s3_server, tmp_path
 
 
 def test_an_unreachable_endpoint_is_one_line_within_seconds(tmp_path, csv_file) -> None:
-    from tests.s3server import free_port
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MARKETLAKE_"))}
-    env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}", AWS_ACCESS_KEY_ID="a", AWS_SECRET_ACCESS_KEY="b",
-               AWS_ALLOW_HTTP="true", MARKETLAKE_STATE_DIR=str(tmp_path / "state"))
-    for argv in (["info", "--lake", "s3://b/lake"], ["import-csv", str(csv_file), "--lake", "s3://b/lake"]):
-        code, out, err, took = _run(env, *argv)
-        _one_line(code, out, err, "cannot be reached")
-        assert took < 45
+    # A port bound but never listening: connections are refused, and no other server of the
+    # test run can take it meanwhile.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MARKETLAKE_"))}
+        env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{held.getsockname()[1]}", AWS_ACCESS_KEY_ID="a",
+                   AWS_SECRET_ACCESS_KEY="b", AWS_ALLOW_HTTP="true", MARKETLAKE_STATE_DIR=str(tmp_path / "state"))
+        for argv in (["info", "--lake", "s3://b/lake"], ["import-csv", str(csv_file), "--lake", "s3://b/lake"]):
+            code, out, err, took = _run(env, *argv)
+            _one_line(code, out, err, "cannot be reached")
+            assert took < 45
 
 
 def test_a_bucket_holding_something_else_is_refused_and_left_alone(s3_server, tmp_path, csv_file) -> None:
