@@ -229,16 +229,21 @@ class LocalStorage(Storage):
         if not directory.resolve().is_relative_to(self.root.resolve()):
             raise LakeWriteError(f"refusing to write {directory}: it resolves outside the lake root {self.root}")
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
-        final = self.path(key)
+    def _temp_copy(self, final: Path, data: bytes) -> Path:
+        """``data`` in a fsynced temp file beside ``final`` (inside the root, directories made)."""
         self._inside(final.parent)
         makedirs_durable(final.parent)
         tmp = final.with_name(f"{_TMP}{final.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}")
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return tmp
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        final = self.path(key)
+        tmp = self._temp_copy(final, data)
         try:
-            with open(tmp, "xb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
             try:
                 os.link(tmp, final)  # fails if it exists: atomic put-if-absent
             except FileExistsError:
@@ -251,14 +256,8 @@ class LocalStorage(Storage):
 
     def put(self, key: str, data: bytes) -> None:
         final = self.path(key)
-        self._inside(final.parent)
-        makedirs_durable(final.parent)
-        tmp = final.with_name(f"{_TMP}{final.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}")
+        tmp = self._temp_copy(final, data)
         try:
-            with open(tmp, "xb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
             os.replace(tmp, final)
             fsync_dir(final.parent)
         finally:
