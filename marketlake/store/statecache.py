@@ -50,9 +50,11 @@ def _cache_path(cache_dir: Path, dataset: str) -> Path:
 def latest_version(storage: Storage, table: str, known: int | None = None) -> int:
     """The newest committed version of the table (-1 when it has no log).
 
-    Versions are contiguous, so from a version known to exist (``known``, or the last checkpoint's)
-    the newest is found by probing the entries after it (a stat each; usually one that fails),
-    not by listing a log of thousands of entries.
+    Versions are contiguous (clean-up deletes old entries, never new ones), so from a version
+    known to exist (``known``, or the last checkpoint's) the newest is found by probing the
+    entries after it, not by listing a log of thousands of entries: +1, +2, +4 ... until one is
+    missing, then bisecting. Usually that is one failed probe; 100 versions behind it is ~14
+    (a HEAD request each on an object store) instead of 100.
     """
     log = f"{table}/_delta_log"
     start = known
@@ -62,10 +64,18 @@ def latest_version(storage: Storage, table: str, known: int | None = None) -> in
         except (OSError, ValueError, KeyError, TypeError):
             start = None
     if start is not None and start >= 0 and storage.exists(f"{log}/{start:020d}.json"):
-        v = start
-        while storage.exists(f"{log}/{v + 1:020d}.json"):
-            v += 1
-        return v
+
+        def there(v: int) -> bool:
+            return storage.exists(f"{log}/{v:020d}.json")
+
+        lo, step = start, 1  # ``lo`` exists
+        while there(lo + step):
+            lo, step = lo + step, step * 2
+        hi = lo + step  # missing
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if there(mid) else (lo, mid)
+        return lo
     best = -1
     for o in storage.list(log):
         m = _COMMIT.fullmatch(o.key.rsplit("/", 1)[-1])
@@ -158,8 +168,7 @@ def advance(
     try:
         adds: dict[str, dict[str, Any]] = {}
         gone: set[str] = set()
-        for v in range(version + 1, newest + 1):
-            body = storage.read(f"{table}/_delta_log/{v:020d}.json")
+        for body in _entries(storage, table, version + 1, newest + 1):
             for line in body.splitlines():
                 if not line.strip():
                     continue
@@ -184,6 +193,18 @@ def advance(
     if adds:
         kept = pl.concat([kept, pl.DataFrame(list(adds.values()), schema=schema)], how="vertical")
     return newest, kept.sort("path")
+
+
+def _entries(storage: Storage, table: str, first: int, stop: int) -> list[bytes]:
+    """The log entries ``first .. stop-1``, in order; fetched in parallel from an object store
+    (each is a round trip: 100 entries one after another cost ~0.3 s on loopback)."""
+    keys = [f"{table}/_delta_log/{v:020d}.json" for v in range(first, stop)]
+    if storage.is_local or len(keys) < 4:
+        return [storage.read(k) for k in keys]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(16, len(keys))) as pool:
+        return list(pool.map(storage.read, keys))
 
 
 def _row(path: str, add: dict[str, Any]) -> dict[str, Any]:

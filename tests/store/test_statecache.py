@@ -125,3 +125,23 @@ def test_marketlake_writes_the_log_delta_rs_reads_and_checkpoints_every_100_vers
     assert table.history(1)[0]["marketlake.operation"] == "write_candles"
     assert pl.scan_delta(str(lake.root / "candles")).collect().height == 105
     assert _truth(lake, 105).equals(Lake(lake.root, settings=lake.settings).snapshot("candles").files)
+
+
+def test_the_newest_version_is_found_by_galloping_probes_not_one_per_version(tmp_path):
+    from marketlake.store.storage import LocalStorage
+
+    storage = LocalStorage(tmp_path / "lake")
+    for v in range(137):
+        storage.put(f"candles/_delta_log/{v:020d}.json", b"{}\n")
+    probes: list[str] = []
+    real = storage.exists
+
+    def counting(key: str) -> bool:
+        probes.append(key)
+        return real(key)
+
+    storage.exists = counting  # type: ignore[method-assign]
+    for known in (0, 1, 35, 100, 135, 136):
+        probes.clear()
+        assert statecache.latest_version(storage, "candles", known) == 136
+        assert len(probes) <= 2 * (136 - known).bit_length() + 2, (known, len(probes))
