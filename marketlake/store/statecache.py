@@ -48,7 +48,7 @@ def _cache_path(cache_dir: Path, dataset: str) -> Path:
     return cache_dir / "tablestate" / f"{dataset}.arrow"
 
 
-def latest_version(storage: Storage, table: str, known: int | None = None) -> int:
+def latest_version(storage: Storage, table: str, known: int | None = None, *, known_exists: bool = False) -> int:
     """The newest committed version of the table (-1 when it has no log).
 
     Versions are contiguous (clean-up deletes old entries, never new ones), so from a version
@@ -64,7 +64,8 @@ def latest_version(storage: Storage, table: str, known: int | None = None) -> in
             start = int(json.loads(storage.read(f"{log}/_last_checkpoint"))["version"])
         except (OSError, ValueError, KeyError, TypeError):
             start = None
-    if start is not None and start >= 0 and storage.exists(f"{log}/{start:020d}.json"):
+    # (``known_exists``: the caller read that version itself, so one request less)
+    if start is not None and start >= 0 and (known_exists and start == known or storage.exists(f"{log}/{start:020d}.json")):
 
         def there(v: int) -> bool:
             return storage.exists(f"{log}/{v:020d}.json")

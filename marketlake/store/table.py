@@ -327,7 +327,7 @@ class DatasetTable:
             # requests on an object store, never a listing of the log).
             moved = statecache.load(self.storage, self.cache_dir, self.dataset, _SNAPSHOT_SCHEMA)
         else:
-            newest = statecache.latest_version(self.storage, self.dataset, self._snapshot.version)
+            newest = statecache.latest_version(self.storage, self.dataset, self._snapshot.version, known_exists=True)
             if newest < 0:
                 return None
             if self._snapshot.version == newest:
