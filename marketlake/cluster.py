@@ -73,6 +73,7 @@ __all__ = [
     "archive_on_cluster",
     "build_candles_on_cluster",
     "check_on_cluster",
+    "day_major",
     "open_client",
     "parse_cluster",
     "run_tasks",
@@ -248,9 +249,13 @@ def run_tasks(
     *,
     name: str = "task",
     progress: Progress | None = None,
+    priorities: Sequence[int] | None = None,
 ) -> list[T]:
     """Run ``fn(*args)`` for each ``args`` of ``tasks`` on the cluster; return the results in
     the order of ``tasks``.
+
+    ``priorities`` (one per task, higher first; default: the order of ``tasks``) decide which
+    tasks the workers get first.
 
     ``progress(done, total)`` is called with ``(0, total)`` and as each task completes. A task
     whose worker dies is run again by Dask on another worker; one that killed its workers
@@ -268,8 +273,11 @@ def run_tasks(
         progress(0, total)
     if not total:
         return []
-    futures = [client.submit(_guarded, fn, *args, pure=False, key=f"{name}-{i}-{_token()}")
-               for i, args in enumerate(tasks)]
+    futures = [
+        client.submit(_guarded, fn, *args, pure=False, key=f"{name}-{i}-{_token()}",
+                      priority=0 if priorities is None else priorities[i])
+        for i, args in enumerate(tasks)
+    ]
     where = {f.key: i for i, f in enumerate(futures)}
     results: list[Any] = [None] * total
     finished = False
@@ -289,6 +297,22 @@ def run_tasks(
             with contextlib.suppress(Exception):
                 client.cancel(futures)
     return results
+
+
+def day_major(days: Sequence[dt.date], first: Sequence[bool] | None = None) -> list[int]:
+    """Priorities that hand out the tasks of ``days`` (one per task, in plan order: symbol by
+    symbol) day by day, all symbols of a day before the next day; tasks marked ``first`` before
+    all others.
+
+    Tasks running at the same time then write different series, so they never compete for one
+    partition (the 15s and 1m candles of a month share one): in symbol order two workers would
+    commit days of one month side by side and one of them would re-merge and retry every time.
+    """
+    rank = sorted(range(len(days)), key=lambda i: (not (first[i] if first is not None else False), days[i], i))
+    out = [0] * len(days)
+    for r, i in enumerate(rank):
+        out[i] = -r
+    return out
 
 
 def _token() -> str:
@@ -483,8 +507,9 @@ def archive_on_cluster(
                 return st, todo
 
         stats, todo = asyncio.run(triage())
+        order = day_major([t[3] for t in todo], [t[4] for t in todo])
         try:
-            for part in run_tasks(client, _archive_task, todo, name="archive-day", progress=progress):
+            for part in run_tasks(client, _archive_task, todo, name="archive-day", progress=progress, priorities=order):
                 _merge_archive(stats, part)
         except KeyboardInterrupt:
             stats.interrupted = True
@@ -533,8 +558,9 @@ def build_candles_on_cluster(
     args = {**run_args(symbols, tfs, category, start, end), "cluster": _describe(client)}
     with _recorded(lake, root, settings, "build-candles", args) as run:
         todo = [(root, settings, p.sid, day, names, run.run_id) for p in plans for day in p.days]
+        order = day_major([t[3] for t in todo])
         try:
-            for day in run_tasks(client, _build_task, todo, name="build-day", progress=progress):
+            for day in run_tasks(client, _build_task, todo, name="build-day", progress=progress, priorities=order):
                 stats.add(day)
         except KeyboardInterrupt:
             stats.interrupted = True

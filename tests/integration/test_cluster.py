@@ -21,6 +21,7 @@ from marketlake.cluster import (
     archive_on_cluster,
     build_candles_on_cluster,
     check_on_cluster,
+    day_major,
     open_client,
     parse_cluster,
 )
@@ -118,6 +119,13 @@ def test_cluster_flags_parse_to_a_spec_or_one_config_error() -> None:
         with pytest.raises(ConfigError) as err:
             parse_cluster(spec, scheduler)
         assert err.value.exit_code == 2 and "\n" not in str(err.value)
+
+
+def test_tasks_go_out_day_by_day_across_symbols_and_stored_days_first() -> None:
+    d1, d2 = dt.date(2024, 7, 1), dt.date(2024, 7, 2)
+    # plan order: symbol A's days, then symbol B's; the workers get A d1, B d1, A d2, B d2
+    assert day_major([d1, d2, d1, d2]) == [0, -2, -1, -3]
+    assert day_major([d2, d1, d1], first=[False, False, True]) == [-2, -1, 0]
 
 
 def test_help_and_bad_cluster_flags_never_import_dask() -> None:
