@@ -21,7 +21,9 @@ Set-up (every knob a flag):
 Reported: medians (and best) of the wall time of each phase and the total, the speed-up of 2
 workers over 1, and where the time of a cluster run goes, from Dask's task stream: the lead (plan,
 index requests and submission, on the client, before the first task starts), the tasks' compute
-time summed over workers against the workers' capacity over the span (utilisation), and the tail.
+time summed over workers against the workers' capacity over the span (utilisation), and the tail;
+with the CPU time the worker processes used (all their threads) and this process's (client,
+scheduler, nannies and the emulator thread).
 The stored row counts of every variant are checked equal.
 
 Usage::
@@ -103,6 +105,8 @@ class Run:
     busy_s: float = 0.0
     span_s: float = 0.0
     tail_s: float = 0.0
+    client_cpu_s: float = 0.0
+    workers_cpu_s: float = 0.0
     tasks: int = 0
     rows: dict[str, int] = field(default_factory=dict)
 
@@ -159,15 +163,19 @@ class Bench:
         client, root, run = self.clients[workers], self.fresh(), Run()
         settings = self.settings(root)
         kw: dict[str, Any] = {"start": self.start, "end": TODAY, "today": TODAY}
+        cpu0 = sum(client.run(time.process_time).values())
         with get_task_stream(client) as stream:
             wall0 = time.time()
+            c0 = time.process_time()
             t0 = time.perf_counter()
             _, st = archive_on_cluster(client, str(root), settings, self.symbols, category="linear", **kw)
             t1 = time.perf_counter()
             _, bt = build_candles_on_cluster(client, str(root), settings, self.symbols, self.args.candles,
                                              category="linear", **kw)
             t2 = time.perf_counter()
+            run.client_cpu_s = time.process_time() - c0
             wall2 = time.time()
+        run.workers_cpu_s = sum(client.run(time.process_time).values()) - cpu0
         assert not st.failures and not bt.failures, (st.failures, bt.failures)
         run.archive_s, run.build_s = t1 - t0, t2 - t1
         spans = [(s["start"], s["stop"]) for task in stream.data for s in task["startstops"] if s["action"] == "compute"]
@@ -259,11 +267,14 @@ def main(argv: list[str] | None = None) -> None:
     print_table(
         "where a cluster run's time goes (medians; lead: client plans, reads the indexes, submits; "
         "utilisation: task compute / (workers x span))",
-        ["variant", "tasks", "lead", "span", "tail", "task compute", "per task", "utilisation"],
+        ["variant", "tasks", "lead", "span", "tail", "task compute", "per task", "utilisation", "worker CPU",
+         "CPU per task", "client CPU"],
         [[name, rs[0].tasks, fmt_s(med(rs, lambda r: r.lead_s)), fmt_s(med(rs, lambda r: r.span_s)),
           fmt_s(med(rs, lambda r: r.tail_s)), fmt_s(med(rs, lambda r: r.busy_s)),
           fmt_s(med(rs, lambda r: r.busy_s / max(r.tasks, 1))),
-          f"{100 * med(rs, lambda r: r.busy_s / (w * max(r.span_s, 1e-9))):.0f} %"]
+          f"{100 * med(rs, lambda r: r.busy_s / (w * max(r.span_s, 1e-9))):.0f} %",
+          fmt_s(med(rs, lambda r: r.workers_cpu_s)), fmt_s(med(rs, lambda r: r.workers_cpu_s / max(r.tasks, 1))),
+          fmt_s(med(rs, lambda r: r.client_cpu_s))]
          for name, rs, w in [("1 worker", one, 1), ("2 workers", two, 2)]],
     )
     print(f"\nspeed-up of 2 workers over 1: archive {fmt_x(speedup['archive'])}, build-candles "

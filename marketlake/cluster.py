@@ -40,6 +40,7 @@ import socket
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -274,7 +275,7 @@ def run_tasks(
     if not total:
         return []
     futures = [
-        client.submit(_guarded, fn, *args, pure=False, key=f"{name}-{i}-{_token()}",
+        client.submit(_guarded, fn, *args, pure=False, key=f"{name}-{i}-{uuid.uuid4().hex[:12]}",
                       priority=0 if priorities is None else priorities[i])
         for i, args in enumerate(tasks)
     ]
@@ -308,17 +309,12 @@ def day_major(days: Sequence[dt.date], first: Sequence[bool] | None = None) -> l
     partition (the 15s and 1m candles of a month share one): in symbol order two workers would
     commit days of one month side by side and one of them would re-merge and retry every time.
     """
-    rank = sorted(range(len(days)), key=lambda i: (not (first[i] if first is not None else False), days[i], i))
+    early = first if first is not None else [False] * len(days)
+    rank = sorted(range(len(days)), key=lambda i: (not early[i], days[i], i))
     out = [0] * len(days)
     for r, i in enumerate(rank):
         out[i] = -r
     return out
-
-
-def _token() -> str:
-    import uuid
-
-    return uuid.uuid4().hex[:12]
 
 
 def _cluster_failure(exc: Exception, name: str, client: Client) -> Exception:
@@ -335,8 +331,9 @@ def _cluster_failure(exc: Exception, name: str, client: Client) -> Exception:
     if isinstance(exc, (OSError, TimeoutError, asyncio.CancelledError)) or module == "distributed":
         where = getattr(client, "scheduler", None)
         address = getattr(where, "address", "") if where is not None else ""
+        why = " ".join(str(exc).split())[:160]
         return ConfigError(
-            f"cluster: lost the Dask scheduler {address}: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}; "
+            f"cluster: lost the Dask scheduler {address}: {type(exc).__name__}: {why}; "
             "what was committed stays, a re-run does the rest"
         )
     return exc
@@ -509,7 +506,8 @@ def archive_on_cluster(
         stats, todo = asyncio.run(triage())
         order = day_major([t[3] for t in todo], [t[4] for t in todo])
         try:
-            for part in run_tasks(client, _archive_task, todo, name="archive-day", progress=progress, priorities=order):
+            parts = run_tasks(client, _archive_task, todo, name="archive-day", progress=progress, priorities=order)
+            for part in parts:
                 _merge_archive(stats, part)
         except KeyboardInterrupt:
             stats.interrupted = True
@@ -560,7 +558,8 @@ def build_candles_on_cluster(
         todo = [(root, settings, p.sid, day, names, run.run_id) for p in plans for day in p.days]
         order = day_major([t[3] for t in todo])
         try:
-            for day in run_tasks(client, _build_task, todo, name="build-day", progress=progress, priorities=order):
+            days = run_tasks(client, _build_task, todo, name="build-day", progress=progress, priorities=order)
+            for day in days:
                 stats.add(day)
         except KeyboardInterrupt:
             stats.interrupted = True
@@ -598,7 +597,8 @@ def check_on_cluster(
     plan = plan_check(lake, symbols, timeframes, exchange=exchange, category=category, data=data)
     todo = [(root, settings, kind, sid, consistency) for kind, sid in plan.items]
     out = LakeCheck()
-    for (kind, _), result in zip(plan.items, run_tasks(client, _check_task, todo, name="check", progress=progress)):
+    results = run_tasks(client, _check_task, todo, name="check", progress=progress)
+    for (kind, _), result in zip(plan.items, results):
         out.add(kind, result)
     finish_check(lake, out, plan, symbols=symbols, exchange=exchange, category=category)
     out.seconds = time.perf_counter() - t0

@@ -20,7 +20,8 @@ ClusterOpt = Annotated[
     Optional[str],
     typer.Option(
         "--cluster",
-        help="Run the work as tasks on a Dask cluster of N worker processes on this machine: local:N (1..64).",
+        help="Run the work as tasks on a Dask cluster of N worker processes on this machine: "
+        "local:N (1..64).",
         show_default=False,
     ),
 ]

@@ -207,7 +207,8 @@ def plan_notices(plans: Sequence[BuildPlan], category: str) -> list[str]:
         if p.incomplete:
             first, last = p.incomplete[0], p.incomplete[-1] + dt.timedelta(days=1)
             out.append(
-                f"{p.sid.symbol}: {len(p.incomplete)} day(s) skipped, their trades are not complete in the lake; "
+                f"{p.sid.symbol}: {len(p.incomplete)} day(s) skipped, their trades are not complete "
+                "in the lake; "
                 f"fetch them with `marketlake archive --symbols {p.sid.symbol} --category {category} "
                 f"--start {first} --end {last}`"
             )
