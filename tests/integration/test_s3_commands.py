@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 import signal
 import subprocess
 import sys
@@ -76,8 +77,12 @@ def test_every_command_answers_the_same_on_s3_as_on_a_local_lake(s3_server, tmp_
     with emulator_thread() as emu:
         (tmp_path / "out-local").mkdir()
         (tmp_path / "out-s3").mkdir()
-        local = _session(local_env, str(tmp_path / "lake"), emu.url, tmp_path / "out-local")
-        remote = _session(s3_env, s3_lake, emu.url, tmp_path / "out-s3")
+        # The two sessions side by side (each command is a process of its own; the emulator
+        # serves both the same market).
+        with ThreadPoolExecutor(2) as pool:
+            local_run = pool.submit(_session, local_env, str(tmp_path / "lake"), emu.url, tmp_path / "out-local")
+            remote_run = pool.submit(_session, s3_env, s3_lake, emu.url, tmp_path / "out-s3")
+            local, remote = local_run.result(), remote_run.result()
     assert remote == local
     assert local["fsck"] == [] and local["snapshots"] == ["before-more"] and local["export"]
     assert "ETHUSDT,5" not in local["sql_as_of"] and "ETHUSDT,5" in local["sql"]
