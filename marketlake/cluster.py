@@ -345,6 +345,22 @@ def _lake(root: str, settings: Settings) -> Lake:
     return Lake(root, settings=settings)
 
 
+_worker_lakes: dict[tuple[str, bytes, int], Lake] = {}
+
+
+def _worker_lake(root: str, settings: Settings) -> Lake:
+    """The lake of a task: one per worker process (and thread), kept across its tasks, so a task
+    does not pay for opening the table state and the ledger again (~a third of a small task's
+    time). Safe: a Lake follows the newest version on every read and commit."""
+    import msgspec
+
+    key = (root, msgspec.json.encode(settings), threading.get_ident())
+    lake = _worker_lakes.get(key)
+    if lake is None:
+        lake = _worker_lakes[key] = _lake(root, settings)
+    return lake
+
+
 def _archive_task(
     root: str, settings: Settings, sid: SeriesId, day: dt.date, from_stored: bool,
     candles: tuple[str, ...], run_id: str,
@@ -355,7 +371,7 @@ def _archive_task(
     from marketlake.exchanges.bybit.archive import BybitArchiveClient
     from marketlake.ingest.archive import ArchiveIngest
 
-    lake = _lake(root, settings)
+    lake = _worker_lake(root, settings)
 
     async def work() -> ArchiveStats:
         async with BybitArchiveClient(settings.archive_url) as client:
@@ -377,7 +393,7 @@ def _build_task(
     from marketlake.core.timeframes import parse_timeframe
     from marketlake.ingest.build import build_day
 
-    return build_day(_lake(root, settings), sid, day, [parse_timeframe(t) for t in timeframes], run_id=run_id)
+    return build_day(_worker_lake(root, settings), sid, day, [parse_timeframe(t) for t in timeframes], run_id=run_id)
 
 
 def _check_task(
@@ -386,7 +402,7 @@ def _check_task(
     """Worker: check one series."""
     from marketlake.quality.check import check_one
 
-    return check_one(_lake(root, settings), kind, sid, consistency=consistency)
+    return check_one(_worker_lake(root, settings), kind, sid, consistency=consistency)
 
 
 # ------------------------------------------------------------------------- run records
