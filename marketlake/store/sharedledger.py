@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from marketlake._sqlite import open_wal
+from marketlake.errors import LakeError
 from marketlake.store.layout import META_DIR
 from marketlake.store.ledger import _SCHEMA, Ledger, _apply
 from marketlake.store.storage import Storage
@@ -56,8 +57,15 @@ class SharedLedger(Ledger):
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         self.path = Path(storage.state_dir) / "ledger-replica.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = open_wal(self.path, script=_SCHEMA + _REPLICA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = open_wal(self.path, script=_SCHEMA + _REPLICA)
+        except (OSError, sqlite3.Error) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise LakeError(
+                f"cannot keep this machine's replica of the ledger of {storage.display} in {self.path.parent}: "
+                f"{reason} (set state_dir / MARKETLAKE_STATE_DIR to a writable directory)"
+            ) from None
         self._check_identity()
 
     # ------------------------------------------------------------------ replica state

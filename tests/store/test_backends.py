@@ -193,3 +193,11 @@ def test_a_table_another_engine_upgraded_is_written_through_delta_rs(any_lake: L
     assert result.version == 3 and lake.read_candles("BTCUSDT", "1").height == 20 and lake.fsck().ok
     assert deltalake.DeltaTable(str(lake.table("candles").path),
                                 storage_options=lake.storage.delta_options()).version() == 3
+
+
+def test_an_unwritable_state_directory_is_one_clear_error_for_a_remote_lake(s3_server, tmp_path: Path) -> None:
+    lake = Lake(f"s3://{s3_server.new_bucket()}/lake", settings=s3_server.settings(Path("/proc/no-such-dir")))
+    lake.write_candles(candles(10), symbol="BTCUSDT", timeframe="1")  # (the table-state cache is optional)
+    with pytest.raises(LakeError, match="replica of the ledger .* MARKETLAKE_STATE_DIR"):
+        _ = lake.ledger
+    assert lake.read_candles("BTCUSDT", "1").height == 10
