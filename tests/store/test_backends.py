@@ -201,3 +201,27 @@ def test_an_unwritable_state_directory_is_one_clear_error_for_a_remote_lake(s3_s
     with pytest.raises(LakeError, match="replica of the ledger .* MARKETLAKE_STATE_DIR"):
         _ = lake.ledger
     assert lake.read_candles("BTCUSDT", "1").height == 10
+
+
+def test_a_new_machine_starts_its_ledger_replica_from_the_shared_checkpoint(s3_server, tmp_path: Path, monkeypatch) -> None:
+    from marketlake.store import sharedledger
+
+    monkeypatch.setattr(sharedledger, "CHECKPOINT_EVERY", 5)
+    lake = Lake(f"s3://{s3_server.new_bucket()}/lake", settings=s3_server.settings(tmp_path / "m1"))
+    sid = SeriesId.of("candles", exchange="bybit", category="linear", symbol="BTCUSDT", timeframe="1")
+    for i in range(7):  # versions 0..6: a checkpoint at 5
+        lake.ledger.record(sid, T0 + i * DAY, T0 + (i + 1) * DAY, "present" if i % 2 == 0 else "empty")
+    assert lake.storage.exists("_meta/ledger/checkpoints/00000000000000000005.sqlite")
+    read: list[str] = []
+    real_read = type(lake.storage).read
+
+    def spy(self, key: str) -> bytes:  # type: ignore[no-untyped-def]
+        read.append(key)
+        return real_read(self, key)
+
+    monkeypatch.setattr(type(lake.storage), "read", spy)
+    other = _twin(lake, tmp_path / "m2")
+    assert other.ledger.table().drop("updated_ms").equals(lake.ledger.table().drop("updated_ms"))
+    entries = [k for k in read if k.startswith("_meta/ledger/0")]
+    assert entries and all(int(k.rsplit("/", 1)[1][:20]) > 5 for k in entries)  # replayed only after it
+    assert other.ledger.missing(sid, T0, T0 + 7 * DAY) == []
