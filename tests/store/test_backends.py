@@ -18,7 +18,7 @@ from marketlake.errors import LakeError
 from marketlake.feeder import DataFeeder
 from marketlake.store import Lake
 from marketlake.store.layout import SeriesId
-from marketlake.store.storage import S3Storage
+from marketlake.store.s3 import S3Storage
 from tests.helpers import MINUTE, T0, candles, stored
 
 DAY = 1440 * MINUTE
