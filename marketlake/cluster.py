@@ -14,8 +14,8 @@ run in the ledger with a heartbeat, submits the tasks, follows them with
 ``distributed.as_completed`` (a ``progress(done, total)`` callback) and adds the results up into
 the very object the single-process run returns (:class:`~marketlake.ingest.archive.ArchiveStats`,
 :class:`~marketlake.ingest.build.BuildStats`, :class:`~marketlake.quality.check.LakeCheck`).
-A task gets the lake root as a string and the :class:`~marketlake.settings.Settings`, and opens
-its own :class:`~marketlake.store.Lake`; it commits through the store like any other writer
+A task gets the lake root as a string and the :class:`~marketlake.settings.Settings`, and uses
+its worker's :class:`~marketlake.store.Lake` (opened by the first task, kept); it commits through the store like any other writer
 process (optimistic per-partition commits), then records the ledger. So a task killed at any
 moment leaves at most an orphan file, Dask runs it again elsewhere, and the re-run commits only
 what is missing (a re-written day commits nothing new).
