@@ -160,14 +160,21 @@ def _archive_on_cluster(
     return stats, notes
 
 
+# The day-range options of the commands that work day by day (archive, build-candles).
+SymbolsOpt = Annotated[str, typer.Option("--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT (required).")]
+StartDayOpt = Annotated[Optional[str], typer.Option("--start", help="First day, YYYY-MM-DD (UTC).")]
+EndDayOpt = Annotated[Optional[str], typer.Option("--end", help="Day after the last, YYYY-MM-DD (default: today).")]
+DaysOpt = Annotated[
+    Optional[int], typer.Option("--days", help="The last N completed days (1..36500).", parser=BoundedInt(1, 36_500))
+]
+
+
 @app.command()
 def archive(
-    symbols: Annotated[str, typer.Option("--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT (required).")],
-    start: Annotated[Optional[str], typer.Option("--start", help="First day, YYYY-MM-DD (UTC).")] = None,
-    end: Annotated[Optional[str], typer.Option("--end", help="Day after the last, YYYY-MM-DD (default: today).")] = None,
-    days: Annotated[
-        Optional[int], typer.Option("--days", help="The last N completed days (1..36500).", parser=BoundedInt(1, 36_500))
-    ] = None,
+    symbols: SymbolsOpt,
+    start: StartDayOpt = None,
+    end: EndDayOpt = None,
+    days: DaysOpt = None,
     category: Annotated[
         Optional[str],
         # Bybit publishes no option archives: the help lists what the error accepts, from one tuple.

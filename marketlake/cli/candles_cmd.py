@@ -8,10 +8,9 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from marketlake.cli.app import ConfigOpt, JsonOpt, LakeOpt, app, load_settings
-from marketlake.cli.archive_cmd import _range
+from marketlake.cli.archive_cmd import DaysOpt, EndDayOpt, StartDayOpt, SymbolsOpt, _range
 from marketlake.cli.cluster_opts import ClusterOpt, SchedulerOpt, cluster_spec
 from marketlake.cli.feedback import ProgressOpt, exit_interrupted, progress_bar, show_progress
-from marketlake.cli.params import BoundedInt
 from marketlake.cli.render import console, err_console, notice_kernel_compile, print_json
 from marketlake.core.symbols import CATEGORIES, parse_symbols
 from marketlake.errors import DataValidationError
@@ -39,13 +38,11 @@ def _render(st: BuildStats, as_json: bool, where: str) -> None:
 
 @app.command("build-candles")
 def build_candles_cmd(
-    symbols: Annotated[str, typer.Option("--symbols", help="Comma-separated symbols, e.g. BTCUSDT,ETHUSDT (required).")],
+    symbols: SymbolsOpt,
     timeframes: Annotated[str, typer.Option("--timeframes", help="Sub-minute timeframes to build, e.g. 1s,5s,15s (required).")],
-    start: Annotated[Optional[str], typer.Option("--start", help="First day, YYYY-MM-DD (UTC).")] = None,
-    end: Annotated[Optional[str], typer.Option("--end", help="Day after the last, YYYY-MM-DD (default: today).")] = None,
-    days: Annotated[
-        Optional[int], typer.Option("--days", help="The last N completed days (1..36500).", parser=BoundedInt(1, 36_500))
-    ] = None,
+    start: StartDayOpt = None,
+    end: EndDayOpt = None,
+    days: DaysOpt = None,
     category: Annotated[
         Optional[str], typer.Option("--category", help=f"One of {', '.join(CATEGORIES)} (default: settings, linear).")
     ] = None,
