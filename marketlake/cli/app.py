@@ -144,19 +144,12 @@ def lake_has_no_data(settings: Settings) -> bool:
         LakeError: a local root that is a file; an object store that cannot be reached, a
             missing bucket, refused credentials, or a prefix holding something else than a lake.
     """
-    from marketlake.store.storage import check_is_lake, open_storage
+    # (storage.py imports no polars or pyarrow: this stays fast)
+    from marketlake.store.storage import LAKE_ENTRIES, check_is_lake, open_storage
 
-    # (the dataset names, spelled out: importing the store's registry would load polars here)
-    names = ("candles", "trades", "funding", "mark_candles", "index_candles", "premium_candles",
-             "open_interest", "instruments")
-    if "://" in settings.lake_root:
-        storage = open_storage(settings.lake_root, settings)  # (refuses an unknown scheme)
-        check_is_lake(storage)
-        return not any(storage.has_prefix(f"{name}/_delta_log") for name in names)
-    root = settings.lake_path
-    if root.exists() and not root.is_dir():
-        raise LakeError(f"lake root {root} exists and is not a directory")
-    return not any((root / name).is_dir() for name in names)
+    storage = open_storage(settings.lake_root, settings)  # (refuses a file as root, an unknown scheme)
+    check_is_lake(storage)
+    return not any(storage.has_prefix(name) for name in LAKE_ENTRIES if not name.startswith("_"))
 
 
 @app.command()
